@@ -1,0 +1,3 @@
+"""Prometheus exporter for Celery."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from celery_exporter.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""The single place for metric names, help texts, label names and default buckets.
+
+Metric names and labels are the exporter's public API: dashboards and alerts are built on
+them. Names follow danihodovic/celery-exporter where it already had a conventional name;
+see the README's migration table for the few that were changed.
+"""
+
+# Task states that have a counter, in a fixed order: the store keeps one integer per state
+# per label set, indexed by this order.
+TASK_STATES = (
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "rejected",
+    "revoked",
+)
+STATE_INDEX = {state: i for i, state in enumerate(TASK_STATES)}
+EVENT_STATE = {"task-" + state: i for i, state in enumerate(TASK_STATES)}
+
+# Terminal task events: counted at most once per task uuid (Celery 5.7 sends two
+# task-failed for one hard time limit; redeliveries can repeat task-revoked).
+TERMINAL_EVENTS = frozenset({"task-succeeded", "task-failed", "task-revoked"})
+
+# Event types counted under their own name in celery_exporter_events_total; anything else
+# (custom Task.send_event types, garbage) is counted as "other", so hostile input cannot
+# grow that metric's label set.
+KNOWN_EVENT_TYPES = frozenset(
+    ["task-" + s for s in TASK_STATES]
+    + ["task-cancelled", "worker-online", "worker-heartbeat", "worker-offline"]
+)
+
+TASK_COUNTER_HELP = {
+    "sent": "Tasks published (task-sent events; needs task_send_sent_event=True in the publisher).",
+    "received": "Tasks received by a worker (task-received events).",
+    "started": "Tasks started by a worker's pool (task-started events).",
+    "succeeded": "Tasks that succeeded (task-succeeded events, at most once per task id).",
+    "failed": "Tasks that failed (task-failed events, at most once per task id).",
+    "retried": "Task attempts that raised Retry (task-retried events).",
+    "rejected": "Tasks rejected by a worker (task-rejected events).",
+    "revoked": "Tasks revoked, expired or terminated (task-revoked events, at most once per task id).",
+}
+
+TASK_LABELS = ("name", "queue_name")
+HOSTNAME_LABEL = "hostname"
+EXCEPTION_LABEL = "exception"
+
+TASK_EXCEPTIONS = "celery_task_exceptions"
+TASK_EXCEPTIONS_HELP = "Failed and retried task attempts by exception class name."
+
+# Histograms, in the order the store keeps them per label set.
+HISTOGRAMS = (
+    (
+        "celery_task_runtime_seconds",
+        "Run time of succeeded tasks as measured by the worker (the event's runtime field).",
+    ),
+    (
+        "celery_task_queue_wait_seconds",
+        "Time from publishing (task-sent) to start, less any ETA/countdown. Crosses hosts: "
+        "clock skew is clamped at 0.",
+    ),
+    (
+        "celery_task_prefetch_wait_seconds",
+        "Time from a worker receiving a task to starting it, less any ETA/countdown. "
+        "Both timestamps come from the same worker, so it is free of clock skew.",
+    ),
+)
+RUNTIME, QUEUE_WAIT, PREFETCH_WAIT = range(3)
+
+# From a millisecond to an hour: Celery tasks range from sub-millisecond to batch jobs.
+DEFAULT_RUNTIME_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+DEFAULT_WAIT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+
+WORKER_UP = ("celery_worker_up", "1 while the worker's last heartbeat is younger than the worker timeout, else 0.")
+WORKER_LAST_HEARTBEAT = (
+    "celery_worker_last_heartbeat_timestamp_seconds",
+    "When the exporter received the worker's last heartbeat (exporter clock, epoch seconds).",
+)
+WORKER_ACTIVE = ("celery_worker_tasks_active", "Tasks the worker's pool is executing, from its last heartbeat.")
+WORKER_PROCESSED = (
+    "celery_worker_tasks_processed",
+    "Tasks the worker has accepted since it started, from its last heartbeat (resets when the worker restarts).",
+)
+WORKER_INFO = ("celery_worker_info", "Worker software, from its heartbeats. Always 1.")
+WORKER_HEARTBEAT_INTERVAL = (
+    "celery_worker_heartbeat_interval_seconds",
+    "The heartbeat interval the worker announces (freq field).",
+)
+WORKER_LABELS = ("hostname",)
+WORKER_INFO_LABELS = ("hostname", "sw_ident", "sw_ver", "sw_sys")
+
+# Exporter self-metrics.
+BUILD_INFO = ("celery_exporter_build_info", "Exporter build information. Always 1.")
+EVENTS = ("celery_exporter_events", "Celery events received, by event type.")
+EVENTS_DROPPED = ("celery_exporter_events_dropped", "Events (or messages) not turned into metrics, by reason.")
+BROKER_CONNECTED = ("celery_exporter_broker_connected", "1 while the event receiver is connected to the broker.")
+BROKER_RECONNECTS = ("celery_exporter_broker_reconnects", "Broker outages seen by the event receiver (a lost connection, or a failed first connect).")
+LAST_EVENT = ("celery_exporter_last_event_timestamp_seconds", "When the last event was received (exporter clock).")
+SERIES = ("celery_exporter_series", "Label sets held in memory, by kind (task, exception, worker).")
+SERIES_EXPIRED = ("celery_exporter_series_expired", "Label sets removed after their TTL, by kind.")
+SERIES_REFUSED = ("celery_exporter_series_refused", "New label sets refused because --max-series was reached, by kind.")
+TASKS_TRACKED = ("celery_exporter_tasks_tracked", "Task ids held in the uuid map (tasks in flight or just finished).")
+TASKS_EVICTED = (
+    "celery_exporter_tasks_evicted",
+    "Unfinished task ids dropped from the uuid map because it was full (--max-tasks).",
+)
+
+# Reasons for celery_exporter_events_dropped_total. A fixed set, so the label stays bounded.
+DROP_REASONS = (
+    "undecodable",      # message body could not be decoded
+    "bad_message",      # body decoded but is neither an event dict nor a list of them
+    "bad_field",        # an event misses a required field or has one of the wrong type/size
+    "unknown_task",     # a task event for a uuid whose name never arrived (exporter started mid-task)
+    "duplicate",        # a second terminal event for the same task id
+    "series_limit",     # the label set was refused by --max-series
+    "handler_error",    # a bug: the handler raised; logged with a traceback once
+)
+
+# Queue poller.
+QUEUE_LENGTH = (
+    "celery_queue_length",
+    "Messages waiting in the queue (Redis: all priority lists; RabbitMQ: ready messages, "
+    "not the prefetched/unacknowledged ones).",
+)
+QUEUE_CONSUMERS = ("celery_active_consumer_count", "Consumers attached to the queue (RabbitMQ only).")
+QUEUE_WORKERS = ("celery_active_worker_count", "Workers up (by heartbeat) that consume the queue, per inspect.")
+QUEUE_PROCESSES = ("celery_active_process_count", "Pool processes of the workers up that consume the queue.")
+POLL_SUCCESS = ("celery_exporter_queue_poll_success", "1 if the last queue-length poll succeeded, else 0.")
+POLL_DURATION = ("celery_exporter_queue_poll_duration_seconds", "How long the last queue-length poll took.")
+POLL_LAST_SUCCESS = (
+    "celery_exporter_queue_poll_last_success_timestamp_seconds",
+    "When a queue-length poll last succeeded (exporter clock).",
+)
+POLL_ERRORS = ("celery_exporter_queue_poll_errors", "Failed polls, by reason (broker, inspect).")

@@ -1,0 +1,187 @@
+"""The event thread: its own broker connection, a capture loop, reconnects with capped
+exponential backoff, and a clean stop when asked.
+
+It consumes Celery's event exchange directly with kombu instead of Celery's EventReceiver:
+it binds to every routing key (worker task events arrive batched as `task.multi` lists),
+and it never "localises" timestamps (EventReceiver shifts epoch timestamps by the
+sender/receiver time-zone difference, which is wrong whenever the zones differ).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Optional
+
+from celery.events.event import get_exchange
+from kombu import Connection, Consumer, Queue
+from kombu.utils.url import maybe_sanitize_url
+
+from celery_exporter.clock import Clock
+from celery_exporter.handlers import Handler
+from celery_exporter.settings import Settings
+from celery_exporter.store import Store
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT = 0.5       # also bounds how long a stop request waits
+TICK_INTERVAL = 0.5       # handler.tick(): release held events, forget finished tasks
+AMQP_HEARTBEAT = 10       # seconds; a dead AMQP peer is noticed within ~2 heartbeats
+# The exporter's event queue on RabbitMQ: exclusive and auto-delete (RabbitMQ 4.3 rejects
+# transient non-exclusive queues), so it vanishes with the connection. Events waiting longer
+# than the message TTL are dropped by the broker, not held forever for a stuck exporter.
+QUEUE_MESSAGE_TTL = 30.0
+QUEUE_EXPIRES = 60.0
+
+
+def mask_url(url: str) -> str:
+    """The broker URL(s) with any password replaced by **."""
+    return ";".join(str(maybe_sanitize_url(part.strip())) for part in url.split(";"))
+
+
+class Receiver(threading.Thread):
+    def __init__(self, settings: Settings, handler: Handler, store: Store, clock: Clock,
+                 stop_event: threading.Event):
+        super().__init__(name="event-receiver", daemon=True)
+        self.settings = settings
+        self.handler = handler
+        self.store = store
+        self.clock = clock
+        self.stop_event = stop_event
+        self._last_tick = 0.0
+        self._handler_error_logged = False
+        self._outage_since: Optional[float] = None
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        first, cap = self.settings.reconnect_backoff
+        delay = first
+        while not self.stop_event.is_set():
+            try:
+                consumed = self._consume()
+            except Exception as exc:  # any broker or transport failure: report and retry
+                consumed = False
+                self._lost(exc)
+            if self.stop_event.is_set():
+                break
+            delay = first if consumed else min(delay * 2, cap)
+            self._wait(delay)
+        self.store.set_connected(False)
+
+    def _connection(self) -> Connection:
+        extra = {}
+        if self.settings.broker_ssl is not None:  # else what the URL says (amqps://, rediss://)
+            extra["ssl"] = self.settings.broker_ssl
+        return Connection(
+            self.settings.broker_url,
+            transport_options=dict(self.settings.transport_options),
+            heartbeat=AMQP_HEARTBEAT,
+            connect_timeout=5,
+            **extra,
+        )
+
+    def _consume(self) -> bool:
+        """Connect and consume until stopped. Returns True if it got connected (so the
+        next reconnect starts from the shortest delay); raises on broker errors."""
+        connection = self._connection()
+        try:
+            connection.connect()
+            channel = connection.channel()
+            exchange = get_exchange(connection, name=self.settings.events_exchange)
+            queue = Queue(
+                f"celeryev.exporter.{uuid.uuid4().hex}",
+                exchange=exchange,
+                routing_key="#",
+                durable=False,
+                auto_delete=True,
+                exclusive=True,
+                message_ttl=QUEUE_MESSAGE_TTL,
+                expires=QUEUE_EXPIRES,
+            )
+            consumer = Consumer(
+                channel,
+                queues=[queue],
+                accept=list(self.settings.accept_content),
+                no_ack=True,
+                on_message=self._on_message,
+            )
+            consumer.consume()
+            self._connected()
+            while not self.stop_event.is_set():
+                try:
+                    connection.drain_events(timeout=DRAIN_TIMEOUT)
+                except socket.timeout:
+                    pass
+                now = self.clock.now()
+                if now - self._last_tick >= TICK_INTERVAL:
+                    self._last_tick = now
+                    connection.heartbeat_check()
+                    self.handler.tick(now)
+            return True
+        finally:
+            self.store.set_connected(False)
+            try:
+                connection.release()
+            except Exception:  # the connection is already broken; nothing left to close
+                log.debug("error while closing the broker connection", exc_info=True)
+
+    def _wait(self, delay: float) -> None:
+        """Back off, still releasing held events on time."""
+        deadline = time.monotonic() + delay
+        while not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.stop_event.wait(min(TICK_INTERVAL, remaining))
+            self.handler.tick(self.clock.now())
+
+    def _connected(self) -> None:
+        self.store.set_connected(True)
+        url = mask_url(self.settings.broker_url)
+        if self._outage_since is None:
+            log.info("receiving events from %s", url)
+        else:
+            log.info("reconnected to %s after %.1f s; receiving events again",
+                     url, time.monotonic() - self._outage_since)
+            self._outage_since = None
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self.store.count_reconnect()
+            log.warning(
+                "broker %s unavailable (%s: %s); retrying with backoff up to %.0f s, "
+                "logging again once it is back",
+                mask_url(self.settings.broker_url), type(exc).__name__, exc,
+                self.settings.reconnect_backoff[1],
+            )
+        else:
+            log.debug("broker still unavailable: %s: %s", type(exc).__name__, exc)
+
+    # -- messages -----------------------------------------------------------------------
+
+    def _on_message(self, message: Any) -> None:
+        now = self.clock.now()
+        try:
+            body = message.decode()
+        except Exception as exc:  # not JSON, disallowed content type, bad compression...
+            self.handler.drop("undecodable", f"{type(exc).__name__}: {str(exc)[:200]}")
+            return
+        if isinstance(body, list):  # task.multi: a batch from one worker
+            for event in body:
+                self._handle(event, now)
+        else:
+            self._handle(body, now)
+
+    def _handle(self, event: Any, now: float) -> None:
+        try:
+            self.handler.handle(event, now)
+        except Exception:  # a bug in handling must not stop the receiver
+            self.handler.drop("handler_error", "the event handler raised")
+            if not self._handler_error_logged:
+                self._handler_error_logged = True
+                log.exception("event handler failed on an event (logged once): %.300r", event)

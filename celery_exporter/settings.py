@@ -1,0 +1,70 @@
+"""One frozen, typed settings object, built by the CLI and passed to every component."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Tuple
+
+from celery_exporter import catalogue
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    transport_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    broker_ssl: Any = None  # None, True, or a dict of SSL options for the transport
+    accept_content: Tuple[str, ...] = ("json",)
+    events_exchange: str = "celeryev"
+
+    listen_address: str = "0.0.0.0"
+    port: int = 9808
+
+    runtime_buckets: Tuple[float, ...] = catalogue.DEFAULT_RUNTIME_BUCKETS
+    wait_buckets: Tuple[float, ...] = catalogue.DEFAULT_WAIT_BUCKETS
+
+    # A worker is "up" while its last heartbeat is younger than this (or than
+    # HEARTBEAT_MISSES x its announced interval, whichever is longer).
+    worker_timeout: float = 30.0
+    # A worker that went silent without worker-offline stays visible (up=0) this long.
+    worker_ttl: float = 900.0
+    # Task label sets with no update for this long are dropped.
+    series_ttl: float = 7 * 24 * 3600.0
+    # Total label sets (task + exception + worker) held; new ones beyond are refused.
+    max_series: int = 20_000
+    # Task ids tracked at once (tasks in flight); the oldest are evicted beyond it.
+    max_tasks: int = 100_000
+    task_hostname_label: bool = False
+
+    # Queue poller: queues named up front (shown before any worker starts), how often to
+    # poll their depth, and the per-call broker timeout. Remote-control `inspect` (which
+    # workers consume which queue, with how many processes) runs on its own interval.
+    queues: Tuple[str, ...] = ()
+    queue_poll_interval: float = 10.0
+    poll_timeout: float = 5.0
+    inspect: bool = True
+    inspect_interval: float = 30.0
+    inspect_timeout: float = 1.0
+
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    # Reconnect backoff of the event receiver: starts at the first value, doubles, capped.
+    reconnect_backoff: Tuple[float, float] = (1.0, 30.0)
+    # How long events of a task wait for its task-sent (which carries the queue) when
+    # task-sent events are flowing, before the fallback queue label is used.
+    sent_hold_seconds: float = 2.0
+    # How long a finished task's id is remembered, to drop duplicate terminal events.
+    finished_grace_seconds: float = 10.0
+    # How often expired label sets are swept from memory.
+    sweep_interval: float = 60.0
+
+
+# A worker is considered down after missing this many of its own announced heartbeats,
+# when that is longer than --worker-timeout (e.g. workers run with --heartbeat-interval 60).
+HEARTBEAT_MISSES = 3
+
+
+def effective_worker_timeout(settings_timeout: float, freq: Optional[float]) -> float:
+    if freq and freq > 0:
+        return max(settings_timeout, HEARTBEAT_MISSES * freq)
+    return settings_timeout

@@ -1,0 +1,106 @@
+"""Bounded uuid -> task record map.
+
+Only task-sent and task-received carry a task's name, and only task-sent its queue, so
+the handler remembers per uuid what it learnt from earlier events. The map is bounded:
+finished tasks are forgotten after a short grace period (long enough to recognise a
+duplicate terminal event), and beyond `max_tasks` the least recently touched task is
+evicted and counted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Deque, List, Optional, Tuple
+
+
+class TaskRecord:
+    __slots__ = (
+        "uuid",
+        "name",
+        "queue",
+        "worker",
+        "sent_ts",
+        "received_ts",
+        "started_ts",
+        "eta_ts",
+        "attempt",
+        "waits_observed",
+        "done",
+        "labels",
+        "pending",
+        "hold_until",
+        "finished",
+    )
+
+    def __init__(self, uuid: str):
+        self.uuid = uuid
+        self.name: Optional[str] = None
+        self.queue: Optional[str] = None      # from task-sent
+        self.worker: Optional[str] = None     # hostname of the worker that received it
+        self.sent_ts: Optional[float] = None
+        self.received_ts: Optional[float] = None
+        self.started_ts: Optional[float] = None
+        self.eta_ts: Optional[float] = None
+        self.attempt = 0                      # the `retries` field of the latest attempt
+        self.waits_observed = 0               # bit 1: queue wait, bit 2: prefetch wait
+        self.done = 0                         # bit per terminal state (1 << state index) counted
+        self.labels: Optional[Tuple[str, str]] = None  # (name, queue_name) once fixed
+        self.pending: Optional[List[tuple]] = None      # events held until labels are fixed
+        self.hold_until: Optional[float] = None
+        self.finished = False
+
+
+class TaskTracker:
+    def __init__(self, max_tasks: int, finished_grace: float):
+        self.max_tasks = max_tasks
+        self.finished_grace = finished_grace
+        self._records: "OrderedDict[str, TaskRecord]" = OrderedDict()
+        self._holds: Deque[Tuple[float, str]] = deque()
+        self._finished: Deque[Tuple[float, str]] = deque()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, uuid: str) -> Optional[TaskRecord]:
+        record = self._records.get(uuid)
+        if record is not None:
+            self._records.move_to_end(uuid)
+        return record
+
+    def create(self, uuid: str) -> Tuple[TaskRecord, Optional[TaskRecord]]:
+        """A new record; returns it and the record evicted to make room, if any."""
+        record = self._records[uuid] = TaskRecord(uuid)
+        evicted = None
+        if len(self._records) > self.max_tasks:
+            _, evicted = self._records.popitem(last=False)
+            if not evicted.finished:
+                self.evicted += 1
+        return record, evicted
+
+    def hold(self, record: TaskRecord, until: float) -> None:
+        if record.hold_until is None:
+            record.hold_until = until
+            self._holds.append((until, record.uuid))
+
+    def due_holds(self, now: float) -> List[TaskRecord]:
+        """Records whose hold has run out and that still wait for their labels."""
+        due = []
+        while self._holds and self._holds[0][0] <= now:
+            _, uuid = self._holds.popleft()
+            record = self._records.get(uuid)
+            if record is not None and record.labels is None:
+                due.append(record)
+        return due
+
+    def finish(self, record: TaskRecord, now: float) -> None:
+        if not record.finished:
+            record.finished = True
+            self._finished.append((now + self.finished_grace, record.uuid))
+
+    def forget_finished(self, now: float) -> None:
+        while self._finished and self._finished[0][0] <= now:
+            _, uuid = self._finished.popleft()
+            record = self._records.get(uuid)
+            if record is not None and record.finished:
+                del self._records[uuid]

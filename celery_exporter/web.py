@@ -1,0 +1,177 @@
+"""HTTP: /metrics, / (status page), /-/healthy, /-/ready.
+
+/metrics is prometheus_client's WSGI app over our registry, so gzip and OpenMetrics
+content negotiation work as Prometheus expects. No request ever touches the broker.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+import socket
+import threading
+from socketserver import ThreadingMixIn
+from typing import Callable, Iterable, List, Tuple
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+from celery_exporter import __version__
+from celery_exporter.clock import Clock
+from celery_exporter.collector import CeleryCollector
+from celery_exporter.receiver import mask_url
+from celery_exporter.settings import Settings, effective_worker_timeout
+from celery_exporter.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass  # one line per request would drown the operator's logs
+
+
+def status_hints(snap, settings: Settings) -> List[str]:
+    """What a newcomer most likely got wrong, judged from what has (not) arrived."""
+    hints = []
+    if not snap.connected:
+        hints.append(
+            "Not connected to the broker. Check --broker-url (and credentials); the exporter "
+            "keeps retrying with backoff."
+        )
+    task_events = sum(n for t, n in snap.events.items() if t.startswith("task-"))
+    worker_events = sum(n for t, n in snap.events.items() if t.startswith("worker-"))
+    if snap.connected and worker_events == 0:
+        hints.append(
+            "No worker events yet. Workers send heartbeats every 2 s: check that the workers "
+            "use the same broker URL, virtual host / Redis DB and transport options "
+            "(global_keyprefix, fanout_prefix) as the exporter."
+        )
+    if worker_events and task_events == 0:
+        hints.append(
+            "Workers are heartbeating but no task events arrived: start workers with -E "
+            "(or worker_send_task_events=True), or run `celery control enable_events`."
+        )
+    if task_events and not snap.events.get("task-sent"):
+        hints.append(
+            "No task-sent events: queue_name labels fall back to the worker's only queue or "
+            "'unknown'. Set task_send_sent_event=True in the config of every process that "
+            "publishes tasks (clients, beat, and workers for retries and chains)."
+        )
+    if snap.dropped.get("series_limit"):
+        hints.append("Some label sets were refused: --max-series was reached.")
+    return hints
+
+
+class Web:
+    def __init__(self, settings: Settings, store: Store, collector: CeleryCollector,
+                 process_registry: CollectorRegistry, clock: Clock):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.started = clock.now()
+        self.collector = collector
+        self.process_registry = process_registry
+        self.server = None
+        self.thread = None
+
+    # -- WSGI -----------------------------------------------------------------------------
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return self.metrics(environ, start_response)
+        if path == "/-/healthy":
+            return self._text(start_response, "200 OK", "OK\n")
+        if path == "/-/ready":
+            if self.store.snapshot(self.clock.now()).connected:
+                return self._text(start_response, "200 OK", "ready: connected to the broker\n")
+            return self._text(start_response, "503 Service Unavailable", "not ready: not connected to the broker\n")
+        if path == "/":
+            body = self.status_page().encode()
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        return self._text(start_response, "404 Not Found", "not found; try /metrics\n")
+
+    def metrics(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """Text format 0.0.4 or OpenMetrics, as the scraper asks (prometheus_client's
+        negotiation); our families first, then the process/platform/GC collectors."""
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        body = self.collector.render(openmetrics).encode() + encoder(self.process_registry)
+        headers = [("Content-Type", content_type)]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
+            body = gzip.compress(body, compresslevel=1)  # 3x faster than level 6, 8% larger
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
+
+    @staticmethod
+    def _text(start_response: Callable, status: str, text: str) -> Iterable[bytes]:
+        body = text.encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def status_page(self) -> str:
+        snap = self.store.snapshot(self.clock.now())
+        esc = html.escape
+        rows: List[Tuple[str, str]] = [
+            ("Broker", mask_url(self.settings.broker_url)),
+            ("Connected", "yes" if snap.connected else "NO"),
+            ("Broker outages", str(snap.reconnects)),
+            ("Uptime", f"{snap.now - self.started:.0f} s"),
+            ("Last event", f"{snap.now - snap.last_event:.1f} s ago" if snap.last_event else "none yet"),
+            ("Task label sets", str(snap.series["task"])),
+        ]
+        workers = []
+        for w in sorted(snap.workers, key=lambda w: w.hostname):
+            age = snap.now - w.last_seen
+            up = age <= effective_worker_timeout(self.settings.worker_timeout, w.freq)
+            workers.append(f"<tr><td>{esc(w.hostname)}</td><td>{'up' if up else 'DOWN'}</td>"
+                           f"<td>{age:.1f} s</td><td>{w.active if w.active is not None else ''}</td></tr>")
+        events = "".join(f"<tr><td>{esc(t)}</td><td>{n}</td></tr>" for t, n in sorted(snap.events.items()))
+        dropped = "".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in snap.dropped.items() if n)
+        hints = "".join(f"<li>{esc(h)}</li>" for h in status_hints(snap, self.settings))
+        summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+        return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>celery-exporter</title></head>
+<body>
+<h1>celery-exporter {esc(__version__)}</h1>
+<p><a href="/metrics">/metrics</a> · <a href="/-/healthy">/-/healthy</a> · <a href="/-/ready">/-/ready</a></p>
+<table>{summary}</table>
+<h2>Hints</h2><ul>{hints or "<li>Nothing looks wrong.</li>"}</ul>
+<h2>Workers</h2>
+<table><tr><th>hostname</th><th>state</th><th>last heartbeat</th><th>active</th></tr>{workers and "".join(workers) or '<tr><td colspan="4">none seen</td></tr>'}</table>
+<h2>Events received</h2><table>{events or '<tr><td>none yet</td></tr>'}</table>
+<h2>Events dropped</h2><table>{dropped or '<tr><td>none</td></tr>'}</table>
+</body></html>
+"""
+
+    # -- serving --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        server_class = _Server6 if ":" in self.settings.listen_address else _Server
+        self.server = make_server(self.settings.listen_address, self.settings.port, self,
+                                  server_class=server_class, handler_class=_QuietHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        self.thread.start()
+        host, port = self.server.server_address[:2]
+        log.info("serving /metrics on http://%s:%s/metrics", host if ":" not in host else f"[{host}]", port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
