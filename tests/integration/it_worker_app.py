@@ -1,0 +1,108 @@
+"""The Celery app the integration tests run in real `celery worker -E` subprocesses.
+
+Configuration comes from the environment, set by the test that starts the worker:
+  IT_BROKER_URL    broker of this test (its own Redis DB or RabbitMQ vhost)
+  IT_TRUTH_URL     Redis URL where tasks record what really happened (ground truth)
+  IT_TRUTH_PREFIX  key prefix unique to the test
+
+Every task records its outcome as INCR <prefix>:<task name>:<queue>:<outcome>, with the
+queue taken from the message's delivery info, so a test can compare the exporter's
+counters with what the workers actually did.
+"""
+
+import os
+import time
+
+import redis
+from celery import Celery
+from celery.exceptions import Reject
+from celery.utils.time import utcoffset
+
+BROKER_URL = os.environ["IT_BROKER_URL"]
+TRUTH_URL = os.environ.get("IT_TRUTH_URL", "redis://127.0.0.1:6379/0")
+TRUTH_PREFIX = os.environ.get("IT_TRUTH_PREFIX", "it")
+
+app = Celery("it_worker_app", broker=BROKER_URL)
+app.conf.update(
+    task_send_sent_event=True,  # the worker publishes retries: they need task-sent too
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    task_ignore_result=True,
+)
+
+_truth = None
+
+
+def truth():
+    global _truth
+    if _truth is None:
+        _truth = redis.Redis.from_url(TRUTH_URL)
+    return _truth
+
+
+def record(task, outcome):
+    queue = (task.request.delivery_info or {}).get("routing_key") or "?"
+    truth().incr(f"{TRUTH_PREFIX}:{task.name}:{queue}:{outcome}")
+
+
+@app.task(bind=True, name="it.prime")
+def prime(self):
+    """Run first by tests, so the exporter has seen a task-sent before their workload."""
+    record(self, "started")
+    record(self, "succeeded")
+
+
+@app.task(bind=True, name="it.succeed")
+def succeed(self, value=None):
+    record(self, "started")
+    record(self, "succeeded")
+    return value
+
+
+@app.task(bind=True, name="it.fail")
+def fail(self):
+    record(self, "started")
+    record(self, "failed")
+    raise ValueError("it.fail always fails")
+
+
+@app.task(bind=True, name="it.retry", max_retries=5)
+def retry_twice(self):
+    record(self, "started")
+    if self.request.retries < 2:
+        record(self, "retried")
+        raise self.retry(exc=KeyError("not yet"), countdown=0.2)
+    record(self, "succeeded")
+    return self.request.retries
+
+
+@app.task(bind=True, name="it.sleep")
+def sleep(self, seconds):
+    record(self, "started")
+    time.sleep(seconds)
+    truth().set(f"{TRUTH_PREFIX}:worker_utcoffset", str(utcoffset()))
+    record(self, "succeeded")
+    return seconds
+
+
+@app.task(bind=True, name="it.later")
+def later(self):
+    record(self, "started")
+    record(self, "succeeded")
+
+
+@app.task(bind=True, name="it.never")
+def never(self):
+    """Published with a countdown and revoked before it is due: must never run."""
+    record(self, "started")
+    record(self, "succeeded")
+
+
+@app.task(bind=True, name="it.reject", acks_late=True)
+def reject(self):
+    """Rejects its message for good. With acks_late the message is still unacknowledged,
+    so Celery 5.7 sends task-failed and then task-rejected."""
+    record(self, "started")
+    record(self, "rejected")
+    raise Reject("it.reject rejects", requeue=False)

@@ -1,0 +1,117 @@
+"""Unit-test rig: handler + store + collector driven by event dicts and a fake clock."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, FrozenSet, Tuple
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from celery_exporter.clock import FakeClock
+from celery_exporter.collector import CeleryCollector
+from celery_exporter.handlers import Handler
+from celery_exporter.settings import Settings
+from celery_exporter.store import Store
+
+T0 = 1_800_000_000.0
+Samples = Dict[Tuple[str, FrozenSet[Tuple[str, str]]], float]
+
+
+class Rig:
+    def __init__(self, **overrides):
+        self.settings = dataclasses.replace(Settings(), **overrides)
+        self.clock = FakeClock(T0)
+        self.store = Store(self.settings)
+        self.handler = Handler(self.store, self.settings)
+        self.collector = CeleryCollector(self.store, self.settings, self.clock)
+        self.process_registry = CollectorRegistry(auto_describe=False)
+
+    def feed(self, *events, dt: float = 0.0) -> None:
+        """Deliver events as the receiver would, each at the current clock time."""
+        for event in events:
+            self.handler.handle(event, self.clock.now())
+            if dt:
+                self.clock.advance(dt)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.handler.tick(self.clock.now())
+
+    def text(self) -> str:
+        return self.collector.render()
+
+    def samples(self) -> Samples:
+        """Samples as the official parser reads them; every call also checks that the
+        OpenMetrics rendering parses to exactly the same samples."""
+        out: Samples = {}
+        for family in text_string_to_metric_families(self.text()):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        openmetrics = {}
+        for family in openmetrics_families(self.collector.render(openmetrics=True) + "# EOF\n"):
+            for s in family.samples:
+                openmetrics[(s.name, frozenset(s.labels.items()))] = s.value
+        assert openmetrics == out
+        return out
+
+    def value(self, metric: str, **labels) -> float:
+        return self.samples().get((metric, frozenset(labels.items())))
+
+    def family(self, prefix: str) -> Samples:
+        return {k: v for k, v in self.samples().items() if k[0].startswith(prefix)}
+
+
+@pytest.fixture
+def rig():
+    return Rig()
+
+
+# -- event factories: the payloads Celery 5.x really sends (see the reference sheet) ------
+
+def _common(etype, hostname, ts, **fields):
+    event = {"type": etype, "hostname": hostname, "utcoffset": 0, "pid": 100, "clock": 1, "timestamp": ts}
+    event.update(fields)
+    return event
+
+
+def sent(uuid, name="app.add", queue="celery", ts=T0, retries=0, eta=None, **kw):
+    return _common("task-sent", "gen42@client", ts, uuid=uuid, root_id=uuid, parent_id=None, name=name,
+                   args="()", kwargs="{}", retries=retries, eta=eta, expires=None, queue=queue,
+                   exchange="", routing_key=queue, **kw)
+
+
+def received(uuid, name="app.add", host="w1@h", ts=T0, retries=0, eta=None):
+    return _common("task-received", host, ts, uuid=uuid, name=name, args="()", kwargs="{}",
+                   root_id=uuid, parent_id=None, retries=retries, eta=eta, expires=None)
+
+
+def started(uuid, host="w1@h", ts=T0):
+    return _common("task-started", host, ts, uuid=uuid)
+
+
+def succeeded(uuid, host="w1@h", ts=T0, runtime=0.5):
+    return _common("task-succeeded", host, ts, uuid=uuid, result="None", runtime=runtime)
+
+
+def failed(uuid, host="w1@h", ts=T0, exception="ValueError('boom')", traceback="Traceback...\nValueError: boom"):
+    return _common("task-failed", host, ts, uuid=uuid, exception=exception, traceback=traceback)
+
+
+def retried(uuid, host="w1@h", ts=T0, exception="Retry('again')"):
+    return _common("task-retried", host, ts, uuid=uuid, exception=exception, traceback="Traceback...")
+
+
+def revoked(uuid, host="w1@h", ts=T0, expired=False, terminated=False):
+    return _common("task-revoked", host, ts, uuid=uuid, terminated=terminated, signum=None, expired=expired)
+
+
+def rejected(uuid, host="w1@h", ts=T0, requeue=False):
+    return _common("task-rejected", host, ts, uuid=uuid, requeue=requeue)
+
+
+def heartbeat(host="w1@h", ts=T0, freq=2.0, active=0, processed=0, etype="worker-heartbeat"):
+    return _common(etype, host, ts, freq=freq, active=active, processed=processed, loadavg=[0.1, 0.1, 0.1],
+                   sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux")

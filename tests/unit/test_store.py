@@ -1,0 +1,78 @@
+"""TTL expiry, the series cap and malformed input through the whole handler path."""
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import T0, Rig, heartbeat, received, sent, started, succeeded
+
+
+def test_task_series_expire_after_the_series_ttl():
+    rig = Rig(series_ttl=3600)
+    rig.feed(received("u1"), started("u1"), succeeded("u1"))
+    rig.advance(3600)
+    assert rig.value("celery_task_succeeded_total", name="app.add", queue_name="unknown") == 1
+    rig.advance(1)
+    assert rig.family("celery_task_") == {}  # hidden at scrape time
+    assert rig.value("celery_exporter_series", kind="task") == 1  # still in memory until swept
+    assert rig.store.sweep(rig.clock.now()) == 1
+    assert rig.value("celery_exporter_series", kind="task") == 0
+    assert rig.value("celery_exporter_series_expired_total", kind="task") == 1
+
+
+def test_an_update_keeps_a_series_alive():
+    rig = Rig(series_ttl=100)
+    rig.feed(received("u1"))
+    rig.advance(90)
+    rig.feed(received("u2"))
+    rig.advance(90)
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 2
+
+
+def test_series_cap_refuses_new_label_sets_and_counts_them():
+    rig = Rig(max_series=3)
+    rig.feed(heartbeat())
+    for i in range(5):
+        rig.feed(received(f"u{i}", name=f"app.t{i}"))
+    assert len(rig.family("celery_task_received_total")) == 2
+    assert rig.value("celery_exporter_series_refused_total", kind="task") == 3
+    assert rig.value("celery_exporter_events_dropped_total", reason="series_limit") == 3
+    rig.feed(received("u9", name="app.t0"))  # an existing label set still counts
+    assert rig.value("celery_task_received_total", name="app.t0", queue_name="unknown") == 2
+
+
+HOSTILE = [
+    "not a dict",
+    ["nested", "list"],
+    None,
+    {},
+    {"type": 5},
+    {"type": "task-received", "uuid": 1, "timestamp": T0, "name": "x"},
+    {"type": "task-received", "uuid": "u", "timestamp": "yesterday", "name": "x"},
+    {"type": "task-received", "uuid": "u", "timestamp": float("nan"), "name": "x"},
+    {"type": "task-received", "uuid": "u", "timestamp": T0, "name": None},
+    {"type": "task-received", "uuid": "u", "timestamp": T0, "name": "x" * 100_000},
+    {"type": "task-received", "uuid": "u", "timestamp": T0, "name": "evil\nname"},
+    {"type": "task-sent", "uuid": "v", "timestamp": T0, "name": "ok", "queue": ["q"]},
+    {"type": "task-succeeded", "uuid": "u", "timestamp": T0, "runtime": "fast"},
+    {"type": "worker-heartbeat", "hostname": {"a": 1}, "timestamp": T0},
+    {"type": "x" * 10_000},
+]
+
+
+def test_hostile_events_never_crash_and_the_exposition_still_parses(rig):
+    rig.feed(*HOSTILE)
+    rig.feed(received("q1", name='quote"and\\backslash'), succeeded("q1"))
+    rig.advance(5)
+    text = rig.text()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert "celery_task_received" in families
+    assert rig.value("celery_task_received_total", name='quote"and\\backslash', queue_name="unknown") == 1
+    assert rig.value("celery_exporter_events_dropped_total", reason="bad_message") == 3
+    assert rig.value("celery_exporter_events_dropped_total", reason="bad_field") >= 8
+    assert rig.value("celery_exporter_events_total", type="other") == 1  # bogus types share one label
+
+
+@pytest.mark.parametrize("reason", ["undecodable", "bad_message", "bad_field", "unknown_task",
+                                    "duplicate", "series_limit", "handler_error"])
+def test_every_drop_reason_is_exported_from_the_start(rig, reason):
+    assert rig.value("celery_exporter_events_dropped_total", reason=reason) == 0

@@ -1,0 +1,244 @@
+"""Task events replayed against exact expected samples."""
+
+import itertools
+
+import pytest
+
+from celery_exporter import catalogue
+from celery_exporter.handlers import exception_class, parse_eta, queue_from_sent
+
+from .conftest import T0, Rig, failed, received, rejected, retried, revoked, sent, started, succeeded
+
+L = {"name": "app.add", "queue_name": "celery"}
+
+
+def counters(rig, **labels):
+    return {s: rig.value(f"celery_task_{s}_total", **labels) for s in catalogue.TASK_STATES}
+
+
+def test_a_successful_task_gives_exact_samples(rig):
+    rig.feed(sent("u1", ts=T0), received("u1", ts=T0 + 0.2), started("u1", ts=T0 + 0.5),
+             succeeded("u1", ts=T0 + 1.0, runtime=0.42))
+    assert counters(rig, **L) == {
+        "sent": 1, "received": 1, "started": 1, "succeeded": 1,
+        "failed": 0, "retried": 0, "rejected": 0, "revoked": 0,
+    }
+    assert rig.value("celery_task_runtime_seconds_count", **L) == 1
+    assert rig.value("celery_task_runtime_seconds_sum", **L) == pytest.approx(0.42)
+    assert rig.value("celery_task_runtime_seconds_bucket", le="0.25", **L) == 0
+    assert rig.value("celery_task_runtime_seconds_bucket", le="0.5", **L) == 1
+    assert rig.value("celery_task_runtime_seconds_bucket", le="+Inf", **L) == 1
+    assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.5)
+    assert rig.value("celery_task_prefetch_wait_seconds_sum", **L) == pytest.approx(0.3)
+    assert rig.value("celery_task_prefetch_wait_seconds_count", **L) == 1
+    assert rig.value("celery_exporter_events_total", type="task-sent") == 1
+
+
+def test_new_label_set_starts_all_state_counters_at_zero(rig):
+    rig.feed(sent("u1"))
+    assert counters(rig, **L) == {s: (1 if s == "sent" else 0) for s in catalogue.TASK_STATES}
+
+
+def test_failure_counts_exception_class(rig):
+    rig.feed(sent("u1"), received("u1"), started("u1"), failed("u1", exception="KeyError('x')"))
+    assert counters(rig, **L)["failed"] == 1
+    assert rig.value("celery_task_exceptions_total", exception="KeyError", **L) == 1
+    assert rig.value("celery_task_runtime_seconds_count", **L) is None  # runtime is for successes
+
+
+def test_duplicate_terminal_events_count_once(rig):
+    # Celery 5.7 sends two task-failed for one hard time limit.
+    pool_failure = dict(exception="ExceptionWithTraceback()",
+                        traceback="Traceback (most recent call last):\n  ...\n"
+                                  "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n")
+    rig.feed(sent("u1"), received("u1"), started("u1"), failed("u1", **pool_failure), failed("u1", **pool_failure))
+    assert counters(rig, **L)["failed"] == 1
+    assert rig.value("celery_task_exceptions_total", exception="TimeLimitExceeded", **L) == 1
+    assert rig.value("celery_exporter_events_dropped_total", reason="duplicate") == 1
+
+
+def test_reject_after_failure_is_counted_under_the_same_labels(rig):
+    rig.feed(sent("u1"), received("u1"), started("u1"), failed("u1"), rejected("u1"))
+    c = counters(rig, **L)
+    assert (c["failed"], c["rejected"]) == (1, 1)
+
+
+def test_retries_reuse_the_uuid_and_arrive_out_of_order(rig):
+    # Observed: the retry's task-sent and task-received arrive before the old attempt's task-retried.
+    rig.feed(
+        sent("u1", ts=T0), received("u1", ts=T0 + 0.1), started("u1", ts=T0 + 0.2),
+        sent("u1", retries=1, ts=T0 + 0.3), received("u1", retries=1, ts=T0 + 0.31),
+        retried("u1", ts=T0 + 0.3),
+        started("u1", ts=T0 + 0.5), succeeded("u1", ts=T0 + 0.6, runtime=0.1),
+    )
+    assert counters(rig, **L) == {
+        "sent": 2, "received": 2, "started": 2, "succeeded": 1,
+        "failed": 0, "retried": 1, "rejected": 0, "revoked": 0,
+    }
+    assert rig.value("celery_task_exceptions_total", exception="Retry", **L) == 1
+    # one queue wait per attempt: 0.2 (first) + 0.2 (second, from its own task-sent)
+    assert rig.value("celery_task_queue_wait_seconds_count", **L) == 2
+    assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.4)
+
+
+def _final(rig):
+    return {k: v for k, v in rig.samples().items()
+            if k[0].startswith("celery_task_")}
+
+
+def test_any_arrival_order_gives_the_same_samples():
+    events = [sent("u2", ts=T0), received("u2", ts=T0 + 0.2), started("u2", ts=T0 + 0.5),
+              succeeded("u2", ts=T0 + 1.0, runtime=0.4)]
+    results = []
+    for order in itertools.permutations(events):
+        rig = Rig()
+        rig.feed(sent("u1"))  # task-sent events are known to flow
+        rig.feed(*order)
+        rig.advance(5)        # let any hold run out
+        results.append(_final(rig))
+    assert all(r == results[0] for r in results)
+    assert results[0][("celery_task_succeeded_total", frozenset(L.items()))] == 1
+    assert results[0][("celery_task_prefetch_wait_seconds_sum", frozenset(L.items()))] == pytest.approx(0.3)
+
+
+def test_received_before_sent_waits_for_the_queue_from_task_sent(rig):
+    rig.feed(sent("u0", queue="other"))  # task-sent events flow
+    rig.feed(received("u1"), started("u1"))
+    assert counters(rig, name="app.add", queue_name="unknown")["received"] is None
+    rig.advance(0.5)
+    rig.feed(sent("u1", queue="q2"))
+    c = counters(rig, name="app.add", queue_name="q2")
+    assert (c["sent"], c["received"], c["started"]) == (1, 1, 1)
+
+
+def test_without_task_sent_events_queue_is_unknown_at_once(rig):
+    rig.feed(received("u1"), started("u1"), succeeded("u1"))
+    assert counters(rig, name="app.add", queue_name="unknown")["succeeded"] == 1
+
+
+def test_single_queue_worker_gives_the_queue_label(rig):
+    rig.store.set_worker_queues({"w1@h": ["only"], "w2@h": ["a", "b"]})
+    rig.feed(received("u1", host="w1@h"), received("u2", host="w2@h"))
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="only") == 1
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
+
+
+def test_events_held_for_a_missing_task_sent_are_released_after_the_hold(rig):
+    rig.feed(sent("u0"))
+    rig.feed(received("u1"), started("u1"))
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") is None
+    rig.advance(rig.settings.sent_hold_seconds + 0.1)
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
+    assert rig.value("celery_task_started_total", name="app.add", queue_name="unknown") == 1
+
+
+def test_events_of_a_task_whose_name_never_arrives_are_dropped_as_unknown(rig):
+    rig.feed(started("u1"), succeeded("u1"))  # exporter started while u1 was running
+    rig.advance(3)
+    assert rig.family("celery_task_succeeded") == {}
+    assert rig.value("celery_exporter_events_dropped_total", reason="unknown_task") == 2
+    rig.feed(failed("u1"))  # later events of that task are dropped at once, not held forever
+    assert rig.value("celery_exporter_events_dropped_total", reason="unknown_task") == 3
+    assert rig.handler.tracker.get("u1").pending is None
+
+
+def test_revoked_before_receipt_counts_under_task_sent_labels(rig):
+    rig.feed(sent("u1", queue="q2"), revoked("u1", expired=True), revoked("u1", expired=True))
+    c = counters(rig, name="app.add", queue_name="q2")
+    assert (c["sent"], c["received"], c["revoked"]) == (1, 0, 1)
+
+
+def test_eta_is_subtracted_from_waits(rig):
+    eta = "2027-01-15T08:00:10+00:00"
+    eta_ts = parse_eta(eta)
+    rig.feed(sent("u1", ts=eta_ts - 10, eta=eta), received("u1", ts=eta_ts - 9.9, eta=eta),
+             started("u1", ts=eta_ts + 0.25), succeeded("u1", ts=eta_ts + 0.3))
+    assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.25)
+    assert rig.value("celery_task_prefetch_wait_seconds_sum", **L) == pytest.approx(0.25)
+
+
+def test_clock_skew_is_clamped_at_zero(rig):
+    rig.feed(sent("u1", ts=T0 + 5), received("u1", ts=T0), started("u1", ts=T0 + 0.1))
+    assert rig.value("celery_task_queue_wait_seconds_sum", **L) == 0
+    assert rig.value("celery_task_queue_wait_seconds_bucket", le="0.001", **L) == 1
+
+
+def test_timezone_fields_do_not_shift_durations(rig):
+    # A Berlin worker says utcoffset=-1; timestamps are epoch seconds and stay as they are.
+    events = [sent("u1", ts=T0), received("u1", ts=T0 + 0.1), started("u1", ts=T0 + 0.2),
+              succeeded("u1", ts=T0 + 0.3, runtime=0.1)]
+    for e in events[1:]:
+        e["utcoffset"] = -1
+    rig.feed(*events)
+    assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.2, abs=1e-6)
+    assert rig.value("celery_task_prefetch_wait_seconds_sum", **L) == pytest.approx(0.1, abs=1e-6)
+
+
+def test_runtime_none_falls_back_to_timestamps(rig):
+    rig.feed(received("u1"), started("u1", ts=T0 + 1), succeeded("u1", ts=T0 + 3.5, runtime=None))
+    assert rig.value("celery_task_runtime_seconds_sum", name="app.add", queue_name="unknown") == pytest.approx(2.5)
+
+
+def test_hostname_label_is_opt_in():
+    rig = Rig(task_hostname_label=True)
+    rig.feed(sent("u1"), received("u1", host="w9@h"), started("u1", host="w9@h"), succeeded("u1", host="w9@h"))
+    assert rig.value("celery_task_succeeded_total", hostname="w9@h", **L) == 1
+    # task-sent comes from the publisher, not a worker: an empty hostname (absent in Prometheus)
+    assert rig.value("celery_task_sent_total", hostname="", **L) == 1
+    assert rig.value("celery_task_queue_wait_seconds_count", hostname="w9@h", **L) == 1
+
+
+def test_custom_and_cancelled_events_are_counted_only_as_events(rig):
+    rig.feed(received("u1"),
+             {"type": "task-progress", "uuid": "u1", "hostname": "w1@h", "timestamp": T0, "pct": 5},
+             {"type": "task-cancelled", "uuid": "u1", "hostname": "w1@h", "timestamp": T0})
+    assert rig.value("celery_exporter_events_total", type="other") == 1
+    assert rig.value("celery_exporter_events_total", type="task-cancelled") == 1
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
+
+
+def test_finished_tasks_are_forgotten_and_the_uuid_map_is_bounded():
+    rig = Rig(max_tasks=100)
+    for i in range(50):
+        rig.feed(received(f"done{i}"), started(f"done{i}"), succeeded(f"done{i}"))
+    rig.advance(rig.settings.finished_grace_seconds + 1)
+    assert len(rig.handler.tracker) == 0
+    for i in range(150):
+        rig.feed(received(f"busy{i}"), started(f"busy{i}"))
+    rig.advance(1)
+    assert rig.value("celery_exporter_tasks_tracked") == 100
+    assert rig.value("celery_exporter_tasks_evicted_total") == 50
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("event,expected", [
+    ({"exception": "ValueError('boom')"}, "ValueError"),
+    ({"exception": "mymod.errors.Custom('x')"}, "Custom"),
+    ({"exception": "ExceptionWithTraceback()",
+      "traceback": "Traceback:\n  File x\nbilliard.exceptions.WorkerLostError: Worker exited\n\n"}, "WorkerLostError"),
+    ({"exception": "NotRegistered('app.nope')"}, "NotRegistered"),
+    ({"exception": "<object at 0x1>"}, "unknown"),
+    ({"exception": None}, "unknown"),
+    ({}, "unknown"),
+])
+def test_exception_class(event, expected):
+    assert exception_class(event) == expected
+
+
+@pytest.mark.parametrize("event,expected", [
+    ({"queue": "q1", "exchange": "", "routing_key": "q1"}, "q1"),
+    ({"queue": None, "exchange": "", "routing_key": "q3"}, "q3"),
+    ({"queue": None, "exchange": "celery_delayed_27", "routing_key": "0." * 27 + "1.default"}, "default"),
+    ({"queue": None, "exchange": "tasks", "routing_key": "x.y"}, None),
+    ({}, None),
+])
+def test_queue_from_sent(event, expected):
+    assert queue_from_sent(event) == expected
+
+
+def test_parse_eta():
+    assert parse_eta("2027-01-15T08:00:00+00:00") == parse_eta("2027-01-15T09:00:00+01:00")
+    assert parse_eta("2027-01-15T08:00:00") == parse_eta("2027-01-15T08:00:00Z")
+    assert parse_eta("not a date") is None
+    assert parse_eta(12) is None
