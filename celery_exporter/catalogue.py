@@ -130,9 +130,9 @@ QUEUE_LENGTH = (
     "Messages waiting in the queue (Redis: all priority lists; RabbitMQ: ready messages, "
     "not the prefetched/unacknowledged ones).",
 )
-QUEUE_CONSUMERS = ("celery_active_consumer_count", "Consumers attached to the queue (RabbitMQ only).")
-QUEUE_WORKERS = ("celery_active_worker_count", "Workers up (by heartbeat) that consume the queue, per inspect.")
-QUEUE_PROCESSES = ("celery_active_process_count", "Pool processes of the workers up that consume the queue.")
+QUEUE_CONSUMERS = ("celery_queue_active_consumers", "Consumers attached to the queue (RabbitMQ only).")
+QUEUE_WORKERS = ("celery_queue_active_workers", "Workers up (by heartbeat) that consume the queue, per inspect.")
+QUEUE_PROCESSES = ("celery_queue_active_processes", "Pool processes of the workers up that consume the queue.")
 POLL_SUCCESS = ("celery_exporter_queue_poll_success", "1 if the last queue-length poll succeeded, else 0.")
 POLL_DURATION = ("celery_exporter_queue_poll_duration_seconds", "How long the last queue-length poll took.")
 POLL_LAST_SUCCESS = (

@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 
 MAX_LABEL_LENGTH = 256
 MAX_PENDING_PER_TASK = 16
-# task-sent events count as "flowing" if one arrived this recently; only then are other
-# events of a task held back to wait for its task-sent.
+# task-sent events count as "flowing" if one arrived this recently, or, before the first
+# one, during this long after the first task event: only then are the other events of a
+# task held back (for sent_hold_seconds) to wait for its task-sent. Real task-sent events
+# can arrive after the worker's task-received (and even task-succeeded), so the very first
+# tasks after a start would otherwise be labelled by the fallback queue.
 SENT_RECENT_SECONDS = 600.0
 UNKNOWN_QUEUE = "unknown"
 UNKNOWN_EXCEPTION = "unknown"
@@ -92,22 +95,35 @@ def queue_from_sent(event: dict) -> Optional[str]:
     return None
 
 
+def _class_name(token: str) -> Optional[str]:
+    """`mymod.errors.Custom` -> `Custom`, if it is a plausible class name."""
+    name = token.strip().rsplit(".", 1)[-1]
+    if len(name) <= 128 and _CLASS_NAME.match(name):
+        return name
+    return None
+
+
 def exception_class(event: dict) -> str:
-    """Class name of a task's exception. Pool-side failures (hard time limit, a killed
-    child) report `ExceptionWithTraceback()`; their real class is on the traceback's
-    last line, e.g. `billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(60,)`."""
+    """Class name of a task's exception, from the repr in `exception` ("ValueError('boom')").
+
+    When that repr names no class, the traceback's last line does: pool-side failures (hard
+    time limit, a killed child) report `ExceptionWithTraceback()` and their real class only as
+    `billiard.exceptions.TimeLimitExceeded: ...`, and exceptions with a custom repr (Celery's
+    Reject: `reject requeue=False: reason`) put theirs there as `celery.exceptions.Reject: ...`."""
     text = event.get("exception")
-    head = text.split("(", 1)[0].strip() if isinstance(text, str) else ""
-    if not head or head == "ExceptionWithTraceback":
-        traceback = event.get("traceback")
-        head = ""
-        if isinstance(traceback, str):
-            lines = [line for line in traceback[-4096:].splitlines() if line.strip()]
-            if lines:
-                head = lines[-1].split(":", 1)[0].strip()
-    head = head.rsplit(".", 1)[-1]
-    if len(head) <= 128 and _CLASS_NAME.match(head):
-        return head
+    if isinstance(text, str):
+        name = _class_name(text.split("(", 1)[0])
+        if name is not None and name != "ExceptionWithTraceback":
+            return name
+    traceback = event.get("traceback")
+    if isinstance(traceback, str):
+        lines = [line for line in traceback[-4096:].splitlines() if line.strip()]
+        if lines and ":" in lines[-1]:
+            name = _class_name(lines[-1].split(":", 1)[0])
+            if name is not None:
+                return name
+    if isinstance(text, str) and text.startswith("reject requeue="):
+        return "Reject"  # Reject's repr, when the traceback is missing
     return UNKNOWN_EXCEPTION
 
 
@@ -118,6 +134,7 @@ class Handler:
         self.tracker = TaskTracker(settings.max_tasks, settings.finished_grace_seconds)
         self.with_hostname = settings.task_hostname_label
         self.last_sent_seen: Optional[float] = None
+        self.first_task_event: Optional[float] = None
         self._labels: dict = {}  # (name, queue) -> the same tuple, shared by all its tasks
         self._logged_drops: set = set()
 
@@ -154,6 +171,8 @@ class Handler:
         if uuid is None or ts is None:
             self.drop("bad_field", f"{etype} without a valid uuid or timestamp")
             return
+        if self.first_task_event is None:
+            self.first_task_event = now
         record = self.tracker.get(uuid)
         if record is None:
             record, evicted = self.tracker.create(uuid)
@@ -208,7 +227,8 @@ class Handler:
             if hold_over:  # the hold ran out before: its events were dropped, so is this one
                 self.drop("unknown_task", UNKNOWN_TASK_DETAIL)
                 return
-        elif record.queue is not None or hold_over or not self._sent_flowing(now):
+        elif (record.queue is not None or hold_over or not self._sent_flowing(now)
+              or self._single_queue(record.worker) is not None):  # that worker's queue is certain
             self._fix_labels(record, now)
             self._emit(record, *held, now)
             return
@@ -229,7 +249,10 @@ class Handler:
             self._fix_labels(record, now)
 
     def _sent_flowing(self, now: float) -> bool:
-        return self.last_sent_seen is not None and now - self.last_sent_seen < SENT_RECENT_SECONDS
+        """Whether a task's task-sent can be expected: one arrived lately, or none has yet
+        but the exporter has not been listening long enough to know they are off."""
+        since = self.last_sent_seen if self.last_sent_seen is not None else self.first_task_event
+        return since is not None and now - since < SENT_RECENT_SECONDS
 
     def _fix_labels(self, record: TaskRecord, now: float) -> None:
         labels = (record.name, record.queue or self._fallback_queue(record.worker))
@@ -240,11 +263,13 @@ class Handler:
         for etype, state, event in pending or ():
             self._emit(record, etype, state, event, now)
 
-    def _fallback_queue(self, worker: Optional[str]) -> str:
+    def _single_queue(self, worker: Optional[str]) -> Optional[str]:
+        """The queue of a worker that consumes exactly one (per the poller's inspect)."""
         queues = self.store.worker_queues.get(worker) if worker else None
-        if queues and len(queues) == 1:
-            return queues[0]
-        return UNKNOWN_QUEUE
+        return queues[0] if queues and len(queues) == 1 else None
+
+    def _fallback_queue(self, worker: Optional[str]) -> str:
+        return self._single_queue(worker) or UNKNOWN_QUEUE
 
     def _emit(self, record: TaskRecord, etype: str, state: int, event: dict, now: float) -> None:
         if etype in TERMINAL:

@@ -245,9 +245,6 @@ def test_workload_counters_equal_ground_truth(mixed: MixedRun):
         assert later.get_value("celery_exporter_events_total", type=f"task-{state}") == n, state
 
 
-@pytest.mark.xfail(strict=True, reason="exporter bug: until the first task-sent, a task whose task-received "
-                                       "arrives before its task-sent is labelled by the fallback queue "
-                                       "('unknown'), and its late task-sent is counted there too")
 def test_first_task_takes_the_queue_of_its_late_task_sent(make_rig):
     """The exporter has not seen any task-sent yet when a task's task-received arrives
     before its task-sent. This happens with real Celery: on Redis the producer's task-sent
@@ -279,9 +276,6 @@ def test_first_task_takes_the_queue_of_its_late_task_sent(make_rig):
             frozenset(dict(name="it.succeed", queue_name="celery").items()): 1.0}, state
 
 
-@pytest.mark.xfail(strict=True, reason="exporter bug: Reject's repr 'reject requeue=False: ...' is not "
-                                       "'Class(...)', and the traceback fallback is only used for "
-                                       "ExceptionWithTraceback, so the class shows as 'unknown'")
 def test_reject_exception_class(mixed: MixedRun):
     m = mixed.settle()
     assert m.select("celery_task_exceptions_total", name="it.reject") == {
@@ -293,8 +287,8 @@ def wait_queue_metrics(mixed: MixedRun) -> Metrics:
     def polled(m: Metrics) -> bool:
         ok = all(m.get_value("celery_queue_length", queue_name=q) == 0 for q in ("celery", "q2"))
         if mixed.rig.kind == "rabbitmq":
-            ok = ok and all(m.get_value("celery_active_consumer_count", queue_name=q) == 1 for q in ("celery", "q2"))
-        return ok and all(m.get_value("celery_active_worker_count", queue_name=q) == 1 for q in ("celery", "q2"))
+            ok = ok and all(m.get_value("celery_queue_active_consumers", queue_name=q) == 1 for q in ("celery", "q2"))
+        return ok and all(m.get_value("celery_queue_active_workers", queue_name=q) == 1 for q in ("celery", "q2"))
     return mixed.exporter.wait_for(polled, 15, what="queue metrics of celery and q2", contains="queue")
 
 
@@ -304,15 +298,10 @@ def test_queue_metrics_after_workload(mixed: MixedRun):
     m = wait_queue_metrics(mixed)
     for queue in ("celery", "q2"):
         assert m.get_value("celery_queue_length", queue_name=queue) == 0
-        assert m.get_value("celery_active_worker_count", queue_name=queue) == 1
-        assert m.get_value("celery_active_process_count", queue_name=queue) == 1
+        assert m.get_value("celery_queue_active_workers", queue_name=queue) == 1
+        assert m.get_value("celery_queue_active_processes", queue_name=queue) == 1
     assert m.get_value("celery_exporter_queue_poll_success") == 1
     assert "unknown" not in m.label_values("celery_queue_length", "queue_name")
-
-
-# Gauges kept under danihodovic/celery-exporter's names, which promtool's lint rejects
-# ("non-histogram and non-summary metrics should not have "_count" suffix").
-PROMTOOL_REJECTED = ("celery_active_consumer_count", "celery_active_worker_count", "celery_active_process_count")
 
 
 def promtool_check(body: str) -> subprocess.CompletedProcess:
@@ -331,23 +320,12 @@ def scrape_all_kinds(mixed: MixedRun) -> str:
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     for family in ("celery_task_rejected_total", "celery_task_revoked_total", "celery_task_retried_total",
                    "celery_task_runtime_seconds_bucket", "celery_worker_up", "celery_task_exceptions_total",
-                   "celery_queue_length", "celery_exporter_events_total"):
+                   "celery_queue_length", "celery_queue_active_workers", "celery_queue_active_processes",
+                   "celery_exporter_events_total"):
         assert f"\n{family}" in body, family
     return body
 
 
-def test_metrics_pass_promtool_check_but_known_names(mixed: MixedRun):
-    """Everything but the families of the known naming bug passes `promtool check metrics`."""
-    body = scrape_all_kinds(mixed)
-    kept = "\n".join(line for line in body.splitlines()
-                     if not any(f" {name} " in f" {line} " or line.startswith(name) for name in PROMTOOL_REJECTED))
-    assert not any(name in kept for name in PROMTOOL_REJECTED)
-    result = promtool_check(kept + "\n")
-    assert result.returncode == 0, f"promtool check metrics:\n{result.stdout}{result.stderr}"
-
-
-@pytest.mark.xfail(strict=True, reason="exporter bug: celery_active_{consumer,worker,process}_count are gauges "
-                                       "with a _count suffix; promtool check metrics exits 3")
 def test_metrics_pass_promtool_check(mixed: MixedRun):
     result = promtool_check(scrape_all_kinds(mixed))
     assert result.returncode == 0, f"promtool check metrics:\n{result.stdout}{result.stderr}"

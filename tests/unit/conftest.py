@@ -40,6 +40,11 @@ class Rig:
         self.clock.advance(seconds)
         self.handler.tick(self.clock.now())
 
+    def settle(self) -> None:
+        """Let held events go: a task's events wait up to sent_hold_seconds for its
+        task-sent (which carries the queue) before the fallback queue label is used."""
+        self.advance(self.settings.sent_hold_seconds + 0.1)
+
     def text(self) -> str:
         return self.collector.render()
 

@@ -57,7 +57,7 @@ def test_a_failed_poll_keeps_the_last_values_and_reports_it():
     backend.fail = "ConnectionRefusedError: [Errno 111]"
     poller.poll_once()
     assert rig.value("celery_queue_length", queue_name="q1") == 5
-    assert rig.value("celery_active_consumer_count", queue_name="q1") == 2
+    assert rig.value("celery_queue_active_consumers", queue_name="q1") == 2
     assert rig.value("celery_exporter_queue_poll_success") == 0
     assert rig.value("celery_exporter_queue_poll_errors_total", reason="broker") == 1
     assert rig.value("celery_exporter_queue_poll_last_success_timestamp_seconds") == last_success
@@ -86,9 +86,9 @@ def test_inspect_gives_worker_counts_labels_and_follows_heartbeats():
     poller.poll_once()
     assert backend.inspected == [2]  # stop waiting once both workers up have answered
     assert backend.polled == [["a", "b"]]
-    assert rig.value("celery_active_worker_count", queue_name="a") == 2
-    assert rig.value("celery_active_process_count", queue_name="a") == 6
-    assert rig.value("celery_active_worker_count", queue_name="b") == 1
+    assert rig.value("celery_queue_active_workers", queue_name="a") == 2
+    assert rig.value("celery_queue_active_processes", queue_name="a") == 6
+    assert rig.value("celery_queue_active_workers", queue_name="b") == 1
     # the worker -> queues map gives the queue label of tasks received by single-queue workers
     rig.feed(received("u1", host="w1@h"))
     assert rig.value("celery_task_received_total", name="app.add", queue_name="a") == 1
@@ -98,8 +98,8 @@ def test_inspect_gives_worker_counts_labels_and_follows_heartbeats():
     rig.clock.advance(15)
     poller.poll_once()
     assert backend.inspected == [2, 1]
-    assert rig.value("celery_active_worker_count", queue_name="b") == 0
-    assert rig.value("celery_active_worker_count", queue_name="a") == 1
+    assert rig.value("celery_queue_active_workers", queue_name="b") == 0
+    assert rig.value("celery_queue_active_workers", queue_name="a") == 1
 
 
 def test_inspect_runs_on_its_own_interval_and_can_be_off():
@@ -114,4 +114,4 @@ def test_inspect_runs_on_its_own_interval_and_can_be_off():
     rig, backend, poller = make(inspect=False, queues=("q",))
     poller.poll_once()
     assert backend.inspected == []
-    assert rig.value("celery_active_worker_count", queue_name="q") is None
+    assert rig.value("celery_queue_active_workers", queue_name="q") is None

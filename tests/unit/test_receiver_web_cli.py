@@ -37,6 +37,7 @@ def test_task_multi_batches_are_unpacked(rig):
     r = receiver_for(rig)
     r._on_message(FakeMessage([received("u1"), started("u1"), succeeded("u1")]))
     r._on_message(FakeMessage(heartbeat()))
+    rig.settle()
     assert rig.value("celery_task_succeeded_total", name="app.add", queue_name="unknown") == 1
     assert rig.value("celery_worker_up", hostname="w1@h") == 1
 
@@ -89,6 +90,7 @@ def test_health_and_readiness(rig):
 
 def test_metrics_gzip_and_openmetrics_negotiation(rig):
     rig.feed(received("u1"))
+    rig.settle()
     web = web_for(rig)
     status, headers, body = call(web, "/metrics", {"Accept-Encoding": "gzip"})
     assert status == 200 and headers.get("Content-Encoding") == "gzip"

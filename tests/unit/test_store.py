@@ -9,7 +9,8 @@ from .conftest import T0, Rig, heartbeat, received, sent, started, succeeded
 def test_task_series_expire_after_the_series_ttl():
     rig = Rig(series_ttl=3600)
     rig.feed(received("u1"), started("u1"), succeeded("u1"))
-    rig.advance(3600)
+    rig.settle()
+    rig.advance(3600)  # the series was last updated when its held events were counted
     assert rig.value("celery_task_succeeded_total", name="app.add", queue_name="unknown") == 1
     rig.advance(1)
     assert rig.family("celery_task_") == {}  # hidden at scrape time
@@ -33,10 +34,12 @@ def test_series_cap_refuses_new_label_sets_and_counts_them():
     rig.feed(heartbeat())
     for i in range(5):
         rig.feed(received(f"u{i}", name=f"app.t{i}"))
+    rig.settle()
     assert len(rig.family("celery_task_received_total")) == 2
     assert rig.value("celery_exporter_series_refused_total", kind="task") == 3
     assert rig.value("celery_exporter_events_dropped_total", reason="series_limit") == 3
     rig.feed(received("u9", name="app.t0"))  # an existing label set still counts
+    rig.settle()
     assert rig.value("celery_task_received_total", name="app.t0", queue_name="unknown") == 2
 
 

@@ -111,15 +111,35 @@ def test_received_before_sent_waits_for_the_queue_from_task_sent(rig):
     assert (c["sent"], c["received"], c["started"]) == (1, 1, 1)
 
 
-def test_without_task_sent_events_queue_is_unknown_at_once(rig):
+def test_before_any_task_sent_a_task_waits_for_its_late_task_sent(rig):
+    """Right after a start, task-received can beat the first task-sent (seen on Redis)."""
     rig.feed(received("u1"), started("u1"), succeeded("u1"))
+    assert counters(rig, name="app.add", queue_name="unknown")["succeeded"] is None
+    rig.advance(0.5)
+    rig.feed(sent("u1", queue="q2"))
+    c = counters(rig, name="app.add", queue_name="q2")
+    assert (c["sent"], c["received"], c["started"], c["succeeded"]) == (1, 1, 1, 1)
+    assert rig.family("celery_task_received_total") == {
+        ("celery_task_received_total", frozenset(dict(name="app.add", queue_name="q2").items())): 1}
+
+
+def test_without_task_sent_events_queue_is_unknown_after_the_hold_then_at_once(rig):
+    rig.feed(received("u1"), started("u1"), succeeded("u1"))
+    rig.advance(rig.settings.sent_hold_seconds + 0.1)
     assert counters(rig, name="app.add", queue_name="unknown")["succeeded"] == 1
+    # ten minutes without any task-sent: they are off, so nothing waits any more
+    rig.advance(600)
+    rig.feed(received("u2"), started("u2"), succeeded("u2"))
+    assert counters(rig, name="app.add", queue_name="unknown")["succeeded"] == 2
 
 
 def test_single_queue_worker_gives_the_queue_label(rig):
     rig.store.set_worker_queues({"w1@h": ["only"], "w2@h": ["a", "b"]})
     rig.feed(received("u1", host="w1@h"), received("u2", host="w2@h"))
+    # the single-queue worker's queue is certain: counted at once, no wait for a task-sent
     assert rig.value("celery_task_received_total", name="app.add", queue_name="only") == 1
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") is None
+    rig.settle()
     assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
 
 
@@ -176,6 +196,7 @@ def test_timezone_fields_do_not_shift_durations(rig):
 
 def test_runtime_none_falls_back_to_timestamps(rig):
     rig.feed(received("u1"), started("u1", ts=T0 + 1), succeeded("u1", ts=T0 + 3.5, runtime=None))
+    rig.settle()
     assert rig.value("celery_task_runtime_seconds_sum", name="app.add", queue_name="unknown") == pytest.approx(2.5)
 
 
@@ -192,6 +213,7 @@ def test_custom_and_cancelled_events_are_counted_only_as_events(rig):
     rig.feed(received("u1"),
              {"type": "task-progress", "uuid": "u1", "hostname": "w1@h", "timestamp": T0, "pct": 5},
              {"type": "task-cancelled", "uuid": "u1", "hostname": "w1@h", "timestamp": T0})
+    rig.settle()
     assert rig.value("celery_exporter_events_total", type="other") == 1
     assert rig.value("celery_exporter_events_total", type="task-cancelled") == 1
     assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
@@ -201,6 +223,7 @@ def test_finished_tasks_are_forgotten_and_the_uuid_map_is_bounded():
     rig = Rig(max_tasks=100)
     for i in range(50):
         rig.feed(received(f"done{i}"), started(f"done{i}"), succeeded(f"done{i}"))
+    rig.settle()  # counted (after the wait for a task-sent), so they are finished
     rig.advance(rig.settings.finished_grace_seconds + 1)
     assert len(rig.handler.tracker) == 0
     for i in range(150):
@@ -218,6 +241,11 @@ def test_finished_tasks_are_forgotten_and_the_uuid_map_is_bounded():
     ({"exception": "ExceptionWithTraceback()",
       "traceback": "Traceback:\n  File x\nbilliard.exceptions.WorkerLostError: Worker exited\n\n"}, "WorkerLostError"),
     ({"exception": "NotRegistered('app.nope')"}, "NotRegistered"),
+    ({"exception": "reject requeue=False: it.reject rejects",
+      "traceback": "Traceback (most recent call last):\n  File x\ncelery.exceptions.Reject: ('it.reject rejects', False)\n"},
+     "Reject"),
+    ({"exception": "reject requeue=False: no traceback"}, "Reject"),
+    ({"exception": "<object at 0x1>", "traceback": "Traceback...\n  File x\n    raise Weird()\n"}, "unknown"),
     ({"exception": "<object at 0x1>"}, "unknown"),
     ({"exception": None}, "unknown"),
     ({}, "unknown"),
