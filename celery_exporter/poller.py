@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 from celery import Celery
 from kombu import Connection
@@ -53,6 +53,8 @@ class KombuBackend:
         self._app: Optional[Celery] = None
 
     def _connect(self) -> Connection:
+        """The poller's own connection, made once and kept; an error closes it, and the next
+        poll connects again. No retries within one poll: the next poll is the retry."""
         if self._connection is None:
             options = {"socket_timeout": self.settings.poll_timeout,
                        "socket_connect_timeout": self.settings.poll_timeout}
@@ -66,7 +68,7 @@ class KombuBackend:
                 # py-amqp takes socket read/write timeouts from the transport options
                 connection.transport_options.setdefault("read_timeout", self.settings.poll_timeout)
                 connection.transport_options.setdefault("write_timeout", self.settings.poll_timeout)
-            connection.connect()
+            connection.ensure_connection(max_retries=0)
             self._connection = connection
         return self._connection
 
@@ -142,10 +144,11 @@ class KombuBackend:
             self._app = app
         try:
             inspect = self._app.control.inspect(timeout=self.settings.inspect_timeout,
-                                                limit=expected_replies or None)
+                                                limit=expected_replies or None, connection=self._connect())
             queues_reply = inspect.active_queues() or {}
             stats_reply = inspect.stats() or {}
         except Exception as exc:
+            self.close()
             raise PollError("inspect", f"{type(exc).__name__}: {exc}") from exc
         worker_queues = {
             worker: tuple(q["name"] for q in (reply or []) if isinstance(q, dict) and isinstance(q.get("name"), str))
@@ -162,18 +165,23 @@ class KombuBackend:
         return worker_queues, processes
 
 
-class QueuePoller(threading.Thread):
-    def __init__(self, settings: Settings, store: Store, clock: Clock, stop_event: threading.Event,
-                 backend=None):
-        super().__init__(name="queue-poller", daemon=True)
+class _Periodic(threading.Thread):
+    """Calls poll_once() every `interval` seconds until stopped. A bug in poll_once() is
+    logged and counted, never the end of polling. Failures and recoveries of what it
+    polls are logged once each, not on every attempt."""
+
+    what = "?"
+
+    def __init__(self, name: str, interval: float, settings: Settings, store: Store, clock: Clock,
+                 stop_event: threading.Event, backend=None):
+        super().__init__(name=name, daemon=True)
+        self.interval = interval
         self.settings = settings
         self.store = store
         self.clock = clock
         self.stop_event = stop_event
         self.backend = backend or KombuBackend(settings)
-        self._next_inspect = 0.0
-        self._inspect_queues: Set[str] = set()
-        self._failing: Set[str] = set()
+        self._failing = False
 
     def run(self) -> None:
         try:
@@ -181,59 +189,79 @@ class QueuePoller(threading.Thread):
                 try:
                     self.poll_once()
                 except Exception:  # a bug must not end polling for good
-                    log.exception("queue poll failed unexpectedly")
-                    self.store.queue_poll_failed("error", 0.0)
-                self.stop_event.wait(self.settings.queue_poll_interval)
+                    log.exception("polling %s failed unexpectedly", self.what)
+                    self.store.count_poll_error("error")
+                self.stop_event.wait(self.interval)
         finally:
             self.backend.close()
 
+    def poll_once(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _failed(self, exc: PollError) -> None:
+        self.store.count_poll_error(exc.reason)
+        if not self._failing:
+            self._failing = True
+            log.warning("polling %s failed (%s); keeping the last values and retrying every %g s",
+                        self.what, exc, self.interval)
+
+    def _succeeded(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("polling %s works again", self.what)
+
+
+class QueuePoller(_Periodic):
+    """Queue lengths of the configured queues, the queues seen in task events and the
+    queues workers reported consuming, every --queue-poll-interval."""
+
+    what = "queue lengths"
+
+    def __init__(self, settings: Settings, store: Store, clock: Clock, stop_event: threading.Event,
+                 backend=None):
+        super().__init__("queue-poller", settings.queue_poll_interval, settings, store, clock,
+                         stop_event, backend)
+
     def queues_to_poll(self, now: float) -> Sequence[str]:
-        """Configured queues, queues seen in task events, and queues workers consume."""
-        names = set(self.settings.queues)
-        names.update(self.store.task_queue_names(now))
-        names.update(self._inspect_queues)
+        names = set(self.settings.queues) | self.store.queue_names(now)
         names.discard("unknown")
         return sorted(names)
 
     def poll_once(self) -> None:
         now = self.clock.now()
-        if self.settings.inspect and now >= self._next_inspect:
-            self._next_inspect = now + self.settings.inspect_interval
-            self._run_inspect(now)
         started = time.monotonic()
         queues = self.queues_to_poll(now)
         try:
             depths = self.backend.queue_depths(queues) if queues else {}
         except PollError as exc:
-            self.store.queue_poll_failed(exc.reason, time.monotonic() - started)
-            self._log_failure("queue lengths", exc)
+            self.store.queue_poll_failed(time.monotonic() - started)
+            self._failed(exc)
             return
         self.store.queue_poll_succeeded(depths, time.monotonic() - started, self.clock.now())
-        self._log_recovery("queue lengths")
+        self._succeeded()
 
-    def _run_inspect(self, now: float) -> None:
-        expected = self.store.workers_up(now)
+
+class Inspector(_Periodic):
+    """Remote-control inspect every --inspect-interval, in its own thread (a broadcast waits
+    for replies, so it never delays the queue lengths): which queues each worker consumes
+    and its pool size."""
+
+    what = "inspect"
+
+    def __init__(self, settings: Settings, store: Store, clock: Clock, stop_event: threading.Event,
+                 backend=None):
+        super().__init__("inspector", settings.inspect_interval, settings, store, clock, stop_event, backend)
+
+    def poll_once(self) -> None:
+        now = self.clock.now()
         try:
-            worker_queues, processes = self.backend.inspect(expected)
+            worker_queues, processes = self.backend.inspect(self.store.workers_up(now))
         except PollError as exc:
-            self.store.queue_poll_failed(exc.reason, 0.0)
-            self._log_failure("inspect", exc)
+            self._failed(exc)
             return
-        self._log_recovery("inspect")
+        self._succeeded()
         if not worker_queues:
             # Nobody answered (all workers down, or remote control off): keep the last map.
-            # Per-queue worker counts still drop at once, as they count only workers up by heartbeat.
+            # Per-queue worker counts still drop at once: they count only workers up by heartbeat.
             return
-        self._inspect_queues = {q for queues in worker_queues.values() for q in queues}
-        self.store.set_worker_queues(worker_queues, processes)
-
-    def _log_failure(self, what: str, exc: PollError) -> None:
-        if what not in self._failing:
-            self._failing.add(what)
-            log.warning("polling %s failed (%s); keeping the last values and retrying every %.0f s",
-                        what, exc, self.settings.queue_poll_interval)
-
-    def _log_recovery(self, what: str) -> None:
-        if what in self._failing:
-            self._failing.discard(what)
-            log.info("polling %s works again", what)
+        self.store.set_worker_queues(worker_queues, processes, now)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from celery_exporter.clock import Clock
 from celery_exporter.collector import CeleryCollector
 from celery_exporter.handlers import Handler
-from celery_exporter.poller import QueuePoller
+from celery_exporter.poller import Inspector, QueuePoller
 from celery_exporter.receiver import Receiver
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
@@ -34,6 +34,7 @@ class Exporter:
         GCCollector(registry=self.process_registry)
         self.receiver = Receiver(settings, self.handler, self.store, self.clock, self.stop_event)
         self.poller = QueuePoller(settings, self.store, self.clock, self.stop_event)
+        self.inspector = Inspector(settings, self.store, self.clock, self.stop_event) if settings.inspect else None
         self.sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
         self.web = Web(settings, self.store, self.collector, self.process_registry, self.clock)
 
@@ -47,6 +48,8 @@ class Exporter:
         self.web.start()  # first, so a port clash fails before anything else starts
         self.receiver.start()
         self.poller.start()
+        if self.inspector is not None:
+            self.inspector.start()
         self.sweeper.start()
 
     def stop(self, timeout: float = 1.5) -> None:

@@ -100,6 +100,9 @@ class Store:
         self._worker_queues: Mapping[str, Tuple[str, ...]] = MappingProxyType({})
         self._worker_processes: Dict[str, int] = {}
         self._capacity_known = False
+        # queue -> when a worker last reported consuming it (inspect); polled for
+        # --series-ttl after that, so a queue whose workers scaled to zero keeps its length
+        self._reported_queues: Dict[str, float] = {}
         self._queues: Dict[str, Tuple[int, Optional[int]]] = {}
         self._poll_success: Optional[bool] = None
         self._poll_duration: Optional[float] = None
@@ -221,7 +224,7 @@ class Store:
         return self._worker_queues
 
     def set_worker_queues(self, mapping: Mapping[str, Sequence[str]],
-                          processes: Optional[Mapping[str, int]] = None) -> None:
+                          processes: Optional[Mapping[str, int]] = None, now: Optional[float] = None) -> None:
         """What `inspect` said: the queues each worker consumes and its pool size."""
         frozen = MappingProxyType({host: tuple(queues) for host, queues in mapping.items()})
         with self.lock:
@@ -229,13 +232,24 @@ class Store:
             if processes is not None:
                 self._worker_processes = dict(processes)
                 self._capacity_known = True
+            if now is not None:
+                for queues in frozen.values():
+                    for queue in queues:
+                        self._reported_queues[queue] = now
 
     # -- queue poller -------------------------------------------------------------------
 
-    def task_queue_names(self, now: float) -> set:
-        """Queue names of live task label sets: the queues discovered from events."""
+    def queue_names(self, now: float) -> set:
+        """Queues discovered so far and not expired: those of live task label sets (from
+        events) and those workers reported consuming within --series-ttl."""
         with self.lock:
-            return {key[1] for key, s in self._tasks.items() if self._task_alive(s.updated, now)}
+            names = {key[1] for key, s in self._tasks.items() if self._task_alive(s.updated, now)}
+            for queue, seen in list(self._reported_queues.items()):
+                if self._task_alive(seen, now):
+                    names.add(queue)
+                else:
+                    del self._reported_queues[queue]
+            return names
 
     def _is_up(self, record: WorkerRecord, now: float) -> bool:
         return now - record.last_seen <= effective_worker_timeout(self.settings.worker_timeout, record.freq)
@@ -252,10 +266,14 @@ class Store:
             self._poll_duration = duration
             self._poll_last_success = now
 
-    def queue_poll_failed(self, reason: str, duration: float) -> None:
+    def queue_poll_failed(self, duration: float) -> None:
+        """A queue-length poll failed (its error is counted by count_poll_error)."""
         with self.lock:
             self._poll_success = False  # the last good values stay
             self._poll_duration = duration
+
+    def count_poll_error(self, reason: str) -> None:
+        with self.lock:
             self._poll_errors[reason] = self._poll_errors.get(reason, 0) + 1
 
     def _queue_capacity(self, now: float) -> Dict[str, Tuple[int, int]]:

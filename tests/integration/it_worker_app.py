@@ -4,12 +4,15 @@ Configuration comes from the environment, set by the test that starts the worker
   IT_BROKER_URL    broker of this test (its own Redis DB or RabbitMQ vhost)
   IT_TRUTH_URL     Redis URL where tasks record what really happened (ground truth)
   IT_TRUTH_PREFIX  key prefix unique to the test
+  IT_TRANSPORT_OPTIONS  optional JSON object: broker_transport_options (key prefix, priority steps)
+  IT_BROKER_USE_SSL     optional JSON object: broker_use_ssl (TLS to the broker)
 
 Every task records its outcome as INCR <prefix>:<task name>:<queue>:<outcome>, with the
 queue taken from the message's delivery info, so a test can compare the exporter's
 counters with what the workers actually did.
 """
 
+import json
 import os
 import time
 
@@ -29,7 +32,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     task_ignore_result=True,
+    broker_transport_options=json.loads(os.environ.get("IT_TRANSPORT_OPTIONS") or "{}"),
 )
+if os.environ.get("IT_BROKER_USE_SSL"):
+    app.conf.broker_use_ssl = json.loads(os.environ["IT_BROKER_USE_SSL"])
 
 _truth = None
 

@@ -9,6 +9,7 @@ hook attaches the logs of every rig still open to the report of a failed test.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -403,6 +404,8 @@ class Rig:
         self.exporters: List[Exporter] = []
         self.workers: List[Worker] = []
         self._producer: Optional[Celery] = None
+        # broker_transport_options of the producer and the workers (e.g. Sentinel's master_name)
+        self.transport_options: Dict[str, object] = {}
         self.sent: Dict[Tuple[str, str], int] = {}
         self._cleanups: List[Callable[[], None]] = []
         self.truth = Truth(truth_db, f"it:{self.id}")
@@ -481,6 +484,8 @@ class Rig:
             IT_TRUTH_PREFIX=self.truth.prefix,
             PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         )
+        if self.transport_options:
+            worker_env["IT_TRANSPORT_OPTIONS"] = json.dumps(self.transport_options)
         worker_env.update(env or {})
         proc = Proc(title, argv, self._log_path(title), worker_env, cwd=HERE)
         self.procs.append(proc)
@@ -501,7 +506,7 @@ class Rig:
         if self._producer is None:
             app = Celery(f"it-producer-{self.id}", broker=self.broker_url, set_as_current=False)
             app.conf.update(task_send_sent_event=True, broker_connection_retry_on_startup=True,
-                            task_ignore_result=True)
+                            task_ignore_result=True, broker_transport_options=dict(self.transport_options))
             self._producer = app
         return self._producer
 
@@ -575,6 +580,83 @@ class RedisServer:
         assert self.proc is not None
         code = self.proc.stop(10)
         return code
+
+
+class TlsRedisServer(RedisServer):
+    """A private redis-server that speaks only TLS, with a throwaway CA and server
+    certificate for 127.0.0.1 made by the openssl command line."""
+
+    def __init__(self, tmp: Path):
+        super().__init__(tmp)
+        self.ca = tmp / "ca.crt"
+        self.cert = tmp / "server.crt"
+        self.key = tmp / "server.key"
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise AssertionError("openssl not found (Debian package openssl; .ci/run installs it)")
+
+        def run(*args: str) -> None:
+            subprocess.run([openssl, *args], cwd=tmp, check=True, capture_output=True, timeout=60)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=celery-exporter-it-ca")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+        (tmp / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+
+    @property
+    def url(self) -> str:
+        return f"rediss://{HOST}:{self.port}/0"
+
+    def start(self) -> Proc:
+        self.starts += 1
+        title = f"redis-server-tls-{self.starts}"
+        argv = [shutil.which("redis-server") or "redis-server", "--port", "0", "--tls-port", str(self.port),
+                "--bind", HOST, "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+                "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+                "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.tmp)]
+        self.proc = Proc(title, argv, self.tmp / f"{title}.log", clean_env())
+        client = redis.Redis(host=HOST, port=self.port, ssl=True, ssl_ca_certs=str(self.ca),
+                             socket_connect_timeout=0.5)
+        try:
+            wait_for(lambda: client.ping(), 10, what=f"{title} on port {self.port} to answer PING over TLS",
+                     describe=lambda: self.proc.log_text(2000))
+        finally:
+            client.close()
+        return self.proc
+
+
+class RedisSentinel:
+    """A Sentinel on a free port monitoring a private RedisServer as `mymaster`."""
+
+    MASTER = "mymaster"
+
+    def __init__(self, tmp: Path, master: RedisServer):
+        self.tmp = tmp
+        self.master = master
+        self.port = free_port()
+        self.proc: Optional[Proc] = None
+
+    @property
+    def url(self) -> str:
+        return f"sentinel://{HOST}:{self.port}/0"
+
+    def start(self) -> Proc:
+        conf = self.tmp / "sentinel.conf"  # Sentinel rewrites its config file: it must be writable
+        conf.write_text(f"port {self.port}\nbind {HOST}\ndir {self.tmp}\n"
+                        f"sentinel monitor {self.MASTER} {HOST} {self.master.port} 1\n")
+        argv = [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"]
+        self.proc = Proc("redis-sentinel", argv, self.tmp / "redis-sentinel.log", clean_env())
+        client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5, decode_responses=True)
+        try:
+            wait_for(lambda: client.execute_command("SENTINEL", "get-master-addr-by-name", self.MASTER),
+                     10, what=f"the sentinel on port {self.port} to know {self.MASTER}",
+                     describe=lambda: self.proc.log_text(2000))
+        finally:
+            client.close()
+        return self.proc
 
 
 BROKERS = ["redis", "rabbitmq"]

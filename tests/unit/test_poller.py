@@ -2,7 +2,8 @@
 
 import threading
 
-from celery_exporter.poller import PollError, QueuePoller
+from celery_exporter.poller import Inspector, PollError, QueuePoller
+from celery_exporter.runtime import Exporter
 
 from .conftest import Rig, heartbeat, received, sent
 
@@ -23,6 +24,8 @@ class FakeBackend:
 
     def inspect(self, expected_replies):
         self.inspected.append(expected_replies)
+        if isinstance(self.inspect_reply, Exception):
+            raise self.inspect_reply
         return self.inspect_reply
 
     def close(self):
@@ -33,11 +36,12 @@ def make(**settings):
     rig = Rig(**settings)
     backend = FakeBackend()
     poller = QueuePoller(rig.settings, rig.store, rig.clock, threading.Event(), backend=backend)
-    return rig, backend, poller
+    inspector = Inspector(rig.settings, rig.store, rig.clock, threading.Event(), backend=backend)
+    return rig, backend, poller, inspector
 
 
 def test_configured_and_discovered_queues_are_polled():
-    rig, backend, poller = make(queues=("idle",), inspect=False)
+    rig, backend, poller, inspector = make(queues=("idle",), inspect=False)
     rig.feed(sent("u1", queue="q1"), received("u2"))  # u2 has no queue: 'unknown' is never polled
     rig.advance(3)
     backend.depths = {"q1": (12, None)}
@@ -49,7 +53,7 @@ def test_configured_and_discovered_queues_are_polled():
 
 
 def test_a_failed_poll_keeps_the_last_values_and_reports_it():
-    rig, backend, poller = make(queues=("q1",), inspect=False)
+    rig, backend, poller, inspector = make(queues=("q1",), inspect=False)
     backend.depths = {"q1": (5, 2)}
     poller.poll_once()
     last_success = rig.value("celery_exporter_queue_poll_last_success_timestamp_seconds")
@@ -70,7 +74,7 @@ def test_a_failed_poll_keeps_the_last_values_and_reports_it():
 
 
 def test_discovered_queues_expire_with_their_task_series():
-    rig, backend, poller = make(series_ttl=100, inspect=False)
+    rig, backend, poller, inspector = make(series_ttl=100, inspect=False)
     rig.feed(sent("u1", queue="q1"))
     poller.poll_once()
     assert rig.value("celery_queue_length", queue_name="q1") == 0
@@ -79,10 +83,31 @@ def test_discovered_queues_expire_with_their_task_series():
     assert rig.value("celery_queue_length", queue_name="q1") is None
 
 
+def test_queues_reported_by_inspect_stay_polled_until_the_series_ttl():
+    rig, backend, poller, inspector = make(series_ttl=100)
+    rig.feed(heartbeat(host="w1@h"))
+    backend.inspect_reply = ({"w1@h": ("a",)}, {"w1@h": 1})
+    inspector.poll_once()
+    poller.poll_once()
+    assert backend.polled[-1] == ["a"]
+    # the workers scale to zero: nobody answers, the queue's backlog stays visible...
+    backend.inspect_reply = ({}, {})
+    rig.clock.advance(90)
+    inspector.poll_once()
+    poller.poll_once()
+    assert backend.polled[-1] == ["a"]
+    # ...until nobody reported it for longer than the series TTL
+    rig.clock.advance(20)
+    poller.poll_once()
+    assert len(backend.polled) == 2
+    assert rig.value("celery_queue_length", queue_name="a") is None
+
+
 def test_inspect_gives_worker_counts_labels_and_follows_heartbeats():
-    rig, backend, poller = make(inspect_interval=30)
+    rig, backend, poller, inspector = make()
     rig.feed(heartbeat(host="w1@h"), heartbeat(host="w2@h"))
     backend.inspect_reply = ({"w1@h": ("a",), "w2@h": ("a", "b")}, {"w1@h": 4, "w2@h": 2})
+    inspector.poll_once()
     poller.poll_once()
     assert backend.inspected == [2]  # stop waiting once both workers up have answered
     assert backend.polled == [["a", "b"]]
@@ -97,21 +122,26 @@ def test_inspect_gives_worker_counts_labels_and_follows_heartbeats():
     rig.feed(heartbeat(host="w1@h"))
     rig.clock.advance(15)
     poller.poll_once()
-    assert backend.inspected == [2, 1]
     assert rig.value("celery_queue_active_workers", queue_name="b") == 0
     assert rig.value("celery_queue_active_workers", queue_name="a") == 1
+    inspector.poll_once()
+    assert backend.inspected == [2, 1]
 
 
-def test_inspect_runs_on_its_own_interval_and_can_be_off():
-    rig, backend, poller = make(inspect_interval=30, queues=("q",))
-    for _ in range(3):
-        poller.poll_once()
-        rig.clock.advance(10)
-    assert len(backend.inspected) == 1
-    rig.clock.advance(10)
+def test_a_failed_inspect_is_counted_but_does_not_fail_the_queue_lengths():
+    rig, backend, poller, inspector = make(queues=("q",))
+    backend.inspect_reply = PollError("inspect", "OperationalError: connection refused")
+    inspector.poll_once()
     poller.poll_once()
-    assert len(backend.inspected) == 2
-    rig, backend, poller = make(inspect=False, queues=("q",))
-    poller.poll_once()
-    assert backend.inspected == []
-    assert rig.value("celery_queue_active_workers", queue_name="q") is None
+    assert rig.value("celery_exporter_queue_poll_errors_total", reason="inspect") == 1
+    assert rig.value("celery_exporter_queue_poll_success") == 1
+    assert rig.value("celery_queue_length", queue_name="q") == 0
+
+
+def test_inspect_has_its_own_thread_and_interval_and_can_be_off():
+    settings = Rig(inspect_interval=45, queue_poll_interval=5).settings
+    exporter = Exporter(settings)
+    assert exporter.poller.interval == 5
+    assert exporter.inspector.interval == 45 and exporter.inspector is not exporter.poller
+    assert exporter.inspector.backend is not exporter.poller.backend  # own connection each
+    assert Exporter(Rig(inspect=False).settings).inspector is None
