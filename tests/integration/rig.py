@@ -435,13 +435,15 @@ class Rig:
     # -- processes --
 
     def start_exporter(self, *extra: str, env: Optional[Dict[str, str]] = None,
-                       broker_url: Optional[str] = None, wait_ready: bool = True) -> Exporter:
-        """`celery-exporter` on a free port of 127.0.0.1 with short timings. Retries on
-        another port if the chosen one was taken in between."""
+                       broker_url: Optional[str] = None, wait_ready: bool = True,
+                       short_timings: bool = True) -> Exporter:
+        """`celery-exporter` on a free port of 127.0.0.1, with short worker timings unless
+        short_timings=False (then with the defaults a user gets). Retries on another port if
+        the chosen one was taken in between."""
         for attempt in range(3):
             port = free_port()
             argv = [executable("celery-exporter"), "--broker-url", broker_url or self.broker_url,
-                    "--listen-address", HOST, "--port", str(port), *EXPORTER_TIMINGS,
+                    "--listen-address", HOST, "--port", str(port), *(EXPORTER_TIMINGS if short_timings else ()),
                     "--log-level", "DEBUG", *extra]
             title = f"exporter-{len(self.exporters) + 1}"
             proc = Proc(title, argv, self._log_path(title), clean_env(TZ="UTC", **(env or {})))

@@ -1,0 +1,86 @@
+"""The shipped Grafana dashboards: in sync with dashboards/build.py, importable as they are
+(datasource and job variables, no datasource UIDs of anyone's Grafana), and reading only
+metrics the exporter exports. That every query returns data from a real Prometheus is
+tests/integration/test_prometheus_e2e.py."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
+from tests.unit.conftest import Rig, failed, heartbeat, received, sent, started, succeeded
+
+ROOT = Path(__file__).resolve().parents[2]
+BOARDS = sorted((ROOT / "dashboards").glob("*.json"))
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def exprs(board):
+    return [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+
+
+def test_the_json_is_what_build_py_makes():
+    result = subprocess.run([sys.executable, str(ROOT / "dashboards" / "build.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in BOARDS} == {"celery-overview.json", "celery-tasks.json", "celery-workers.json"}
+
+
+@pytest.mark.parametrize("path", BOARDS, ids=lambda p: p.name)
+def test_importable_as_is(path):
+    board = load(path)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["job"]["type"] == "query"
+    # every datasource reference is the variable (or Grafana's own annotations source)
+    text = path.read_text()
+    uids = set(re.findall(r'"uid": "([^"]*)"', text)) - {board["uid"]}
+    assert uids <= {"${datasource}", "-- Grafana --"}, uids
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+            assert panel["targets"] and panel.get("description"), panel["title"]
+            for t in panel["targets"]:
+                assert 'job=~"$job"' in t["expr"], (panel["title"], t["expr"])
+
+
+def exported_names():
+    """Every sample name the exporter can expose, from a rig fed with every kind of data."""
+    rig = Rig()
+    rig.feed(heartbeat(), sent("u1"), received("u1"), started("u1"), succeeded("u1"),
+             sent("u2"), received("u2"), started("u2"), failed("u2"))
+    rig.store.set_worker_queues({"w1@h": ["celery"]}, {"w1@h": 2}, rig.clock.now())
+    rig.store.queue_poll_succeeded({"celery": (3, 1)}, 0.01, rig.clock.now())
+    rig.store.queue_poll_failed(0.01)
+    rig.handler.tick(rig.clock.now())
+    text = rig.text()
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    text += generate_latest(registry).decode()
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_panels_use_only_metrics_the_exporter_exports():
+    names = exported_names()
+    assert "celery_queue_active_workers" in names and "process_resident_memory_bytes" in names
+    used = set()
+    for path in BOARDS:
+        board = load(path)
+        for expr in exprs(board) + [v.get("definition", "") for v in board["templating"]["list"]]:
+            used |= set(re.findall(r"\b((?:celery|process)_[a-z_]+)\b", expr))
+    assert used and used <= names, used - names
+    # and the dashboards cover the metric contract's main families
+    for family in ("celery_task_succeeded_total", "celery_task_runtime_seconds_bucket", "celery_worker_up",
+                   "celery_queue_length", "celery_task_exceptions_total", "celery_exporter_broker_connected"):
+        assert family in used, family
