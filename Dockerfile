@@ -11,12 +11,17 @@
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS build
+ARG VERSION=0.1.0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY . /src
-RUN if [ -d /src/.wheels ]; then set -- --no-index --find-links /src/.wheels; fi \
-    && python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install "$@" /src \
+# with .wheels/ (the project's wheel and its dependencies): offline, from those wheels only
+RUN python3 -m venv /opt/venv \
+    && if [ -d /src/.wheels ]; then \
+         /opt/venv/bin/pip install --no-index --find-links /src/.wheels "celery-exporter==${VERSION}"; \
+       else \
+         /opt/venv/bin/pip install /src; \
+       fi \
     && /opt/venv/bin/celery-exporter --version
 
 FROM ${BASE_IMAGE}
