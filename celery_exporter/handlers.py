@@ -196,6 +196,8 @@ class Handler:
             retries = _count(event.get("retries")) or 0
             if retries > record.attempt:  # a retry: same uuid, new attempt
                 record.attempt = retries
+                record.previous = [record.sent_ts, record.received_ts, record.eta_ts, record.waits_observed,
+                                   record.started_ts]
                 record.sent_ts = record.received_ts = record.started_ts = record.eta_ts = None
                 record.waits_observed = 0
             eta = parse_eta(event.get("eta"))
@@ -214,7 +216,10 @@ class Handler:
                 if record.labels is None:
                     record.name = name  # the worker's view wins (shadow names)
         elif etype == "task-started":
-            record.started_ts = ts
+            if self._late_start_of_previous_attempt(record, ts):
+                record.previous[4] = ts
+            else:
+                record.started_ts = ts
             if record.worker is None:
                 record.worker = _label(event.get("hostname"))
         return True
@@ -298,17 +303,40 @@ class Handler:
         if etype == "task-failed" or etype == "task-retried":
             self.store.task_exception(key, exception_class(event), now)
 
+    @staticmethod
+    def _late_start_of_previous_attempt(record: TaskRecord, ts: float) -> bool:
+        """A task-started older than the current attempt's task-sent or task-received
+        belongs to the attempt before the retry: the worker's pool child publishes the
+        retry (task-sent) while the old task-started can still sit in the main process's
+        event buffer. Both timestamps come from the worker's host, so they compare."""
+        previous = record.previous
+        if previous is None or previous[4] is not None or record.started_ts is not None:
+            return False
+        return ((record.sent_ts is not None and ts < record.sent_ts)
+                or (record.received_ts is not None and ts < record.received_ts))
+
     def _waits(self, record: TaskRecord, observations: List[Tuple[int, float]]) -> None:
-        started = record.started_ts
-        if started is None:
-            return
-        eta = record.eta_ts if record.eta_ts is not None else -math.inf
-        if record.sent_ts is not None and not record.waits_observed & QUEUE_WAIT_BIT:
-            record.waits_observed |= QUEUE_WAIT_BIT
-            observations.append((catalogue.QUEUE_WAIT, max(started - max(record.sent_ts, eta), 0.0)))
-        if record.received_ts is not None and not record.waits_observed & PREFETCH_WAIT_BIT:
-            record.waits_observed |= PREFETCH_WAIT_BIT
-            observations.append((catalogue.PREFETCH_WAIT, max(started - max(record.received_ts, eta), 0.0)))
+        previous = record.previous
+        if previous is not None and previous[4] is not None:
+            previous[3] = self._observe_waits(observations, previous[4], previous[0], previous[1], previous[2],
+                                              previous[3])
+        if record.started_ts is not None:
+            record.waits_observed = self._observe_waits(observations, record.started_ts, record.sent_ts,
+                                                        record.received_ts, record.eta_ts, record.waits_observed)
+
+    @staticmethod
+    def _observe_waits(observations: List[Tuple[int, float]], started: float, sent: Optional[float],
+                       received: Optional[float], eta: Optional[float], observed: int) -> int:
+        """Queue wait (publish -> start) and prefetch wait (receipt -> start) of one attempt,
+        each at most once, less any ETA; returns the updated observed bits."""
+        not_before = eta if eta is not None else -math.inf
+        if sent is not None and not observed & QUEUE_WAIT_BIT:
+            observed |= QUEUE_WAIT_BIT
+            observations.append((catalogue.QUEUE_WAIT, max(started - max(sent, not_before), 0.0)))
+        if received is not None and not observed & PREFETCH_WAIT_BIT:
+            observed |= PREFETCH_WAIT_BIT
+            observations.append((catalogue.PREFETCH_WAIT, max(started - max(received, not_before), 0.0)))
+        return observed
 
     # -- workers ------------------------------------------------------------------------
 

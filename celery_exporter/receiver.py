@@ -110,12 +110,12 @@ class Receiver(threading.Thread):
                 on_message=self._on_message,
             )
             consumer.consume()
+            # kombu's Redis transport sends PSUBSCRIBE lazily, on the first drain: do one
+            # before reporting ready, so /-/ready never says yes while events still go unheard.
+            self._drain(connection, 0.01)
             self._connected()
             while not self.stop_event.is_set():
-                try:
-                    connection.drain_events(timeout=DRAIN_TIMEOUT)
-                except socket.timeout:
-                    pass
+                self._drain(connection, DRAIN_TIMEOUT)
                 now = self.clock.now()
                 if now - self._last_tick >= TICK_INTERVAL:
                     self._last_tick = now
@@ -128,6 +128,13 @@ class Receiver(threading.Thread):
                 connection.release()
             except Exception:  # the connection is already broken; nothing left to close
                 log.debug("error while closing the broker connection", exc_info=True)
+
+    @staticmethod
+    def _drain(connection: Connection, timeout: float) -> None:
+        try:
+            connection.drain_events(timeout=timeout)
+        except socket.timeout:
+            pass
 
     def _wait(self, delay: float) -> None:
         """Back off, still releasing held events on time."""

@@ -30,6 +30,7 @@ class TaskRecord:
         "pending",
         "hold_until",
         "finished",
+        "previous",
     )
 
     def __init__(self, uuid: str):
@@ -48,6 +49,9 @@ class TaskRecord:
         self.pending: Optional[List[tuple]] = None      # events held until labels are fixed
         self.hold_until: Optional[float] = None
         self.finished = False
+        # [sent_ts, received_ts, eta_ts, waits_observed, started_ts] of the attempt before a
+        # retry, whose task-started can arrive after the next attempt's task-sent
+        self.previous: Optional[list] = None
 
 
 class TaskTracker:

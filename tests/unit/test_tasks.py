@@ -81,6 +81,28 @@ def test_retries_reuse_the_uuid_and_arrive_out_of_order(rig):
     assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.4)
 
 
+def test_a_late_task_started_of_the_attempt_before_a_retry_is_its_own(rig):
+    """The retry's task-sent (published by the pool child) can overtake the previous
+    attempt's task-started (still in the worker's event buffer). That start belongs to the
+    previous attempt: both attempts get their own waits, none is clamped to 0."""
+    rig.feed(
+        sent("u1", ts=T0), received("u1", ts=T0 + 0.1),
+        sent("u1", retries=1, ts=T0 + 0.3),
+        started("u1", ts=T0 + 0.2),            # attempt 0's start, arriving late
+        retried("u1", ts=T0 + 0.35),
+        received("u1", retries=1, ts=T0 + 0.4), started("u1", ts=T0 + 0.6),
+        succeeded("u1", ts=T0 + 0.7, runtime=0.1),
+    )
+    c = counters(rig, **L)
+    assert (c["sent"], c["received"], c["started"], c["retried"], c["succeeded"]) == (2, 2, 2, 1, 1)
+    # queue waits: 0.2 (attempt 0) + 0.3 (attempt 1); prefetch waits: 0.1 + 0.2
+    assert rig.value("celery_task_queue_wait_seconds_count", **L) == 2
+    assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.5)
+    assert rig.value("celery_task_prefetch_wait_seconds_count", **L) == 2
+    assert rig.value("celery_task_prefetch_wait_seconds_sum", **L) == pytest.approx(0.3)
+    assert rig.value("celery_task_queue_wait_seconds_bucket", le="0.001", **L) == 0
+
+
 def _final(rig):
     return {k: v for k, v in rig.samples().items()
             if k[0].startswith("celery_task_")}
