@@ -256,3 +256,28 @@ def test_dockerfile_shape():
     assert re.search(r"^EXPOSE 9808$", text, re.M)
     assert re.search(r'^ENTRYPOINT \["celery-exporter"\]$', text, re.M)
     assert "org.opencontainers.image.title" in text
+
+
+def readme_helm_commands():
+    """The `helm install` commands of the README and the chart's README, continuation lines joined."""
+    out = []
+    for path in (ROOT / "README.md", CHART / "README.md"):
+        text = path.read_text().replace("\\\n", " ")
+        out += [(path.name, line.strip()) for line in text.splitlines() if line.strip().startswith("helm install ")]
+    return out
+
+
+@pytest.mark.parametrize("source,command", readme_helm_commands(), ids=lambda v: v if v.endswith(".md") else "cmd")
+def test_the_readme_helm_commands_render_and_validate(helm, source, command):
+    import shlex
+    argv = shlex.split(command)
+    assert argv[:2] == ["helm", "install"]
+    args = [a.replace("./helm/celery-exporter", str(CHART)) for a in argv[2:]]
+    out = helm("template", *args, "--kube-version", KUBE_VERSION).stdout
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+    kinds = {k for k, _ in docs}
+    assert {"Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap"} <= kinds, kinds
+    deployment = next(d for (k, _), d in docs.items() if k == "Deployment")
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(c)["CELERY_EXPORTER_BROKER_URL"] == {"secretKeyRef": {"name": "celery-broker", "key": "broker-url"}}
+    assert "Secret" not in kinds
