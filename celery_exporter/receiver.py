@@ -20,6 +20,7 @@ from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 from kombu.utils.url import maybe_sanitize_url
 
+from celery_exporter import redis_events
 from celery_exporter.clock import Clock
 from celery_exporter.handlers import Handler
 from celery_exporter.settings import Settings
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 0.5       # also bounds how long a stop request waits
 TICK_INTERVAL = 0.5       # handler.tick(): release held events, forget finished tasks
+SUBSCRIBE_TIMEOUT = 10.0  # Redis: how long to wait for the broker to confirm PSUBSCRIBE
 AMQP_HEARTBEAT = 10       # seconds; a dead AMQP peer is noticed within ~2 heartbeats
 # The exporter's event queue on RabbitMQ: exclusive and auto-delete (RabbitMQ 4.3 rejects
 # transient non-exclusive queues), so it vanishes with the connection. Events waiting longer
@@ -90,44 +92,87 @@ class Receiver(threading.Thread):
         connection = self._connection()
         try:
             connection.connect()
-            channel = connection.channel()
-            exchange = get_exchange(connection, name=self.settings.events_exchange)
-            queue = Queue(
-                f"celeryev.exporter.{uuid.uuid4().hex}",
-                exchange=exchange,
-                routing_key="#",
-                durable=False,
-                auto_delete=True,
-                exclusive=True,
-                message_ttl=QUEUE_MESSAGE_TTL,
-                expires=QUEUE_EXPIRES,
-            )
-            consumer = Consumer(
-                channel,
-                queues=[queue],
-                accept=list(self.settings.accept_content),
-                no_ack=True,
-                on_message=self._on_message,
-            )
-            consumer.consume()
-            # kombu's Redis transport sends PSUBSCRIBE lazily, on the first drain: do one
-            # before reporting ready, so /-/ready never says yes while events still go unheard.
-            self._drain(connection, 0.01)
-            self._connected()
-            while not self.stop_event.is_set():
-                self._drain(connection, DRAIN_TIMEOUT)
-                now = self.clock.now()
-                if now - self._last_tick >= TICK_INTERVAL:
-                    self._last_tick = now
-                    connection.heartbeat_check()
-                    self.handler.tick(now)
-            return True
+            if redis_events.usable(connection):
+                return self._consume_redis(connection)
+            return self._consume_kombu(connection)
         finally:
             self.store.set_connected(False)
             try:
                 connection.release()
             except Exception:  # the connection is already broken; nothing left to close
                 log.debug("error while closing the broker connection", exc_info=True)
+
+    def _consume_redis(self, connection: Connection) -> bool:
+        """Redis: read the PUB/SUB subscription directly (redis_events.py)."""
+        stream = redis_events.RedisEventStream(connection, self.settings.events_exchange)
+        try:
+            early = stream.wait_subscribed(SUBSCRIBE_TIMEOUT)
+            self._connected()
+            for data in early:
+                self._on_data(data)
+            accept = self.settings.accept_content
+            handle_body = self._on_body
+            while not self.stop_event.is_set():
+                data = stream.read(DRAIN_TIMEOUT)
+                now = self.clock.now()
+                if data is not None:
+                    try:
+                        body = redis_events.decode(data, accept)
+                    except redis_events.UndecodableMessage as exc:
+                        self.handler.drop("undecodable", str(exc))
+                    else:
+                        handle_body(body, now)
+                if now - self._last_tick >= TICK_INTERVAL:
+                    self._last_tick = now
+                    self.handler.tick(now)
+            return True
+        finally:
+            stream.close()
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            body = redis_events.decode(data, self.settings.accept_content)
+        except redis_events.UndecodableMessage as exc:
+            self.handler.drop("undecodable", str(exc))
+            return
+        self._on_body(body, self.clock.now())
+
+    def _consume_kombu(self, connection: Connection) -> bool:
+        """RabbitMQ (and any transport redis_events cannot read): kombu's consumer on an
+        exclusive, auto-delete queue of our own."""
+        channel = connection.channel()
+        exchange = get_exchange(connection, name=self.settings.events_exchange)
+        queue = Queue(
+            f"celeryev.exporter.{uuid.uuid4().hex}",
+            exchange=exchange,
+            routing_key="#",
+            durable=False,
+            auto_delete=True,
+            exclusive=True,
+            message_ttl=QUEUE_MESSAGE_TTL,
+            expires=QUEUE_EXPIRES,
+        )
+        consumer = Consumer(
+            channel,
+            queues=[queue],
+            accept=list(self.settings.accept_content),
+            no_ack=True,
+            on_message=self._on_message,
+        )
+        consumer.consume()
+        # kombu's Redis transport (used here only with sentinel_fanout_compat) sends
+        # PSUBSCRIBE lazily, on the first drain: do one before reporting ready, so /-/ready
+        # never says yes while events still go unheard.
+        self._drain(connection, 0.01)
+        self._connected()
+        while not self.stop_event.is_set():
+            self._drain(connection, DRAIN_TIMEOUT)
+            now = self.clock.now()
+            if now - self._last_tick >= TICK_INTERVAL:
+                self._last_tick = now
+                connection.heartbeat_check()
+                self.handler.tick(now)
+        return True
 
     @staticmethod
     def _drain(connection: Connection, timeout: float) -> None:
@@ -178,6 +223,9 @@ class Receiver(threading.Thread):
         except Exception as exc:  # not JSON, disallowed content type, bad compression...
             self.handler.drop("undecodable", f"{type(exc).__name__}: {str(exc)[:200]}")
             return
+        self._on_body(body, now)
+
+    def _on_body(self, body: Any, now: float) -> None:
         if isinstance(body, list):  # task.multi: a batch from one worker
             for event in body:
                 self._handle(event, now)

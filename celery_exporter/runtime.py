@@ -3,7 +3,9 @@ run them, and stop them cleanly."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import threading
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -18,6 +20,8 @@ from celery_exporter.store import Store
 from celery_exporter.web import Web
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL = 0.001  # seconds; see Exporter.start
 
 
 class Exporter:
@@ -45,12 +49,20 @@ class Exporter:
                 log.debug("swept %d expired label sets", removed)
 
     def start(self) -> None:
+        # The event thread keeps the GIL busy under load; at CPython's default 5 ms switch
+        # interval every GIL hand-off costs a scrape up to 5 ms, and a large scrape needs
+        # several. 1 ms keeps scrapes fast while events flow, for a little more switching.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.web.start()  # first, so a port clash fails before anything else starts
         self.receiver.start()
         self.poller.start()
         if self.inspector is not None:
             self.inspector.start()
         self.sweeper.start()
+        # Everything imported and built so far (celery, kombu, the registries) lives as long
+        # as the process: keep it out of the garbage collector's full collections, which
+        # otherwise scan it every time and pause scrapes for tens of milliseconds.
+        gc.freeze()
 
     def stop(self, timeout: float = 1.5) -> None:
         self.stop_event.set()

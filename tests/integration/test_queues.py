@@ -88,8 +88,14 @@ def test_redis_lengths_sum_every_priority_list(make_rig, variant):
 
     # A worker drains them (it consumes with the same transport options): every list reaches 0.
     worker_env = {"IT_TRANSPORT_OPTIONS": json.dumps(options)} if options else {}
-    rig.start_worker(queues=("qa", "qb"), concurrency=2, env=worker_env)
+    worker = rig.start_worker(queues=("qa", "qb"), concurrency=2, env=worker_env)
     wait_lengths(exporter, {"qa": 0.0, "qb": 0.0, "qc": 0.0}, timeout=60)
+    # ...and its events reach the exporter through the same (prefixed) PUB/SUB topics
+    m = exporter.wait_for(
+        lambda m: sum(m.select("celery_task_succeeded_total", name="it.succeed").values()) == 62
+        and m.get_value("celery_worker_up", hostname=worker.hostname) == 1,
+        30, what="all 62 tasks counted from the worker's events", contains="it.succeed")
+    assert m.get_value("celery_exporter_events_dropped_total", reason="undecodable") == 0
 
 
 def test_rabbitmq_ready_messages_and_consumers(make_rig):

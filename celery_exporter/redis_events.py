@@ -1,0 +1,118 @@
+"""A lean reader of Celery's event stream on Redis.
+
+On Redis, Celery events travel over PUB/SUB: kombu publishes each message, a JSON envelope
+with a base64 body, to the topic `<fanout prefix><exchange>/<routing key>`. kombu's own
+consumer turns every message into a virtual-AMQP delivery (queue lookup, QoS, a Message
+object, content negotiation) before the body is decoded, which costs more than the
+exporter's whole event handling. This module reads the same subscription directly:
+
+- the connection, Sentinel master lookup, TLS, `global_keyprefix` and the fanout topic
+  layout all come from kombu's own Redis channel (its client, pool and topic functions), so
+  the exporter sees exactly what kombu would;
+- each message is decoded with `json` and `base64` only, falling back to kombu's
+  serialization registry for other accepted content types.
+
+It is used only where it is exact: the Redis transports (redis, rediss, sentinel) without
+`sentinel_fanout_compat` (whose double publishing kombu de-duplicates). Everything else goes
+through kombu's consumer (see receiver.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from typing import Any, Iterable, List, Optional
+
+from kombu import Connection
+from kombu.exceptions import ContentDisallowed
+from kombu.serialization import loads as kombu_loads
+
+JSON = "application/json"
+
+
+class UndecodableMessage(ValueError):
+    pass
+
+
+def usable(connection: Connection) -> bool:
+    """Whether the lean reader can stand in for kombu's consumer on this connection."""
+    if connection.transport.driver_type != "redis":
+        return False
+    channel = connection.default_channel
+    compat = getattr(channel, "_fanout_compat_active", None)
+    return not (callable(compat) and compat())
+
+
+def decode(data: Any, accept: Iterable[str]) -> Any:
+    """The event (a dict) or batch (a list) inside one PUB/SUB message of kombu's envelope."""
+    try:
+        envelope = json.loads(data)
+        body = envelope["body"]
+        properties = envelope.get("properties") or {}
+        content_type = envelope.get("content-type") or JSON
+        encoding = properties.get("body_encoding")
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise UndecodableMessage(f"not a kombu message envelope: {type(exc).__name__}: {exc}") from None
+    try:
+        if encoding == "base64":
+            body = base64.b64decode(body)
+        elif encoding not in (None, "", "utf-8"):
+            raise UndecodableMessage(f"unknown body encoding {encoding!r}")
+        if content_type == JSON and "json" in accept:
+            return json.loads(body)
+        return kombu_loads(body, content_type, envelope.get("content-encoding") or "utf-8", accept=list(accept))
+    except UndecodableMessage:
+        raise
+    except (ContentDisallowed, ValueError, TypeError, binascii.Error) as exc:
+        raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+class RedisEventStream:
+    """The PUB/SUB subscription to one event exchange, read message by message."""
+
+    def __init__(self, connection: Connection, exchange: str):
+        channel = connection.default_channel
+        # The pubsub client first: creating kombu's pool fills in the {db} of the fanout prefix.
+        self.pubsub = channel.subclient
+        # What kombu would subscribe to for a queue bound to `exchange` with routing key '#'
+        # (kombu turns '#' into the PUB/SUB pattern '*').
+        self.topics: List[str] = channel._get_publish_topics(exchange, "*")
+        self.pubsub.psubscribe(*self.topics)
+        self.subscribed = False
+
+    def read(self, timeout: float) -> Optional[bytes]:
+        """The data of the next event message, or None when none came within `timeout`
+        (or the next reply was a subscription confirmation). Connection errors propagate."""
+        response = self.pubsub.parse_response(block=False, timeout=timeout)
+        if not response:
+            return None
+        kind = response[0]
+        if isinstance(kind, bytes):
+            kind = kind.decode()
+        if kind == "pmessage":
+            return response[3]
+        if kind == "message":
+            return response[2]
+        if kind == "psubscribe":
+            self.subscribed = True
+        return None
+
+    def wait_subscribed(self, timeout: float) -> List[bytes]:
+        """Wait for the broker to confirm the subscription; events read meanwhile are returned."""
+        early: List[bytes] = []
+        deadline = time.monotonic() + timeout
+        while not self.subscribed and time.monotonic() < deadline:
+            data = self.read(0.05)
+            if data is not None:
+                early.append(data)
+        if not self.subscribed:
+            raise TimeoutError(f"no confirmation of PSUBSCRIBE {self.topics} within {timeout:g} s")
+        return early
+
+    def close(self) -> None:
+        try:
+            self.pubsub.close()
+        except Exception:  # the connection is already gone
+            pass
