@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import time
-from typing import Any, Iterable, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from kombu import Connection
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
+from kombu.serialization import prepare_accept_content
 
 JSON = "application/json"
 
@@ -45,8 +47,15 @@ def usable(connection: Connection) -> bool:
     return not (callable(compat) and compat())
 
 
-def decode(data: Any, accept: Iterable[str]) -> Any:
-    """The event (a dict) or batch (a list) inside one PUB/SUB message of kombu's envelope."""
+@functools.lru_cache(maxsize=8)
+def _accepted(accept: Tuple[str, ...]) -> frozenset:
+    """Content types for names like "json" or "pickle", as kombu's consumer resolves them."""
+    return frozenset(prepare_accept_content(list(accept)))
+
+
+def decode(data: Any, accept: Tuple[str, ...]) -> Any:
+    """The event (a dict) or batch (a list) inside one PUB/SUB message of kombu's envelope.
+    `accept`: the accepted content types or serializer names (--accept-content)."""
     try:
         envelope = json.loads(data)
         body = envelope["body"]
@@ -60,9 +69,10 @@ def decode(data: Any, accept: Iterable[str]) -> Any:
             body = base64.b64decode(body)
         elif encoding not in (None, "", "utf-8"):
             raise UndecodableMessage(f"unknown body encoding {encoding!r}")
-        if content_type == JSON and "json" in accept:
+        accepted = _accepted(tuple(accept))
+        if content_type == JSON and JSON in accepted:
             return json.loads(body)
-        return kombu_loads(body, content_type, envelope.get("content-encoding") or "utf-8", accept=list(accept))
+        return kombu_loads(body, content_type, envelope.get("content-encoding") or "utf-8", accept=accepted)
     except UndecodableMessage:
         raise
     except (ContentDisallowed, ValueError, TypeError, binascii.Error) as exc:
