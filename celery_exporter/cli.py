@@ -117,6 +117,12 @@ def _env(name: str) -> str:
               show_envvar=True, help="Celery's event exchange (event_exchange setting).")
 @click.option("--listen-address", default="0.0.0.0", show_default=True, envvar=_env("LISTEN_ADDRESS"),
               show_envvar=True, help="Address to serve HTTP on (use :: for IPv6).")
+@click.option("--web-config-file", type=click.Path(dir_okay=False), default=None, envvar=_env("WEB_CONFIG_FILE"),
+              show_envvar=True, help="TLS and basic auth for the HTTP endpoints, in the Prometheus exporter-toolkit "
+                                     "format (tls_server_config, basic_auth_users with bcrypt hashes).")
+@click.option("--web-health-open/--no-web-health-open", default=True, show_default=True,
+              envvar=_env("WEB_HEALTH_OPEN"), show_envvar=True,
+              help="Keep /-/healthy and /-/ready open without credentials (for probes) when basic auth is on.")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=9808, show_default=True,
               envvar=_env("PORT"), show_envvar=True, help="Port to serve HTTP on.")
 @click.option("--runtime-buckets", "--buckets", "runtime_buckets", type=Buckets(), default=",".join(map(str, catalogue.DEFAULT_RUNTIME_BUCKETS)),
@@ -182,6 +188,13 @@ def build_settings(options: Dict[str, Any]) -> Settings:
         if ssl is False:
             raise click.BadParameter("given together with --no-broker-ssl", param_hint="'--broker-ssl-option'")
         ssl = dict(options["ssl_options"])
+    web_config = None
+    if options["web_config_file"]:
+        from celery_exporter import webconfig
+        try:
+            web_config = webconfig.load(options["web_config_file"])
+        except webconfig.WebConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--web-config-file'") from None
     accept = tuple(c.strip() for c in options["accept_content"].split(",") if c.strip())
     if not accept:
         raise click.BadParameter("needs at least one content type", param_hint="'--accept-content'")
@@ -193,6 +206,8 @@ def build_settings(options: Dict[str, Any]) -> Settings:
         events_exchange=options["events_exchange"],
         listen_address=options["listen_address"],
         port=options["port"],
+        web_config=web_config,
+        health_open=options["web_health_open"],
         runtime_buckets=options["runtime_buckets"],
         wait_buckets=options["wait_buckets"],
         worker_timeout=options["worker_timeout"],

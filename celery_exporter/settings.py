@@ -18,6 +18,10 @@ class Settings:
 
     listen_address: str = "0.0.0.0"
     port: int = 9808
+    # TLS and basic auth of the HTTP endpoints (webconfig.WebConfig, from --web-config-file),
+    # and whether /-/healthy and /-/ready stay open without credentials (for probes).
+    web_config: Any = None
+    health_open: bool = True
 
     runtime_buckets: Tuple[float, ...] = catalogue.DEFAULT_RUNTIME_BUCKETS
     wait_buckets: Tuple[float, ...] = catalogue.DEFAULT_WAIT_BUCKETS

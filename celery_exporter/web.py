@@ -24,13 +24,23 @@ from celery_exporter.collector import CeleryCollector
 from celery_exporter.receiver import mask_url
 from celery_exporter.settings import Settings, effective_worker_timeout
 from celery_exporter.store import Store
+from celery_exporter.webconfig import Authenticator
 
 log = logging.getLogger(__name__)
+
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+HEALTH_PATHS = ("/-/healthy", "/-/ready")
 
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    ssl_context = None
+
+    def handle_error(self, request, client_address) -> None:
+        """A failed TLS handshake or a client that hung up: not worth a traceback."""
+        log.debug("HTTP request from %s failed", client_address, exc_info=True)
 
 
 class _Server6(_Server):
@@ -38,6 +48,16 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    def setup(self) -> None:
+        """With TLS, the handshake happens here, in the request's own thread, so a slow or
+        broken client never holds up the accept loop."""
+        context = getattr(self.server, "ssl_context", None)
+        if context is not None:
+            self.request.settimeout(TLS_HANDSHAKE_TIMEOUT)
+            self.request = context.wrap_socket(self.request, server_side=True)
+            self.request.settimeout(None)
+        super().setup()
+
     def log_message(self, format, *args):  # noqa: A002 - signature of the base class
         pass  # one line per request would drown the operator's logs
 
@@ -85,11 +105,19 @@ class Web:
         self.process_registry = process_registry
         self.server = None
         self.thread = None
+        config = settings.web_config
+        self.authenticator = Authenticator(config.users) if config is not None and config.auth_required else None
 
     # -- WSGI -----------------------------------------------------------------------------
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if self.authenticator is not None and not (self.settings.health_open and path in HEALTH_PATHS):
+            if self.authenticator.check(environ.get("HTTP_AUTHORIZATION")) is None:
+                start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                                    ("WWW-Authenticate", 'Basic realm="celery-exporter"'),
+                                                    ("Content-Length", "13")])
+                return [b"Unauthorized\n"]
         if path == "/metrics":
             return self.metrics(environ, start_response)
         if path == "/-/healthy":
@@ -166,10 +194,15 @@ class Web:
         server_class = _Server6 if ":" in self.settings.listen_address else _Server
         self.server = make_server(self.settings.listen_address, self.settings.port, self,
                                   server_class=server_class, handler_class=_QuietHandler)
+        config = self.settings.web_config
+        if config is not None and config.ssl_context is not None:
+            self.server.ssl_context = config.ssl_context
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
         self.thread.start()
         host, port = self.server.server_address[:2]
-        log.info("serving /metrics on http://%s:%s/metrics", host if ":" not in host else f"[{host}]", port)
+        scheme = "https" if self.server.ssl_context is not None else "http"
+        auth = " with basic auth" if self.authenticator is not None else ""
+        log.info("serving /metrics on %s://%s:%s/metrics%s", scheme, host if ":" not in host else f"[{host}]", port, auth)
 
     def stop(self) -> None:
         if self.server is not None:

@@ -584,29 +584,40 @@ class RedisServer:
         return code
 
 
+def make_certs(tmp: Path, client: bool = False) -> Dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and, with client=True, a client
+    certificate, made by the openssl command line. Returns their paths by name."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise AssertionError("openssl not found (Debian package openssl; .ci/run installs it)")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=tmp, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=celery-exporter-it-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (tmp / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    paths = {name: tmp / name for name in ("ca.crt", "ca.key", "server.crt", "server.key")}
+    if client:
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+            "-subj", "/CN=prometheus")
+        (tmp / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+        run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "client.crt", "-days", "2", "-extfile", "client.ext")
+        paths.update({"client.crt": tmp / "client.crt", "client.key": tmp / "client.key"})
+    return paths
+
+
 class TlsRedisServer(RedisServer):
-    """A private redis-server that speaks only TLS, with a throwaway CA and server
-    certificate for 127.0.0.1 made by the openssl command line."""
+    """A private redis-server that speaks only TLS, with certificates from make_certs()."""
 
     def __init__(self, tmp: Path):
         super().__init__(tmp)
-        self.ca = tmp / "ca.crt"
-        self.cert = tmp / "server.crt"
-        self.key = tmp / "server.key"
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise AssertionError("openssl not found (Debian package openssl; .ci/run installs it)")
-
-        def run(*args: str) -> None:
-            subprocess.run([openssl, *args], cwd=tmp, check=True, capture_output=True, timeout=60)
-
-        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "2", "-subj", "/CN=celery-exporter-it-ca")
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1")
-        (tmp / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
-        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+        certs = make_certs(tmp)
+        self.ca, self.cert, self.key = certs["ca.crt"], certs["server.crt"], certs["server.key"]
 
     @property
     def url(self) -> str:
