@@ -140,6 +140,9 @@ def _env(name: str) -> str:
                                      "removed. Must exceed --worker-timeout plus your alert's for:.")
 @click.option("--series-ttl", type=Duration(), default="7d", show_default=True, envvar=_env("SERIES_TTL"),
               show_envvar=True, help="Task label sets with no event for this long are removed.")
+@click.option("--sweep-interval", type=Duration(), default="60s", show_default=True, envvar=_env("SWEEP_INTERVAL"),
+              show_envvar=True, help="How often label sets past their TTL are removed from memory (they are hidden "
+                                     "from scrapes at once).")
 @click.option("--max-series", type=click.IntRange(1), default=20_000, show_default=True,
               envvar=_env("MAX_SERIES"), show_envvar=True,
               help="Most label sets held (task name/queue pairs, exception classes, workers); "
@@ -214,6 +217,7 @@ def build_settings(options: Dict[str, Any]) -> Settings:
         worker_ttl=options["worker_ttl"],
         series_ttl=options["series_ttl"],
         max_series=options["max_series"],
+        sweep_interval=options["sweep_interval"],
         max_tasks=options["max_tasks"],
         task_hostname_label=options["task_hostname_label"],
         queues=tuple(sorted({q.strip() for entry in options["queues"] for q in entry.split(",") if q.strip()})),
