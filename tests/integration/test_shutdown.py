@@ -3,6 +3,7 @@ connected to Redis or RabbitMQ or retrying a broker that is down."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -46,3 +47,18 @@ def test_sigterm_exits_0_within_2_seconds(make_rig, broker):
     assert "received SIGTERM, stopping" in log and log.rstrip().endswith("stopped"), log[-2000:]
     with pytest.raises(OSError):
         exporter.get("/-/healthy")  # the port is closed
+
+
+def test_a_second_signal_forces_exit(make_rig):
+    rig = make_rig("redis")
+    exporter = rig.start_exporter()
+    proc = exporter.proc
+    proc.terminated = True  # the rig must not add its own SIGTERM
+    # Two different signals, sent back to back, are both delivered (two SIGTERMs could merge
+    # into one pending signal): the second arrives while the first one's clean stop runs.
+    proc.signal(signal.SIGTERM)
+    proc.signal(signal.SIGINT)
+    code = proc.popen.wait(timeout=5)
+    log = proc.log_text()
+    assert code == 1, log[-2000:]
+    assert ", stopping" in log and "exiting now" in log, log[-2000:]
