@@ -69,6 +69,17 @@ HISTOGRAMS = (
 )
 RUNTIME, QUEUE_WAIT, PREFETCH_WAIT = range(3)
 
+# When a task of a label set was last received, succeeded and failed (exporter clock at
+# receipt), for freshness alerts on any task: time() - celery_task_last_succeeded_... > N.
+LAST_SEEN = (
+    ("received", "celery_task_last_received_timestamp_seconds",
+     "When a task of this name and queue was last received by a worker (exporter clock)."),
+    ("succeeded", "celery_task_last_succeeded_timestamp_seconds",
+     "When a task of this name and queue last succeeded (exporter clock)."),
+    ("failed", "celery_task_last_failed_timestamp_seconds",
+     "When a task of this name and queue last failed (exporter clock)."),
+)
+
 # From a millisecond to an hour: Celery tasks range from sub-millisecond to batch jobs.
 DEFAULT_RUNTIME_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,

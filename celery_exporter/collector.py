@@ -133,7 +133,7 @@ class CeleryCollector:
             lines = family.lines
             le = self._le[index]
             bucket, count, sum_ = f"{metric}_bucket{{", f"{metric}_count{{", f"{metric}_sum{{"
-            for text, (_, _, hist_counts, hist_sums) in zip(labels, snap.tasks):
+            for text, (_, _, hist_counts, hist_sums, _) in zip(labels, snap.tasks):
                 counts = hist_counts[index]
                 if counts is None:
                     continue
@@ -143,6 +143,10 @@ class CeleryCollector:
                     lines.append(f"{bucket}{text},{le_text}}} {running}")
                 lines.append(f"{count}{text}}} {running}")
                 lines.append(f"{sum_}{text}}} {number(hist_sums[index])}")
+        for index, (_, metric, help_) in enumerate(catalogue.LAST_SEEN):
+            family = new(metric, GAUGE, help_)
+            family.lines = [f"{metric}{{{text}}} {number(entry[4][index])}"
+                            for text, entry in zip(labels, snap.tasks) if entry[4][index] is not None]
         family = new(catalogue.TASK_EXCEPTIONS, COUNTER, catalogue.TASK_EXCEPTIONS_HELP)
         names = self.task_label_names + [catalogue.EXCEPTION_LABEL]
         for key, exception, count in snap.exceptions:

@@ -19,6 +19,8 @@ from celery_exporter.settings import Settings, effective_worker_timeout
 
 N_STATES = len(catalogue.TASK_STATES)
 N_HISTOGRAMS = len(catalogue.HISTOGRAMS)
+# state index -> position in TaskSeries.last_seen
+LAST_SEEN_INDEX = {catalogue.STATE_INDEX[state]: i for i, (state, _, _) in enumerate(catalogue.LAST_SEEN)}
 
 TaskKey = Tuple[str, ...]  # (name, queue_name) or (name, queue_name, hostname)
 
@@ -26,13 +28,15 @@ TaskKey = Tuple[str, ...]  # (name, queue_name) or (name, queue_name, hostname)
 class TaskSeries:
     """Counters and histograms of one task label set."""
 
-    __slots__ = ("counts", "hist_counts", "hist_sums", "updated")
+    __slots__ = ("counts", "hist_counts", "hist_sums", "updated", "last_seen")
 
     def __init__(self, now: float):
         self.counts = [0] * N_STATES
         self.hist_counts: List[Optional[List[int]]] = [None] * N_HISTOGRAMS
         self.hist_sums = [0.0] * N_HISTOGRAMS
         self.updated = now
+        # exporter time of the last event of each catalogue.LAST_SEEN state, or None
+        self.last_seen: List[Optional[float]] = [None] * len(catalogue.LAST_SEEN)
 
 
 @dataclasses.dataclass
@@ -53,7 +57,8 @@ class Snapshot:
     """Copies of everything a scrape renders, taken under the lock."""
 
     now: float
-    tasks: List[Tuple[TaskKey, List[int], List[Optional[List[int]]], List[float]]]
+    # (labels, state counts, histogram buckets, histogram sums, last-seen times)
+    tasks: List[Tuple[TaskKey, List[int], List[Optional[List[int]]], List[float], List[Optional[float]]]]
     exceptions: List[Tuple[TaskKey, str, int]]
     workers: List[WorkerRecord]
     events: Dict[str, int]
@@ -140,6 +145,9 @@ class Store:
                 return False
             series.counts[state] += 1
             series.updated = now
+            last = LAST_SEEN_INDEX.get(state)
+            if last is not None:
+                series.last_seen[last] = now
             for index, value in observations:
                 counts = series.hist_counts[index]
                 bounds = self._bounds[index]
@@ -321,7 +329,8 @@ class Store:
     def snapshot(self, now: float) -> Snapshot:
         with self.lock:
             tasks = [
-                (key, s.counts[:], [c[:] if c is not None else None for c in s.hist_counts], s.hist_sums[:])
+                (key, s.counts[:], [c[:] if c is not None else None for c in s.hist_counts], s.hist_sums[:],
+                 s.last_seen[:])
                 for key, s in self._tasks.items()
                 if self._task_alive(s.updated, now)
             ]

@@ -252,6 +252,15 @@ def tasks() -> dict:
     lay.add(table("Exceptions in the time range", "Failed and retried attempts over the dashboard's time range.",
                   f"sum by (name, exception) (increase(celery_task_exceptions_total{{{TASK}}}[$__range]))",
                   hide=["Time"], rename={"name": "task", "exception": "exception", "Value": "count"}), 12)
+    lay.row("Freshness")
+    lay.add(table("Time since the last success and failure", "Seconds since each task name last succeeded "
+                  "and last failed (exporter clock). A scheduled task that stopped running shows here first.",
+                  f"time() - max by (name, queue_name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})",
+                  hide=["Time"], rename={"name": "task", "queue_name": "queue", "Value": "seconds since success"}), 12)
+    lay.add(timeseries("Time since the last success", "Seconds since each task name last succeeded; a sawtooth "
+                       "for periodic tasks, a rising line for one that stopped.",
+                       [target(f"time() - max by (name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})",
+                               "{{name}}")], unit="s"), 12)
     lay.row("Waiting")
     lay.add(timeseries("Queue wait p50 / p95 / p99", "Publish (task-sent) to start, less any ETA; crosses "
                        "hosts, so clock skew is clamped at 0. Needs task_send_sent_event.",

@@ -564,13 +564,21 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
+    title_prefix = "redis-server"
+
+    def listen_args(self) -> List[str]:
+        return ["--port", str(self.port)]
+
+    def client_args(self) -> Dict[str, object]:
+        return {}
+
     def start(self) -> Proc:
         self.starts += 1
-        title = f"redis-server-{self.starts}"
-        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", HOST,
+        title = f"{self.title_prefix}-{self.starts}"
+        argv = [shutil.which("redis-server") or "redis-server", *self.listen_args(), "--bind", HOST,
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.tmp)]
         self.proc = Proc(title, argv, self.tmp / f"{title}.log", clean_env())
-        client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5, **self.client_args())
         try:
             wait_for(lambda: client.ping(), 10, what=f"{title} on port {self.port} to answer PING",
                      describe=lambda: self.proc.log_text(2000))
@@ -619,26 +627,18 @@ class TlsRedisServer(RedisServer):
         certs = make_certs(tmp)
         self.ca, self.cert, self.key = certs["ca.crt"], certs["server.crt"], certs["server.key"]
 
+    title_prefix = "redis-server-tls"
+
     @property
     def url(self) -> str:
         return f"rediss://{HOST}:{self.port}/0"
 
-    def start(self) -> Proc:
-        self.starts += 1
-        title = f"redis-server-tls-{self.starts}"
-        argv = [shutil.which("redis-server") or "redis-server", "--port", "0", "--tls-port", str(self.port),
-                "--bind", HOST, "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
-                "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.tmp)]
-        self.proc = Proc(title, argv, self.tmp / f"{title}.log", clean_env())
-        client = redis.Redis(host=HOST, port=self.port, ssl=True, ssl_ca_certs=str(self.ca),
-                             socket_connect_timeout=0.5)
-        try:
-            wait_for(lambda: client.ping(), 10, what=f"{title} on port {self.port} to answer PING over TLS",
-                     describe=lambda: self.proc.log_text(2000))
-        finally:
-            client.close()
-        return self.proc
+    def listen_args(self) -> List[str]:
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.cert),
+                "--tls-key-file", str(self.key), "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]
+
+    def client_args(self) -> Dict[str, object]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca)}
 
 
 class RedisSentinel:

@@ -292,3 +292,18 @@ def test_parse_eta():
     assert parse_eta("2027-01-15T08:00:00") == parse_eta("2027-01-15T08:00:00Z")
     assert parse_eta("not a date") is None
     assert parse_eta(12) is None
+
+
+def test_last_received_succeeded_failed_times_on_the_exporter_clock(rig):
+    rig.feed(sent("u1"), received("u1", ts=T0 - 3600))  # the worker's clock is an hour off: not used
+    rig.advance(rig.settings.sent_hold_seconds)
+    rig.feed(started("u1"))
+    rig.advance(5)
+    rig.feed(succeeded("u1"))
+    received_at = T0  # when the exporter got task-received
+    assert rig.value("celery_task_last_received_timestamp_seconds", **L) == received_at
+    assert rig.value("celery_task_last_succeeded_timestamp_seconds", **L) == rig.clock.now()
+    assert rig.value("celery_task_last_failed_timestamp_seconds", **L) is None  # never failed: no sample
+    rig.feed(sent("u2"), received("u2"), started("u2"), failed("u2"))
+    assert rig.value("celery_task_last_failed_timestamp_seconds", **L) == rig.clock.now()
+    assert rig.value("celery_task_last_received_timestamp_seconds", **L) == rig.clock.now()
