@@ -118,7 +118,8 @@ def test_memory_is_flat_under_worker_and_task_churn(make_rig, tmp_path):
     # bounded series: only what lived within its TTL (+ the sweep interval) is kept
     assert max(s[2] for s in warm) <= (4 + 1) / WORKER_LIFE + 2
     assert max(s[3] for s in warm) <= 2 * 20 + 2
-    assert m.get_value("celery_exporter_series_expired_total", kind="worker") >= load.workers - 5
+    alive = (4 + 1) / WORKER_LIFE + 2  # names still within --worker-ttl (+ the sweep) at the end
+    assert m.get_value("celery_exporter_series_expired_total", kind="worker") >= load.workers - alive
     # flat memory: the late peak stays within 3 MiB of the early one
     assert late_peak - early_peak < 3.0, samples
     assert m.get_value("celery_exporter_events_dropped_total", reason="series_limit") == 0
