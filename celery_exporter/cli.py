@@ -13,6 +13,7 @@ import threading
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import click
+from click.core import ParameterSource
 from kombu import Connection
 
 from celery_exporter import __version__, catalogue, logs
@@ -97,6 +98,10 @@ def _env(name: str) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-A", "--app", "app", default=None, envvar=_env("APP"), show_envvar=True,
+              help="Your Celery app, as `celery -A` takes it (proj, proj.celery:app). Broker URL, transport "
+                   "and SSL options, event serializer and exchange, and the declared queues are read from it; "
+                   "flags and environment variables still override.")
 @click.option("-b", "--broker-url", envvar=[_env("BROKER_URL"), "CELERY_BROKER_URL"], show_envvar=True,
               default="redis://localhost:6379/0", show_default=True, callback=_check_broker_url,
               help="Broker URL, as the workers use it (redis://, rediss://, sentinel://, amqp://, amqps://; "
@@ -176,12 +181,35 @@ def _env(name: str) -> str:
 @click.version_option(__version__, "--version", prog_name="celery-exporter")
 def command(**options: Any) -> None:
     """Prometheus exporter for Celery: task and worker metrics from Celery events."""
-    settings = build_settings(options)
+    ctx = click.get_current_context()
+    given = {name for name in options
+             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    settings = build_settings(options, given)
     logs.setup(settings.log_level, settings.log_format)
+    if options.get("app"):
+        log.info("configuration from the Celery app %s", options["app"])
     run(settings)
 
 
-def build_settings(options: Dict[str, Any]) -> Settings:
+def build_settings(options: Dict[str, Any], given: Optional[set] = None) -> Settings:
+    """Settings from the parsed options. With --app, options the user did not give (on the
+    command line or in the environment; `given`) come from the Celery app's configuration."""
+    if options.get("app"):
+        from celery_exporter import app_config
+        try:
+            from_app = app_config.load(options["app"])
+        except app_config.AppError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--app'") from None
+        options = dict(options)
+        given = given or set()
+        for name, value in from_app.items():
+            if name not in given:
+                options[name] = value
+        if "broker_url" not in given:
+            try:
+                _check_broker_url(None, None, options["broker_url"])
+            except click.BadParameter as exc:
+                raise click.BadParameter(f"the app's broker_url: {exc.message}", param_hint="'--app'") from None
     if options["worker_ttl"] <= options["worker_timeout"]:
         raise click.BadParameter(
             f"must be longer than --worker-timeout ({options['worker_timeout']:g} s), or lost workers "

@@ -1,0 +1,64 @@
+"""--app: read the broker settings from the user's own Celery app, so the exporter sees
+events exactly as the workers publish them (same broker, transport options, SSL options,
+serializer, exchange) and knows the declared queues before any task runs.
+
+The app is found the way `celery -A` finds it (`proj`, `proj.celery`, `proj.celery:app`), with
+the current directory on the import path. Django projects work as with `celery -A`: the app
+module usually sets DJANGO_SETTINGS_MODULE itself, else set it in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict, Tuple
+
+
+class AppError(ValueError):
+    pass
+
+
+def load(spec: str) -> Dict[str, Any]:
+    """Option values (keyed like the CLI's parameters) taken from the app's configuration."""
+    from celery.app.utils import find_app
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        app = find_app(spec)
+    except Exception as exc:  # ImportError, AttributeError, errors raised by the module itself
+        raise AppError(f"cannot load the Celery app {spec!r}: {type(exc).__name__}: {exc}") from None
+    if not hasattr(app, "conf") or not hasattr(app, "connection_for_read"):
+        raise AppError(f"{spec!r} is not a Celery app (found {type(app).__name__})")
+    try:
+        conf = app.conf
+        out: Dict[str, Any] = {}
+        url = conf.broker_read_url or conf.broker_url
+        if url:
+            out["broker_url"] = url if isinstance(url, str) else ";".join(url)
+        options = dict(conf.broker_transport_options or {})
+        if options:
+            out["transport_options"] = tuple(options.items())
+        ssl = conf.broker_use_ssl
+        if isinstance(ssl, dict) and ssl:
+            out["ssl_options"] = tuple(ssl.items())
+        elif ssl:
+            out["broker_ssl"] = True
+        serializer = conf.event_serializer or "json"
+        out["accept_content"] = ",".join(dict.fromkeys([serializer, "json"]))
+        if conf.event_exchange:
+            out["events_exchange"] = conf.event_exchange
+        out["queues"] = _queues(conf)
+    except Exception as exc:  # a settings module that fails while being read (Django, env...)
+        raise AppError(f"cannot read the configuration of {spec!r}: {type(exc).__name__}: {exc}") from None
+    return out
+
+
+def _queues(conf) -> Tuple[str, ...]:
+    names = [conf.task_default_queue or "celery"]
+    declared = conf.task_queues or ()
+    if isinstance(declared, dict):
+        names += list(declared)
+    else:
+        names += [getattr(q, "name", q) for q in declared]
+    return tuple(dict.fromkeys(n for n in names if isinstance(n, str) and n))
