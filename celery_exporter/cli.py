@@ -180,7 +180,9 @@ def _env(name: str) -> str:
               envvar=_env("LOG_FORMAT"), show_envvar=True)
 @click.version_option(__version__, "--version", prog_name="celery-exporter")
 def command(**options: Any) -> None:
-    """Prometheus exporter for Celery: task and worker metrics from Celery events."""
+    """Prometheus exporter for Celery: task and worker metrics from Celery events.
+
+    `celery-exporter demo` runs a self-contained demo with no broker to install."""
     ctx = click.get_current_context()
     given = {name for name in options
              if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
@@ -268,6 +270,15 @@ def run(settings: Settings) -> None:
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.listen_address, settings.port, exc.strerror or exc)
         sys.exit(1)
+    stop = stop_on_signals()
+    while not stop.wait(0.2):
+        pass
+    exporter.stop()
+    log.info("stopped")
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT; a second signal exits at once with code 1."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -279,16 +290,44 @@ def run(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(0.2):
-        pass
-    exporter.stop()
+    return stop
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--listen-address", default="0.0.0.0", show_default=True, help="Address to serve HTTP on.")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=9808, show_default=True, help="HTTP port.")
+@click.option("--duration", type=Duration(), default=None, help="Stop after this long (default: until Ctrl-C).")
+@click.option("--rate", type=click.FloatRange(0.5, 50), default=4.0, show_default=True,
+              help="Batches of demo tasks published per second.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+def demo_command(listen_address: str, port: int, duration: Optional[float], rate: float, log_level: str) -> None:
+    """A self-contained demo: an in-memory broker, two real Celery workers in threads, a task
+    generator (successes, failures, retries, two queues) and a worker that goes silent, all
+    feeding the real exporter on the usual port. No broker needed."""
+    from celery_exporter import demo
+
+    logs.setup(log_level.upper(), "text")
+    settings = Settings(broker_url=demo.BROKER, listen_address=listen_address, port=port, queues=demo.QUEUES,
+                        queue_poll_interval=2.0, inspect_interval=10.0, worker_timeout=demo.WORKER_TIMEOUT,
+                        worker_ttl=300.0, log_level=log_level.upper())
+    stop = stop_on_signals()
+    try:
+        demo.run(settings, duration, rate, stop)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", listen_address, port, exc.strerror or exc)
+        sys.exit(1)
     log.info("stopped")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point: bad input gives one line naming the option, and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        command.main(args=argv, prog_name="celery-exporter", standalone_mode=False)
+        if args[:1] == ["demo"]:
+            demo_command.main(args=args[1:], prog_name="celery-exporter demo", standalone_mode=False)
+        else:
+            command.main(args=args, prog_name="celery-exporter", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:

@@ -38,6 +38,7 @@ DELAYED_EXCHANGE = re.compile(r"(?:.+_)?celery_delayed_\d+$")
 DELAY_BITS = 28
 _CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)\(")
 
 TERMINAL = catalogue.TERMINAL_EVENTS
 UNKNOWN_TASK_DETAIL = ("task events for a task id whose name never arrived "
@@ -113,6 +114,10 @@ def exception_class(event: dict) -> str:
     text = event.get("exception")
     if isinstance(text, str):
         name = _class_name(text.split("(", 1)[0])
+        if name == "Retry":  # the solo/threads pools report the Retry itself: Retry(Retry(...), KeyError('x'), 0.5)
+            inner = [c for c in _CALL.findall(text[:2048]) if c.rsplit(".", 1)[-1] != "Retry"]
+            if inner and _class_name(inner[0]):
+                return _class_name(inner[0])
         if name is not None and name != "ExceptionWithTraceback":
             return name
     traceback = event.get("traceback")

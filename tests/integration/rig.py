@@ -297,8 +297,8 @@ STALE_MARKER = 1800.0  # a claim older than this is left over from a run that wa
 
 
 class RedisDbs:
-    """Hands out Redis DB numbers 1..15 of the shared server, each at most once per
-    session. A DB is taken only when empty (claimed atomically with SET NX of a marker
+    """Hands out Redis DB numbers 1..15 of the shared server, one test at a time each (a DB
+    comes back after its test, emptied: release()). A DB is taken only when empty (claimed atomically with SET NX of a marker
     key, so concurrent sessions never share one) or when it holds a stale marker of a
     killed run; DBs other people use on the shared server are left alone."""
 
@@ -335,6 +335,13 @@ class RedisDbs:
             client.flushdb()
         finally:
             client.close()
+
+    def release(self, n: int) -> None:
+        """A test is done with DB n (its processes are stopped): empty it and hand it out again.
+        Events cannot leak between tests through it: kombu's PUB/SUB topics carry the DB number,
+        and nothing of the old test is left running."""
+        self.flush(n)
+        self.used.discard(n)
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -413,7 +420,7 @@ class Rig:
         if kind == "redis":
             db = dbs.claim()
             self.broker_url = f"redis://{HOST}:{REDIS_PORT}/{db}"
-            self._cleanups.append(lambda: dbs.flush(db))
+            self._cleanups.append(lambda: dbs.release(db))
         elif kind == "rabbitmq":
             vhost = f"it-{self.id}"
             rabbitmqctl("add_vhost", vhost)
