@@ -49,6 +49,8 @@ def load(spec: str) -> Dict[str, Any]:
         if conf.event_exchange:
             out["events_exchange"] = conf.event_exchange
         out["queues"] = _queues(conf)
+        from celery_exporter import beat
+        out["beat_entries"] = beat.entries(app)
     except Exception as exc:  # a settings module that fails while being read (Django, env...)
         raise AppError(f"cannot read the configuration of {spec!r}: {type(exc).__name__}: {exc}") from None
     return out

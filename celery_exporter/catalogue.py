@@ -151,3 +151,13 @@ POLL_LAST_SUCCESS = (
     "When a queue-length poll last succeeded (exporter clock).",
 )
 POLL_ERRORS = ("celery_exporter_queue_poll_errors", "Failed polls, by reason (broker, inspect).")
+
+# Beat schedule (--app with a static beat_schedule).
+BEAT_LABELS = ("entry", "task")
+BEAT_INFO = ("celery_beat_schedule_info", "An entry of the app's beat schedule, with its schedule. Always 1.")
+BEAT_INTERVAL = ("celery_beat_schedule_interval_seconds",
+                 "Seconds between the entry's runs (for crontab entries: the gap to the run after the next).")
+BEAT_NEXT_DUE = ("celery_beat_schedule_next_due_timestamp_seconds",
+                 "When the entry's next run is due: after the last run seen, or after the exporter started.")
+BEAT_LAST_RUN = ("celery_beat_schedule_last_run_timestamp_seconds",
+                 "When a task of the entry's task name was last received by a worker (exporter clock).")

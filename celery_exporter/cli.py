@@ -256,6 +256,7 @@ def build_settings(options: Dict[str, Any], given: Optional[set] = None) -> Sett
         inspect=options["inspect"],
         inspect_interval=options["inspect_interval"],
         inspect_timeout=options["inspect_timeout"],
+        beat_entries=tuple(options.get("beat_entries") or ()),
         log_level=options["log_level"].upper(),
         log_format=options["log_format"],
     )

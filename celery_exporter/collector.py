@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import celery
 import kombu
 
-from celery_exporter import __version__, catalogue
+from celery_exporter import __version__, beat, catalogue
 from celery_exporter.clock import Clock
 from celery_exporter.settings import Settings, effective_worker_timeout
 from celery_exporter.store import Snapshot, Store
@@ -85,6 +85,7 @@ class CeleryCollector:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.started = clock.now()
         self.task_label_names = list(catalogue.TASK_LABELS)
         if settings.task_hostname_label:
             self.task_label_names.append(catalogue.HOSTNAME_LABEL)
@@ -100,6 +101,8 @@ class CeleryCollector:
         families: List[Family] = []
         new = lambda name, kind, help_: families.append(Family(name, kind, help_, openmetrics)) or families[-1]  # noqa: E731
         self._tasks(snap, new)
+        if self.settings.beat_entries:
+            self._beat(snap, new)
         self._workers(snap, new)
         self._queues(snap, new)
         self._self(snap, new)
@@ -151,6 +154,24 @@ class CeleryCollector:
         names = self.task_label_names + [catalogue.EXCEPTION_LABEL]
         for key, exception, count in snap.exceptions:
             family.add(labels_text(names, key + (exception,)), count)
+
+    def _beat(self, snap: Snapshot, new: Callable) -> None:
+        entries = self.settings.beat_entries
+        received = [state for state, _, _ in catalogue.LAST_SEEN].index("received")
+        runs = beat.last_runs(snap.tasks, entries, received)
+        info = new(catalogue.BEAT_INFO[0], GAUGE, catalogue.BEAT_INFO[1])
+        interval = new(catalogue.BEAT_INTERVAL[0], GAUGE, catalogue.BEAT_INTERVAL[1])
+        next_due = new(catalogue.BEAT_NEXT_DUE[0], GAUGE, catalogue.BEAT_NEXT_DUE[1])
+        last_run = new(catalogue.BEAT_LAST_RUN[0], GAUGE, catalogue.BEAT_LAST_RUN[1])
+        for entry in entries:
+            labels = labels_text(catalogue.BEAT_LABELS, (entry.name, entry.task))
+            info.add(f'{labels},schedule="{escape_label(entry.description)}"', 1)
+            last = runs.get(entry.task)
+            base = last if last is not None else self.started
+            interval.add(labels, entry.interval(base))
+            next_due.add(labels, entry.next_due(base))
+            if last is not None:
+                last_run.add(labels, last)
 
     def _workers(self, snap: Snapshot, new: Callable) -> None:
         up = new(*catalogue.WORKER_UP[:1], GAUGE, catalogue.WORKER_UP[1])

@@ -187,7 +187,7 @@ class Handler:
         if not self._learn(record, event, etype, ts, now):
             return
         if record.labels is None:
-            self._label_or_hold(record, (etype, state, event), now)
+            self._label_or_hold(record, (etype, state, event, now), now)
         else:
             self._emit(record, etype, state, event, now)
 
@@ -231,7 +231,8 @@ class Handler:
 
     def _label_or_hold(self, record: TaskRecord, held: tuple, now: float) -> None:
         """An event of a task without labels yet: count it (and what was held before it)
-        if the labels can be known now, else hold it until they can or the hold runs out."""
+        if the labels can be known now, else hold it until they can or the hold runs out.
+        `held` is (type, state index, event, arrival time)."""
         hold_over = record.hold_until is not None and now >= record.hold_until
         if record.name is None:
             if hold_over:  # the hold ran out before: its events were dropped, so is this one
@@ -240,7 +241,7 @@ class Handler:
         elif (record.queue is not None or hold_over or not self._sent_flowing(now)
               or self._single_queue(record.worker) is not None):  # that worker's queue is certain
             self._fix_labels(record, now)
-            self._emit(record, *held, now)
+            self._emit(record, *held)
             return
         if record.pending is None:
             record.pending = []
@@ -270,8 +271,8 @@ class Handler:
             self._labels.clear()  # only a memory saving: never let hostile names grow it
         record.labels = self._labels.setdefault(labels, labels)  # one tuple per label set, shared
         pending, record.pending = record.pending, None
-        for etype, state, event in pending or ():
-            self._emit(record, etype, state, event, now)
+        for etype, state, event, arrived in pending or ():  # counted as of when they arrived
+            self._emit(record, etype, state, event, arrived)
 
     def _single_queue(self, worker: Optional[str]) -> Optional[str]:
         """The queue of a worker that consumes exactly one (per the poller's inspect)."""

@@ -49,6 +49,9 @@ class Settings:
     inspect_interval: float = 30.0
     inspect_timeout: float = 1.0
 
+    # Static beat_schedule entries of the --app (beat.Entry), for the celery_beat_schedule_* series.
+    beat_entries: Tuple[Any, ...] = ()
+
     log_level: str = "INFO"
     log_format: str = "text"
 

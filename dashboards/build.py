@@ -261,6 +261,15 @@ def tasks() -> dict:
                        "for periodic tasks, a rising line for one that stopped.",
                        [target(f"time() - max by (name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})",
                                "{{name}}")], unit="s"), 12)
+    lay.row("Scheduled tasks (beat)")
+    lay.add(table("Beat schedule entries", "Entries of the app's beat_schedule (exporter run with --app): seconds "
+                  "until the next run is due; negative means overdue (the CeleryBeatEntryOverdue alert).",
+                  f"max by (entry, task) (celery_beat_schedule_next_due_timestamp_seconds{{{JOB}}}) - time()",
+                  hide=["Time"], rename={"entry": "entry", "task": "task", "Value": "seconds until due"}), 12)
+    lay.add(timeseries("Seconds since each entry last ran", "Time since a worker last received the entry's task; "
+                       "a sawtooth while beat works, a rising line once it stops.",
+                       [target(f"time() - max by (entry) (celery_beat_schedule_last_run_timestamp_seconds{{{JOB}}})",
+                               "{{entry}}")], unit="s"), 12)
     lay.row("Waiting")
     lay.add(timeseries("Queue wait p50 / p95 / p99", "Publish (task-sent) to start, less any ETA; crosses "
                        "hosts, so clock skew is clamped at 0. Needs task_send_sent_event.",

@@ -57,7 +57,11 @@ def test_importable_as_is(path):
 
 def exported_names():
     """Every sample name the exporter can expose, from a rig fed with every kind of data."""
-    rig = Rig()
+    from celery import Celery
+    from celery_exporter.beat import entries
+    app = Celery("dash-test", set_as_current=False)
+    app.conf.beat_schedule = {"tick": {"task": "app.add", "schedule": 5.0}}
+    rig = Rig(beat_entries=entries(app))
     rig.feed(heartbeat(), sent("u1"), received("u1"), started("u1"), succeeded("u1"),
              sent("u2"), received("u2"), started("u2"), failed("u2"))
     rig.store.set_worker_queues({"w1@h": ["celery"]}, {"w1@h": 2}, rig.clock.now())

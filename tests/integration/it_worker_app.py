@@ -37,6 +37,9 @@ app.conf.update(
 if os.environ.get("IT_BROKER_USE_SSL"):
     app.conf.broker_use_ssl = json.loads(os.environ["IT_BROKER_USE_SSL"])
 
+# For the exporter's --app and the beat test: one entry, every 2 s.
+app.conf.beat_schedule = {"it-tick": {"task": "it.succeed", "schedule": 2.0, "args": (0,)}}
+
 _truth = None
 
 

@@ -120,6 +120,11 @@ class Load(threading.Thread):
             self.error = exc
 
 
+def app_env(rig: Rig) -> Dict[str, str]:
+    """What `-A it_worker_app` needs to import."""
+    return {"IT_BROKER_URL": rig.broker_url, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+
+
 def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_path):
     rules = tmp_path / "rules.yml"
     tuned = subprocess.run([sys.executable, str(ROOT / "alerts" / "tune.py"), "--for", "CeleryWorkerLost=5s"],
@@ -127,7 +132,8 @@ def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_pat
     rules.write_text(tuned.stdout)
 
     rig = make_rig("redis")
-    exporter = rig.start_exporter(short_timings=False)  # the defaults: --worker-timeout 30s, --worker-ttl 15m
+    # the default timings (--worker-timeout 30s, --worker-ttl 15m); -A for the beat schedule panels
+    exporter = rig.start_exporter("-A", "it_worker_app", short_timings=False, env=app_env(rig))
     doomed = rig.start_worker(queues=("celery", "q2"), concurrency=2, exporter=exporter)
     survivor = rig.start_worker(queues=("celery",), concurrency=1, exporter=exporter)
     prometheus = Prometheus(tmp_path, exporter.port, rules)
