@@ -50,10 +50,20 @@ def load(spec: str) -> Dict[str, Any]:
             out["events_exchange"] = conf.event_exchange
         out["queues"] = _queues(conf)
         from celery_exporter import beat
-        out["beat_entries"] = beat.entries(app)
+        if beat.uses_database(app):
+            out["beat_database_app"] = spec
+            beat.database_entries(app)  # a database that cannot be read fails at start, clearly
+        else:
+            out["beat_entries"] = beat.entries(app)
     except Exception as exc:  # a settings module that fails while being read (Django, env...)
         raise AppError(f"cannot read the configuration of {spec!r}: {type(exc).__name__}: {exc}") from None
     return out
+
+
+def find(spec: str):
+    """The app object for `spec` (already imported by load())."""
+    from celery.app.utils import find_app
+    return find_app(spec)
 
 
 def _queues(conf) -> Tuple[str, ...]:

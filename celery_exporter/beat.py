@@ -6,15 +6,20 @@ the exporter derives its interval and when the next run is due: after the last r
 before any, after the exporter started. `time() - celery_beat_schedule_next_due_timestamp_seconds`
 growing past a grace margin means the entry stopped firing (the shipped alert reads it).
 
-Static `beat_schedule` entries only: a database scheduler (django-celery-beat) keeps its
-entries elsewhere; for those, alert on celery_task_last_received_timestamp_seconds.
+Entries come from the app's static `beat_schedule`, or, when the app's beat uses
+django-celery-beat's DatabaseScheduler, from its tables (read only, re-read every
+--schedule-refresh-interval, so added and disabled entries follow).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any, Dict, List, Optional, Tuple
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+log = logging.getLogger(__name__)
 
 
 class ScheduleError(ValueError):
@@ -78,8 +83,64 @@ def describe(schedule) -> str:
     run_every = getattr(schedule, "run_every", None)
     if isinstance(run_every, dt.timedelta) and type(schedule).__name__ == "schedule":
         return f"every {run_every.total_seconds():g}s"
-    text = repr(schedule)
+    text = " ".join(repr(schedule).split())  # django-celery-beat's crontab repr spans lines
     return text if len(text) <= 128 else text[:125] + "..."
+
+
+def uses_database(app) -> bool:
+    """Whether the app's beat keeps its schedule in django-celery-beat's database."""
+    return "django_celery_beat" in str(app.conf.beat_scheduler or "")
+
+
+def database_entries(app) -> Tuple[Entry, ...]:
+    """The enabled periodic entries of django-celery-beat's tables, read only. One-off and
+    clocked entries are left out: they have no period to be late against."""
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+    from django.db import close_old_connections
+    from django_celery_beat.models import PeriodicTask
+
+    close_old_connections()  # a refresh every minute must not hold a dead connection
+    rows = PeriodicTask.objects.filter(enabled=True, one_off=False, clocked__isnull=True).order_by("name")
+    out = []
+    for row in rows:
+        schedule = row.schedule
+        out.append(Entry(name=row.name, task=row.task, schedule=schedule, description=describe(schedule)))
+    return tuple(out)
+
+
+class ScheduleRefresher(threading.Thread):
+    """Re-reads a database schedule every `interval` seconds into the store. A failed read
+    keeps the last entries, is counted (celery_exporter_queue_poll_errors_total{reason="schedule"})
+    and logged once until it works again."""
+
+    def __init__(self, load: Callable[[], Tuple[Entry, ...]], store, interval: float, stop_event: threading.Event):
+        super().__init__(name="beat-schedule", daemon=True)
+        self.load, self.store, self.interval, self.stop_event = load, store, interval, stop_event
+        self._failing = False
+
+    def refresh(self) -> None:
+        try:
+            entries_ = self.load()
+        except Exception as exc:
+            self.store.count_poll_error("schedule")
+            if not self._failing:
+                self._failing = True
+                log.warning("reading the beat schedule failed (%s: %s); keeping the last entries",
+                            type(exc).__name__, exc)
+            return
+        if self._failing:
+            self._failing = False
+            log.info("reading the beat schedule works again")
+        self.store.set_beat_entries(entries_)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.refresh()
+            self.stop_event.wait(self.interval)
 
 
 def last_runs(tasks, entries_: Tuple[Entry, ...], received_index: int) -> Dict[str, float]:

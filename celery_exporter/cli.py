@@ -148,6 +148,9 @@ def _env(name: str) -> str:
 @click.option("--sweep-interval", type=Duration(), default="60s", show_default=True, envvar=_env("SWEEP_INTERVAL"),
               show_envvar=True, help="How often label sets past their TTL are removed from memory (they are hidden "
                                      "from scrapes at once).")
+@click.option("--schedule-refresh-interval", type=Duration(), default="60s", show_default=True,
+              envvar=_env("SCHEDULE_REFRESH_INTERVAL"), show_envvar=True,
+              help="With --app whose beat uses django-celery-beat's database: how often its entries are re-read.")
 @click.option("--max-series", type=click.IntRange(1), default=20_000, show_default=True,
               envvar=_env("MAX_SERIES"), show_envvar=True,
               help="Most label sets held (task name/queue pairs, exception classes, workers); "
@@ -257,6 +260,8 @@ def build_settings(options: Dict[str, Any], given: Optional[set] = None) -> Sett
         inspect_interval=options["inspect_interval"],
         inspect_timeout=options["inspect_timeout"],
         beat_entries=tuple(options.get("beat_entries") or ()),
+        beat_database_app=options.get("beat_database_app"),
+        schedule_refresh_interval=options["schedule_refresh_interval"],
         log_level=options["log_level"].upper(),
         log_format=options["log_format"],
     )

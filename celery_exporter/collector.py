@@ -101,7 +101,7 @@ class CeleryCollector:
         families: List[Family] = []
         new = lambda name, kind, help_: families.append(Family(name, kind, help_, openmetrics)) or families[-1]  # noqa: E731
         self._tasks(snap, new)
-        if self.settings.beat_entries:
+        if snap.beat_entries:
             self._beat(snap, new)
         self._workers(snap, new)
         self._queues(snap, new)
@@ -156,7 +156,7 @@ class CeleryCollector:
             family.add(labels_text(names, key + (exception,)), count)
 
     def _beat(self, snap: Snapshot, new: Callable) -> None:
-        entries = self.settings.beat_entries
+        entries = snap.beat_entries
         received = [state for state, _, _ in catalogue.LAST_SEEN].index("received")
         runs = beat.last_runs(snap.tasks, entries, received)
         info = new(catalogue.BEAT_INFO[0], GAUGE, catalogue.BEAT_INFO[1])

@@ -10,6 +10,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from celery_exporter import app_config, beat
 from celery_exporter.clock import Clock
 from celery_exporter.collector import CeleryCollector
 from celery_exporter.handlers import Handler
@@ -40,6 +41,12 @@ class Exporter:
         self.poller = QueuePoller(settings, self.store, self.clock, self.stop_event)
         self.inspector = Inspector(settings, self.store, self.clock, self.stop_event) if settings.inspect else None
         self.sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        self.schedule_refresher = None
+        if settings.beat_database_app:
+            spec = settings.beat_database_app
+            self.schedule_refresher = beat.ScheduleRefresher(
+                lambda: beat.database_entries(app_config.find(spec)), self.store,
+                settings.schedule_refresh_interval, self.stop_event)
         self.web = Web(settings, self.store, self.collector, self.process_registry, self.clock)
 
     def _sweep_loop(self) -> None:
@@ -59,6 +66,8 @@ class Exporter:
         if self.inspector is not None:
             self.inspector.start()
         self.sweeper.start()
+        if self.schedule_refresher is not None:
+            self.schedule_refresher.start()
         # Everything imported and built so far (celery, kombu, the registries) lives as long
         # as the process: keep it out of the garbage collector's full collections, which
         # otherwise scan it every time and pause scrapes for tens of milliseconds.

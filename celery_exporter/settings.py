@@ -51,6 +51,10 @@ class Settings:
 
     # Static beat_schedule entries of the --app (beat.Entry), for the celery_beat_schedule_* series.
     beat_entries: Tuple[Any, ...] = ()
+    # The --app spec when its beat uses django-celery-beat's database: entries are re-read
+    # from there every schedule_refresh_interval instead.
+    beat_database_app: Optional[str] = None
+    schedule_refresh_interval: float = 60.0
 
     log_level: str = "INFO"
     log_format: str = "text"

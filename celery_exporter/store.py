@@ -79,6 +79,7 @@ class Snapshot:
     poll_duration: Optional[float]
     poll_last_success: Optional[float]
     poll_errors: Dict[str, int]
+    beat_entries: Tuple = ()
 
 
 class Store:
@@ -112,7 +113,8 @@ class Store:
         self._poll_success: Optional[bool] = None
         self._poll_duration: Optional[float] = None
         self._poll_last_success: Optional[float] = None
-        self._poll_errors: Dict[str, int] = {"broker": 0, "inspect": 0, "error": 0}
+        self._poll_errors: Dict[str, int] = {"broker": 0, "inspect": 0, "error": 0, "schedule": 0}
+        self._beat_entries: Tuple = tuple(settings.beat_entries)
 
     # -- writers ------------------------------------------------------------------------
 
@@ -245,6 +247,11 @@ class Store:
                     for queue in queues:
                         self._reported_queues[queue] = now
 
+    def set_beat_entries(self, entries: Sequence) -> None:
+        """The beat schedule's entries, replaced whole (a database schedule is re-read)."""
+        with self.lock:
+            self._beat_entries = tuple(entries)
+
     # -- queue poller -------------------------------------------------------------------
 
     def queue_names(self, now: float) -> set:
@@ -363,4 +370,5 @@ class Store:
                 poll_duration=self._poll_duration,
                 poll_last_success=self._poll_last_success,
                 poll_errors=dict(self._poll_errors),
+                beat_entries=self._beat_entries,
             )
