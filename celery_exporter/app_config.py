@@ -20,12 +20,10 @@ class AppError(ValueError):
 
 def load(spec: str) -> Dict[str, Any]:
     """Option values (keyed like the CLI's parameters) taken from the app's configuration."""
-    from celery.app.utils import find_app
-
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        app = find_app(spec)
+        app = find(spec)
     except Exception as exc:  # ImportError, AttributeError, errors raised by the module itself
         raise AppError(f"cannot load the Celery app {spec!r}: {type(exc).__name__}: {exc}") from None
     if not hasattr(app, "conf") or not hasattr(app, "connection_for_read"):
@@ -61,7 +59,7 @@ def load(spec: str) -> Dict[str, Any]:
 
 
 def find(spec: str):
-    """The app object for `spec` (already imported by load())."""
+    """The app object for `spec`, found as `celery -A` finds it (imported once, then cached)."""
     from celery.app.utils import find_app
     return find_app(spec)
 

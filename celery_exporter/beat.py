@@ -44,17 +44,17 @@ class Entry:
         # scrapes a moment apart agree (crontab and solar times are whole seconds anyway)
         return round(now.timestamp() + self.schedule.remaining_estimate(last).total_seconds(), 3)
 
-    def interval(self, at: float) -> float:
-        """Seconds between runs: constant for plain intervals; for crontab and solar entries,
-        the gap between the two occurrences that follow `at`."""
+    def due_and_interval(self, after: float) -> Tuple[float, float]:
+        """The first run due after `after`, and the seconds between runs: constant for plain
+        intervals; for crontab and solar entries, the gap from that run to the one after."""
+        first = self.next_due(after)
         every = self._every()
         if every is not None:
-            return every
-        first = self.next_due(at)
+            return first, every
         second = self.next_due(first)
         if second <= first:  # a schedule that counts `first` itself as due
             second = self.next_due(first + 1.0)
-        return round(second - first)
+        return first, round(second - first)
 
     def _every(self) -> Optional[float]:
         run_every = getattr(self.schedule, "run_every", None)

@@ -24,6 +24,8 @@ from celery_exporter.settings import Settings, effective_worker_timeout
 from celery_exporter.store import Snapshot, Store
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+# position of task-received's time in the snapshot's last-seen times (a beat entry's last run)
+LAST_RECEIVED = [state for state, _, _ in catalogue.LAST_SEEN].index("received")
 
 
 def escape_label(value: str) -> str:
@@ -157,8 +159,7 @@ class CeleryCollector:
 
     def _beat(self, snap: Snapshot, new: Callable) -> None:
         entries = snap.beat_entries
-        received = [state for state, _, _ in catalogue.LAST_SEEN].index("received")
-        runs = beat.last_runs(snap.tasks, entries, received)
+        runs = beat.last_runs(snap.tasks, entries, LAST_RECEIVED)
         info = new(catalogue.BEAT_INFO[0], GAUGE, catalogue.BEAT_INFO[1])
         interval = new(catalogue.BEAT_INTERVAL[0], GAUGE, catalogue.BEAT_INTERVAL[1])
         next_due = new(catalogue.BEAT_NEXT_DUE[0], GAUGE, catalogue.BEAT_NEXT_DUE[1])
@@ -167,9 +168,9 @@ class CeleryCollector:
             labels = labels_text(catalogue.BEAT_LABELS, (entry.name, entry.task))
             info.add(f'{labels},schedule="{escape_label(entry.description)}"', 1)
             last = runs.get(entry.task)
-            base = last if last is not None else self.started
-            interval.add(labels, entry.interval(base))
-            next_due.add(labels, entry.next_due(base))
+            due, every = entry.due_and_interval(last if last is not None else self.started)
+            interval.add(labels, every)
+            next_due.add(labels, due)
             if last is not None:
                 last_run.add(labels, last)
 

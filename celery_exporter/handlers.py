@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Tuple
 from celery_exporter import catalogue
 from celery_exporter.store import Store
 from celery_exporter.settings import Settings
-from celery_exporter.tasks import TaskRecord, TaskTracker
+from celery_exporter.tasks import Attempt, TaskRecord, TaskTracker
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,9 @@ def exception_class(event: dict) -> str:
         name = _class_name(text.split("(", 1)[0])
         if name == "Retry":  # the solo/threads pools report the Retry itself: Retry(Retry(...), KeyError('x'), 0.5)
             inner = [c for c in _CALL.findall(text[:2048]) if c.rsplit(".", 1)[-1] != "Retry"]
-            if inner and _class_name(inner[0]):
-                return _class_name(inner[0])
+            inner_name = _class_name(inner[0]) if inner else None
+            if inner_name is not None:
+                return inner_name
         if name is not None and name != "ExceptionWithTraceback":
             return name
     traceback = event.get("traceback")
@@ -201,8 +202,8 @@ class Handler:
             retries = _count(event.get("retries")) or 0
             if retries > record.attempt:  # a retry: same uuid, new attempt
                 record.attempt = retries
-                record.previous = [record.sent_ts, record.received_ts, record.eta_ts, record.waits_observed,
-                                   record.started_ts]
+                record.previous = Attempt(record.sent_ts, record.received_ts, record.eta_ts,
+                                          record.waits_observed, record.started_ts)
                 record.sent_ts = record.received_ts = record.started_ts = record.eta_ts = None
                 record.waits_observed = 0
             eta = parse_eta(event.get("eta"))
@@ -222,7 +223,7 @@ class Handler:
                     record.name = name  # the worker's view wins (shadow names)
         elif etype == "task-started":
             if self._late_start_of_previous_attempt(record, ts):
-                record.previous[4] = ts
+                record.previous.started_ts = ts
             else:
                 record.started_ts = ts
             if record.worker is None:
@@ -316,16 +317,17 @@ class Handler:
         retry (task-sent) while the old task-started can still sit in the main process's
         event buffer. Both timestamps come from the worker's host, so they compare."""
         previous = record.previous
-        if previous is None or previous[4] is not None or record.started_ts is not None:
+        if previous is None or previous.started_ts is not None or record.started_ts is not None:
             return False
         return ((record.sent_ts is not None and ts < record.sent_ts)
                 or (record.received_ts is not None and ts < record.received_ts))
 
     def _waits(self, record: TaskRecord, observations: List[Tuple[int, float]]) -> None:
         previous = record.previous
-        if previous is not None and previous[4] is not None:
-            previous[3] = self._observe_waits(observations, previous[4], previous[0], previous[1], previous[2],
-                                              previous[3])
+        if previous is not None and previous.started_ts is not None:
+            previous.waits_observed = self._observe_waits(observations, previous.started_ts, previous.sent_ts,
+                                                          previous.received_ts, previous.eta_ts,
+                                                          previous.waits_observed)
         if record.started_ts is not None:
             record.waits_observed = self._observe_waits(observations, record.started_ts, record.sent_ts,
                                                         record.received_ts, record.eta_ts, record.waits_observed)

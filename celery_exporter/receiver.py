@@ -108,34 +108,34 @@ class Receiver(threading.Thread):
         try:
             early = stream.wait_subscribed(SUBSCRIBE_TIMEOUT)
             self._connected()
+            accept = redis_events.accepted(self.settings.accept_content)  # once, not per message
             for data in early:
-                self._on_data(data)
-            accept = self.settings.accept_content
-            handle_body = self._on_body
+                self._on_data(data, accept, self.clock.now())
             while not self.stop_event.is_set():
                 data = stream.read(DRAIN_TIMEOUT)
                 now = self.clock.now()
                 if data is not None:
-                    try:
-                        body = redis_events.decode(data, accept)
-                    except redis_events.UndecodableMessage as exc:
-                        self.handler.drop("undecodable", str(exc))
-                    else:
-                        handle_body(body, now)
-                if now - self._last_tick >= TICK_INTERVAL:
-                    self._last_tick = now
-                    self.handler.tick(now)
+                    self._on_data(data, accept, now)
+                self._tick(now)
             return True
         finally:
             stream.close()
 
-    def _on_data(self, data: bytes) -> None:
+    def _on_data(self, data: bytes, accept: frozenset, now: float) -> None:
         try:
-            body = redis_events.decode(data, self.settings.accept_content)
+            body = redis_events.decode(data, accept)
         except redis_events.UndecodableMessage as exc:
             self.handler.drop("undecodable", str(exc))
             return
-        self._on_body(body, self.clock.now())
+        self._on_body(body, now)
+
+    def _tick(self, now: float, connection: Optional[Connection] = None) -> None:
+        """About every TICK_INTERVAL: release held events (and check AMQP heartbeats)."""
+        if now - self._last_tick >= TICK_INTERVAL:
+            self._last_tick = now
+            if connection is not None:
+                connection.heartbeat_check()
+            self.handler.tick(now)
 
     def _consume_kombu(self, connection: Connection) -> bool:
         """RabbitMQ (and any transport redis_events cannot read): kombu's consumer on an
@@ -167,11 +167,7 @@ class Receiver(threading.Thread):
         self._connected()
         while not self.stop_event.is_set():
             self._drain(connection, DRAIN_TIMEOUT)
-            now = self.clock.now()
-            if now - self._last_tick >= TICK_INTERVAL:
-                self._last_tick = now
-                connection.heartbeat_check()
-                self.handler.tick(now)
+            self._tick(self.clock.now(), connection)
         return True
 
     @staticmethod

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional
 
 from kombu import Connection
 from kombu.exceptions import ContentDisallowed
@@ -47,15 +46,16 @@ def usable(connection: Connection) -> bool:
     return not (callable(compat) and compat())
 
 
-@functools.lru_cache(maxsize=8)
-def _accepted(accept: Tuple[str, ...]) -> frozenset:
+def accepted(accept: Iterable[str]) -> frozenset:
     """Content types for names like "json" or "pickle", as kombu's consumer resolves them."""
     return frozenset(prepare_accept_content(list(accept)))
 
 
-def decode(data: Any, accept: Tuple[str, ...]) -> Any:
+def decode(data: Any, accept: Iterable[str]) -> Any:
     """The event (a dict) or batch (a list) inside one PUB/SUB message of kombu's envelope.
-    `accept`: the accepted content types or serializer names (--accept-content)."""
+    `accept`: accepted() of --accept-content (resolved once by the caller), or the names."""
+    if not isinstance(accept, frozenset):
+        accept = accepted(accept)
     try:
         envelope = json.loads(data)
         body = envelope["body"]
@@ -69,10 +69,9 @@ def decode(data: Any, accept: Tuple[str, ...]) -> Any:
             body = base64.b64decode(body)
         elif encoding not in (None, "", "utf-8"):
             raise UndecodableMessage(f"unknown body encoding {encoding!r}")
-        accepted = _accepted(tuple(accept))
-        if content_type == JSON and JSON in accepted:
+        if content_type == JSON and JSON in accept:
             return json.loads(body)
-        return kombu_loads(body, content_type, envelope.get("content-encoding") or "utf-8", accept=accepted)
+        return kombu_loads(body, content_type, envelope.get("content-encoding") or "utf-8", accept=accept)
     except UndecodableMessage:
         raise
     except (ContentDisallowed, ValueError, TypeError, binascii.Error) as exc:

@@ -259,11 +259,7 @@ class Store:
         events) and those workers reported consuming within --series-ttl."""
         with self.lock:
             names = {key[1] for key, s in self._tasks.items() if self._task_alive(s.updated, now)}
-            for queue, seen in list(self._reported_queues.items()):
-                if self._task_alive(seen, now):
-                    names.add(queue)
-                else:
-                    del self._reported_queues[queue]
+            names.update(q for q, seen in self._reported_queues.items() if self._task_alive(seen, now))
             return names
 
     def _is_up(self, record: WorkerRecord, now: float) -> bool:
@@ -326,6 +322,8 @@ class Store:
             dead_workers = [h for h, r in self._workers.items() if not self._worker_alive(r, now)]
             for host in dead_workers:
                 del self._workers[host]
+            for queue in [q for q, seen in self._reported_queues.items() if not self._task_alive(seen, now)]:
+                del self._reported_queues[queue]  # not a label set: not counted as expired
             self._expired["task"] += len(dead_tasks)
             self._expired["exception"] += len(dead_exc)
             self._expired["worker"] += len(dead_workers)

@@ -13,6 +13,16 @@ from collections import OrderedDict, deque
 from typing import Deque, List, Optional, Tuple
 
 
+class Attempt:
+    """What is kept of a task's attempt before a retry, to observe its waits late."""
+
+    __slots__ = ("sent_ts", "received_ts", "eta_ts", "waits_observed", "started_ts")
+
+    def __init__(self, sent_ts, received_ts, eta_ts, waits_observed, started_ts):
+        self.sent_ts, self.received_ts, self.eta_ts = sent_ts, received_ts, eta_ts
+        self.waits_observed, self.started_ts = waits_observed, started_ts
+
+
 class TaskRecord:
     __slots__ = (
         "uuid",
@@ -49,9 +59,8 @@ class TaskRecord:
         self.pending: Optional[List[tuple]] = None      # events held until labels are fixed
         self.hold_until: Optional[float] = None
         self.finished = False
-        # [sent_ts, received_ts, eta_ts, waits_observed, started_ts] of the attempt before a
-        # retry, whose task-started can arrive after the next attempt's task-sent
-        self.previous: Optional[list] = None
+        # the attempt before a retry, whose task-started can arrive after the next attempt's task-sent
+        self.previous: Optional[Attempt] = None
 
 
 class TaskTracker:

@@ -253,8 +253,8 @@ def tasks() -> dict:
                   f"sum by (name, exception) (increase(celery_task_exceptions_total{{{TASK}}}[$__range]))",
                   hide=["Time"], rename={"name": "task", "exception": "exception", "Value": "count"}), 12)
     lay.row("Freshness")
-    lay.add(table("Time since the last success and failure", "Seconds since each task name last succeeded "
-                  "and last failed (exporter clock). A scheduled task that stopped running shows here first.",
+    lay.add(table("Time since the last success", "Seconds since each task name and queue last succeeded "
+                  "(exporter clock). A scheduled task that stopped running shows here first.",
                   f"time() - max by (name, queue_name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})",
                   hide=["Time"], rename={"name": "task", "queue_name": "queue", "Value": "seconds since success"}), 12)
     lay.add(timeseries("Time since the last success", "Seconds since each task name last succeeded; a sawtooth "
