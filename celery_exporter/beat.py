@@ -17,7 +17,13 @@ import dataclasses
 import datetime as dt
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from celery_exporter.periodic import Periodic
+
+if TYPE_CHECKING:
+    from celery_exporter.store import Store
+    from celery_exporter.store.tasks import TaskRow
 
 log = logging.getLogger(__name__)
 
@@ -112,44 +118,38 @@ def database_entries(app) -> Tuple[Entry, ...]:
     return tuple(out)
 
 
-class ScheduleRefresher(threading.Thread):
+class ScheduleRefresher(Periodic):
     """Re-reads a database schedule every `interval` seconds into the store. A failed read
-    keeps the last entries, is counted (celery_exporter_queue_poll_errors_total{reason="schedule"})
-    and logged once until it works again."""
+    keeps the last entries, is counted (celery_exporter_beat_schedule_read_errors_total) and
+    logged once until it works again."""
 
-    def __init__(self, load: Callable[[], Tuple[Entry, ...]], store, interval: float, stop_event: threading.Event):
-        super().__init__(name="beat-schedule", daemon=True)
-        self.load, self.store, self.interval, self.stop_event = load, store, interval, stop_event
-        self._failing = False
+    what = "the beat schedule"
 
-    def refresh(self) -> None:
+    def __init__(self, load: Callable[[], Tuple[Entry, ...]], store: "Store", interval: float,
+                 stop_event: threading.Event):
+        super().__init__("beat-schedule", interval, stop_event)
+        self.load, self.store = load, store
+
+    def poll_once(self) -> None:
         try:
             entries_ = self.load()
-        except Exception as exc:
-            self.store.count_poll_error("schedule")
-            if not self._failing:
-                self._failing = True
-                log.warning("reading the beat schedule failed (%s: %s); keeping the last entries",
-                            type(exc).__name__, exc)
+        except Exception as exc:  # the user's database, Django or their models: anything can fail
+            self.failed("read", f"{type(exc).__name__}: {exc}")
             return
-        if self._failing:
-            self._failing = False
-            log.info("reading the beat schedule works again")
-        self.store.set_beat_entries(entries_)
+        self.succeeded()
+        self.store.schedule.set_entries(entries_)
 
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.refresh()
-            self.stop_event.wait(self.interval)
+    def count_error(self, reason: str) -> None:
+        self.store.schedule.count_error()
 
 
-def last_runs(tasks, entries_: Tuple[Entry, ...], received_index: int) -> Dict[str, float]:
+def last_runs(rows: Sequence["TaskRow"], entries_: Tuple[Entry, ...], received_index: int) -> Dict[str, float]:
     """task name -> the latest last-received time over its label sets (snapshot rows)."""
     wanted = {e.task for e in entries_}
     out: Dict[str, float] = {}
-    for key, _, _, _, last_seen in tasks:
-        name = key[0]
-        seen: Optional[float] = last_seen[received_index]
+    for row in rows:
+        name = row.key[0]
+        seen: Optional[float] = row.last_seen[received_index]
         if name in wanted and seen is not None and seen > out.get(name, 0.0):
             out[name] = seen
     return out

@@ -150,7 +150,8 @@ POLL_LAST_SUCCESS = (
     "celery_exporter_queue_poll_last_success_timestamp_seconds",
     "When a queue-length poll last succeeded (exporter clock).",
 )
-POLL_ERRORS = ("celery_exporter_queue_poll_errors", "Failed polls, by reason (broker, inspect).")
+POLL_ERRORS = ("celery_exporter_queue_poll_errors",
+               "Failed polls, by reason (broker: queue lengths, inspect: remote control, error: a bug).")
 
 # Beat schedule (--app with a static beat_schedule).
 BEAT_LABELS = ("entry", "task")
@@ -159,5 +160,8 @@ BEAT_INTERVAL = ("celery_beat_schedule_interval_seconds",
                  "Seconds between the entry's runs (for crontab entries: the gap to the run after the next).")
 BEAT_NEXT_DUE = ("celery_beat_schedule_next_due_timestamp_seconds",
                  "When the entry's next run is due: after the last run seen, or after the exporter started.")
+BEAT_READ_ERRORS = ("celery_exporter_beat_schedule_read_errors",
+                    "Failed re-reads of the beat schedule from django-celery-beat's database (the last "
+                    "entries read stay in use).")
 BEAT_LAST_RUN = ("celery_beat_schedule_last_run_timestamp_seconds",
                  "When a task of the entry's task name was last received by a worker (exporter clock).")

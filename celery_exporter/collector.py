@@ -1,8 +1,9 @@
 """Render the store's snapshot as Prometheus text or OpenMetrics, at scrape time.
 
 A scrape takes a snapshot under the store's lock and renders it outside. It never touches
-the broker. Worker `up` is computed here from heartbeat age on the exporter's clock, so it
-flips to 0 on time even when no event arrives at all.
+the broker. Worker `up` is the liveness rule's verdict at the snapshot's time (heartbeat age
+on the exporter's clock), so it flips to 0 on time even when no event arrives at all.
+Each concern's snapshot part is rendered by its own method here.
 
 The exporter renders its own families instead of going through prometheus_client's
 generic per-sample path: with thousands of task label sets a scrape is 100k+ lines, and
@@ -20,8 +21,13 @@ import kombu
 
 from celery_exporter import __version__, beat, catalogue
 from celery_exporter.clock import Clock
-from celery_exporter.settings import Settings, effective_worker_timeout
+from celery_exporter.settings import Settings
 from celery_exporter.store import Snapshot, Store
+from celery_exporter.store.budget import KINDS
+from celery_exporter.store.own import ExporterSnapshot
+from celery_exporter.store.queues import QueueSnapshot
+from celery_exporter.store.tasks import TaskKey, TaskRow, TaskSnapshot
+from celery_exporter.store.workers import WorkerSnapshot
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 # position of task-received's time in the snapshot's last-seen times (a beat entry's last run)
@@ -91,8 +97,7 @@ class CeleryCollector:
         self.task_label_names = list(catalogue.TASK_LABELS)
         if settings.task_hostname_label:
             self.task_label_names.append(catalogue.HOSTNAME_LABEL)
-        bounds = (store.runtime_bounds, store.wait_bounds, store.wait_bounds)
-        self._le = [[f'le="{_bound(b)}"' for b in bs] + ['le="+Inf"'] for bs in bounds]
+        self._le = [[f'le="{_bound(b)}"' for b in bs] + ['le="+Inf"'] for bs in store.tasks.bounds]
         self._label_cache: Dict[Tuple[str, ...], str] = {}
         build_labels = ("version", "celery_version", "kombu_version", "python_version")
         self._build_info = labels_text(
@@ -102,23 +107,23 @@ class CeleryCollector:
         snap = self.store.snapshot(self.clock.now())
         families: List[Family] = []
         new = lambda name, kind, help_: families.append(Family(name, kind, help_, openmetrics)) or families[-1]  # noqa: E731
-        self._tasks(snap, new)
-        if snap.beat_entries:
+        self._tasks(snap.tasks, new)
+        if snap.schedule.entries:
             self._beat(snap, new)
-        self._workers(snap, new)
-        self._queues(snap, new)
+        self._workers(snap.workers, new)
+        self._queues(snap.queues, new)
         self._self(snap, new)
         return "".join(f.text() for f in families)
 
     # -- families -----------------------------------------------------------------------
 
-    def _task_labels(self, tasks) -> List[str]:
+    def _task_labels(self, rows: List[TaskRow]) -> List[str]:
         """Escaped label text per task label set, cached across scrapes."""
         old, cache = self._label_cache, {}
         names = self.task_label_names
         out = []
-        for entry in tasks:
-            key = entry[0]
+        for row in rows:
+            key = row.key
             text = old.get(key)
             if text is None:
                 text = labels_text(names, key)
@@ -127,19 +132,20 @@ class CeleryCollector:
         self._label_cache = cache  # keys of expired label sets fall out here
         return out
 
-    def _tasks(self, snap: Snapshot, new: Callable) -> None:
-        labels = self._task_labels(snap.tasks)
+    def _tasks(self, snap: TaskSnapshot, new: Callable) -> None:
+        rows = snap.rows
+        labels = self._task_labels(rows)
         for index, state in enumerate(catalogue.TASK_STATES):
             family = new(f"celery_task_{state}", COUNTER, catalogue.TASK_COUNTER_HELP[state])
             name = family.sample_name
-            family.lines = [f"{name}{{{text}}} {entry[1][index]}" for text, entry in zip(labels, snap.tasks)]
+            family.lines = [f"{name}{{{text}}} {row.counts[index]}" for text, row in zip(labels, rows)]
         for index, (metric, help_) in enumerate(catalogue.HISTOGRAMS):
             family = new(metric, HISTOGRAM, help_)
             lines = family.lines
             le = self._le[index]
             bucket, count, sum_ = f"{metric}_bucket{{", f"{metric}_count{{", f"{metric}_sum{{"
-            for text, (_, _, hist_counts, hist_sums, _) in zip(labels, snap.tasks):
-                counts = hist_counts[index]
+            for text, row in zip(labels, rows):
+                counts = row.hist_counts[index]
                 if counts is None:
                     continue
                 running = 0
@@ -147,19 +153,19 @@ class CeleryCollector:
                     running += c
                     lines.append(f"{bucket}{text},{le_text}}} {running}")
                 lines.append(f"{count}{text}}} {running}")
-                lines.append(f"{sum_}{text}}} {number(hist_sums[index])}")
+                lines.append(f"{sum_}{text}}} {number(row.hist_sums[index])}")
         for index, (_, metric, help_) in enumerate(catalogue.LAST_SEEN):
             family = new(metric, GAUGE, help_)
-            family.lines = [f"{metric}{{{text}}} {number(entry[4][index])}"
-                            for text, entry in zip(labels, snap.tasks) if entry[4][index] is not None]
+            family.lines = [f"{metric}{{{text}}} {number(row.last_seen[index])}"
+                            for text, row in zip(labels, rows) if row.last_seen[index] is not None]
         family = new(catalogue.TASK_EXCEPTIONS, COUNTER, catalogue.TASK_EXCEPTIONS_HELP)
         names = self.task_label_names + [catalogue.EXCEPTION_LABEL]
-        for key, exception, count in snap.exceptions:
-            family.add(labels_text(names, key + (exception,)), count)
+        for exc in snap.exceptions:
+            family.add(labels_text(names, exc.key + (exc.exception,)), exc.count)
 
     def _beat(self, snap: Snapshot, new: Callable) -> None:
-        entries = snap.beat_entries
-        runs = beat.last_runs(snap.tasks, entries, LAST_RECEIVED)
+        entries = snap.schedule.entries
+        runs = beat.last_runs(snap.tasks.rows, entries, LAST_RECEIVED)
         info = new(catalogue.BEAT_INFO[0], GAUGE, catalogue.BEAT_INFO[1])
         interval = new(catalogue.BEAT_INTERVAL[0], GAUGE, catalogue.BEAT_INTERVAL[1])
         next_due = new(catalogue.BEAT_NEXT_DUE[0], GAUGE, catalogue.BEAT_NEXT_DUE[1])
@@ -174,7 +180,7 @@ class CeleryCollector:
             if last is not None:
                 last_run.add(labels, last)
 
-    def _workers(self, snap: Snapshot, new: Callable) -> None:
+    def _workers(self, snap: WorkerSnapshot, new: Callable) -> None:
         up = new(*catalogue.WORKER_UP[:1], GAUGE, catalogue.WORKER_UP[1])
         last = new(catalogue.WORKER_LAST_HEARTBEAT[0], GAUGE, catalogue.WORKER_LAST_HEARTBEAT[1])
         active = new(catalogue.WORKER_ACTIVE[0], GAUGE, catalogue.WORKER_ACTIVE[1])
@@ -183,8 +189,7 @@ class CeleryCollector:
         info = new(catalogue.WORKER_INFO[0], GAUGE, catalogue.WORKER_INFO[1])
         for w in snap.workers:
             host = f'hostname="{escape_label(w.hostname)}"'
-            timeout = effective_worker_timeout(self.settings.worker_timeout, w.freq)
-            up.add(host, 1 if snap.now - w.last_seen <= timeout else 0)
+            up.add(host, 1 if w.up else 0)
             last.add(host, w.last_seen)
             if w.active is not None:
                 active.add(host, w.active)
@@ -195,17 +200,17 @@ class CeleryCollector:
             if w.sw_ident or w.sw_ver or w.sw_sys:
                 info.add(labels_text(catalogue.WORKER_INFO_LABELS, (w.hostname, w.sw_ident, w.sw_ver, w.sw_sys)), 1)
 
-    def _queues(self, snap: Snapshot, new: Callable) -> None:
+    def _queues(self, snap: QueueSnapshot, new: Callable) -> None:
         length = new(catalogue.QUEUE_LENGTH[0], GAUGE, catalogue.QUEUE_LENGTH[1])
         consumers = new(catalogue.QUEUE_CONSUMERS[0], GAUGE, catalogue.QUEUE_CONSUMERS[1])
-        for queue, (messages, consumer_count) in sorted(snap.queues.items()):
+        for queue, (messages, consumer_count) in sorted(snap.depths.items()):
             q = f'queue_name="{escape_label(queue)}"'
             length.add(q, messages)
             if consumer_count is not None:
                 consumers.add(q, consumer_count)
         workers = new(catalogue.QUEUE_WORKERS[0], GAUGE, catalogue.QUEUE_WORKERS[1])
         processes = new(catalogue.QUEUE_PROCESSES[0], GAUGE, catalogue.QUEUE_PROCESSES[1])
-        for queue, (worker_count, process_count) in sorted(snap.queue_capacity.items()):
+        for queue, (worker_count, process_count) in sorted(snap.capacity.items()):
             q = f'queue_name="{escape_label(queue)}"'
             workers.add(q, worker_count)
             processes.add(q, process_count)
@@ -219,23 +224,26 @@ class CeleryCollector:
             errors.add(f'reason="{reason}"', count)
 
     def _self(self, snap: Snapshot, new: Callable) -> None:
+        own: ExporterSnapshot = snap.exporter
         new(catalogue.BUILD_INFO[0], GAUGE, catalogue.BUILD_INFO[1]).add(self._build_info, 1)
         events = new(catalogue.EVENTS[0], COUNTER, catalogue.EVENTS[1])
-        for etype, count in sorted(snap.events.items()):
+        for etype, count in sorted(own.events.items()):
             events.add(f'type="{escape_label(etype)}"', count)
         dropped = new(catalogue.EVENTS_DROPPED[0], COUNTER, catalogue.EVENTS_DROPPED[1])
-        for reason, count in snap.dropped.items():
+        for reason, count in own.dropped.items():
             dropped.add(f'reason="{reason}"', count)
-        new(catalogue.BROKER_CONNECTED[0], GAUGE, catalogue.BROKER_CONNECTED[1]).add("", 1 if snap.connected else 0)
-        new(catalogue.BROKER_RECONNECTS[0], COUNTER, catalogue.BROKER_RECONNECTS[1]).add("", snap.reconnects)
-        if snap.last_event is not None:
-            new(catalogue.LAST_EVENT[0], GAUGE, catalogue.LAST_EVENT[1]).add("", snap.last_event)
+        new(catalogue.BROKER_CONNECTED[0], GAUGE, catalogue.BROKER_CONNECTED[1]).add("", 1 if own.connected else 0)
+        new(catalogue.BROKER_RECONNECTS[0], COUNTER, catalogue.BROKER_RECONNECTS[1]).add("", own.reconnects)
+        if own.last_event is not None:
+            new(catalogue.LAST_EVENT[0], GAUGE, catalogue.LAST_EVENT[1]).add("", own.last_event)
         series = new(catalogue.SERIES[0], GAUGE, catalogue.SERIES[1])
         expired = new(catalogue.SERIES_EXPIRED[0], COUNTER, catalogue.SERIES_EXPIRED[1])
         refused = new(catalogue.SERIES_REFUSED[0], COUNTER, catalogue.SERIES_REFUSED[1])
-        for kind in ("task", "exception", "worker"):
-            series.add(f'kind="{kind}"', snap.series[kind])
-            expired.add(f'kind="{kind}"', snap.expired[kind])
-            refused.add(f'kind="{kind}"', snap.refused[kind])
-        new(catalogue.TASKS_TRACKED[0], GAUGE, catalogue.TASKS_TRACKED[1]).add("", snap.tasks_tracked)
-        new(catalogue.TASKS_EVICTED[0], COUNTER, catalogue.TASKS_EVICTED[1]).add("", snap.tasks_evicted)
+        for kind in KINDS:
+            series.add(f'kind="{kind}"', snap.series.held[kind])
+            expired.add(f'kind="{kind}"', snap.series.expired[kind])
+            refused.add(f'kind="{kind}"', snap.series.refused[kind])
+        new(catalogue.TASKS_TRACKED[0], GAUGE, catalogue.TASKS_TRACKED[1]).add("", own.tasks_tracked)
+        new(catalogue.TASKS_EVICTED[0], COUNTER, catalogue.TASKS_EVICTED[1]).add("", own.tasks_evicted)
+        if snap.schedule.from_database:
+            new(catalogue.BEAT_READ_ERRORS[0], COUNTER, catalogue.BEAT_READ_ERRORS[1]).add("", snap.schedule.read_errors)

@@ -23,12 +23,12 @@ from kombu import Connection
 
 from celery_exporter.clock import Clock
 from celery_exporter.settings import Settings
+from celery_exporter.periodic import Periodic
 from celery_exporter.store import Store
+from celery_exporter.store.queues import QueueDepth
 
 log = logging.getLogger(__name__)
 
-# (messages ready, consumers or None where the broker cannot tell)
-QueueDepth = Tuple[int, Optional[int]]
 
 
 class PollError(Exception):
@@ -106,7 +106,7 @@ class KombuBackend:
             sizes = pipe.execute()
         depths: Dict[str, QueueDepth] = {}
         for i, queue in enumerate(queues):
-            depths[queue] = (sum(int(n) for n in sizes[i * len(steps):(i + 1) * len(steps)]), None)
+            depths[queue] = QueueDepth(sum(int(n) for n in sizes[i * len(steps):(i + 1) * len(steps)]), None)
         return depths
 
     @staticmethod
@@ -122,10 +122,10 @@ class KombuBackend:
                 except connection.channel_errors as exc:
                     if not _is_not_found(exc):
                         raise
-                    depths[queue] = (0, 0)
+                    depths[queue] = QueueDepth(0, 0)
                     channel = connection.channel()
                     continue
-                depths[queue] = (int(messages), int(consumers))
+                depths[queue] = QueueDepth(int(messages), int(consumers))
         finally:
             try:
                 channel.close()
@@ -165,53 +165,25 @@ class KombuBackend:
         return worker_queues, processes
 
 
-class _Periodic(threading.Thread):
-    """Calls poll_once() every `interval` seconds until stopped. A bug in poll_once() is
-    logged and counted, never the end of polling. Failures and recoveries of what it
-    polls are logged once each, not on every attempt."""
-
-    what = "?"
+class _BrokerPoller(Periodic):
+    """A periodic poll of the broker over the thread's own connection (closed on stop)."""
 
     def __init__(self, name: str, interval: float, settings: Settings, store: Store, clock: Clock,
-                 stop_event: threading.Event, backend=None):
-        super().__init__(name=name, daemon=True)
-        self.interval = interval
+                 stop_event: threading.Event, backend: Optional[KombuBackend] = None):
+        super().__init__(name, interval, stop_event)
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.stop_event = stop_event
         self.backend = backend or KombuBackend(settings)
-        self._failing = False
 
-    def run(self) -> None:
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    self.poll_once()
-                except Exception:  # a bug must not end polling for good
-                    log.exception("polling %s failed unexpectedly", self.what)
-                    self.store.count_poll_error("error")
-                self.stop_event.wait(self.interval)
-        finally:
-            self.backend.close()
+    def count_error(self, reason: str) -> None:
+        self.store.queues.count_error(reason)
 
-    def poll_once(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _failed(self, exc: PollError) -> None:
-        self.store.count_poll_error(exc.reason)
-        if not self._failing:
-            self._failing = True
-            log.warning("polling %s failed (%s); keeping the last values and retrying every %g s",
-                        self.what, exc, self.interval)
-
-    def _succeeded(self) -> None:
-        if self._failing:
-            self._failing = False
-            log.info("polling %s works again", self.what)
+    def close(self) -> None:
+        self.backend.close()
 
 
-class QueuePoller(_Periodic):
+class QueuePoller(_BrokerPoller):
     """Queue lengths of the configured queues, the queues seen in task events and the
     queues workers reported consuming, every --queue-poll-interval."""
 
@@ -234,14 +206,14 @@ class QueuePoller(_Periodic):
         try:
             depths = self.backend.queue_depths(queues) if queues else {}
         except PollError as exc:
-            self.store.queue_poll_failed(time.monotonic() - started)
-            self._failed(exc)
+            self.store.queues.poll_failed(time.monotonic() - started)
+            self.failed(exc.reason, str(exc))
             return
-        self.store.queue_poll_succeeded(depths, time.monotonic() - started, self.clock.now())
-        self._succeeded()
+        self.store.queues.poll_succeeded(depths, time.monotonic() - started, self.clock.now())
+        self.succeeded()
 
 
-class Inspector(_Periodic):
+class Inspector(_BrokerPoller):
     """Remote-control inspect every --inspect-interval, in its own thread (a broadcast waits
     for replies, so it never delays the queue lengths): which queues each worker consumes
     and its pool size."""
@@ -255,13 +227,13 @@ class Inspector(_Periodic):
     def poll_once(self) -> None:
         now = self.clock.now()
         try:
-            worker_queues, processes = self.backend.inspect(self.store.workers_up(now))
+            worker_queues, processes = self.backend.inspect(self.store.workers.up_count(now))
         except PollError as exc:
-            self._failed(exc)
+            self.failed(exc.reason, str(exc))
             return
-        self._succeeded()
+        self.succeeded()
         if not worker_queues:
             # Nobody answered (all workers down, or remote control off): keep the last map.
             # Per-queue worker counts still drop at once: they count only workers up by heartbeat.
             return
-        self.store.set_worker_queues(worker_queues, processes, now)
+        self.store.queues.set_worker_queues(worker_queues, processes, now)

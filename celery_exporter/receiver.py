@@ -54,6 +54,7 @@ class Receiver(threading.Thread):
         self.clock = clock
         self.stop_event = stop_event
         self._last_tick = 0.0
+        self._next_sweep: Optional[float] = None
         self._handler_error_logged = False
         self._outage_since: Optional[float] = None
 
@@ -72,7 +73,7 @@ class Receiver(threading.Thread):
                 break
             delay = first if consumed else min(delay * 2, cap)
             self._wait(delay)
-        self.store.set_connected(False)
+        self.store.exporter.set_connected(False)
 
     def _connection(self) -> Connection:
         extra = {}
@@ -96,7 +97,7 @@ class Receiver(threading.Thread):
                 return self._consume_redis(connection)
             return self._consume_kombu(connection)
         finally:
-            self.store.set_connected(False)
+            self.store.exporter.set_connected(False)
             try:
                 connection.release()
             except Exception:  # the connection is already broken; nothing left to close
@@ -130,12 +131,25 @@ class Receiver(threading.Thread):
         self._on_body(body, now)
 
     def _tick(self, now: float, connection: Optional[Connection] = None) -> None:
-        """About every TICK_INTERVAL: release held events (and check AMQP heartbeats)."""
+        """About every TICK_INTERVAL: check AMQP heartbeats, and the upkeep."""
         if now - self._last_tick >= TICK_INTERVAL:
             self._last_tick = now
             if connection is not None:
                 connection.heartbeat_check()
-            self.handler.tick(now)
+            self._upkeep(now)
+
+    def _upkeep(self, now: float) -> None:
+        """On the event thread's tick, connected or not: release held events, and every
+        --sweep-interval remove expired label sets from memory. The sweep takes the store's
+        lock as event handling does, so it needs no thread of its own."""
+        self.handler.tick(now)
+        if self._next_sweep is None:
+            self._next_sweep = now + self.settings.sweep_interval
+        elif now >= self._next_sweep:
+            self._next_sweep = now + self.settings.sweep_interval
+            removed = self.store.sweep(now)
+            if removed:
+                log.debug("swept %d expired label sets", removed)
 
     def _consume_kombu(self, connection: Connection) -> bool:
         """RabbitMQ (and any transport redis_events cannot read): kombu's consumer on an
@@ -185,10 +199,10 @@ class Receiver(threading.Thread):
             if remaining <= 0:
                 return
             self.stop_event.wait(min(TICK_INTERVAL, remaining))
-            self.handler.tick(self.clock.now())
+            self._upkeep(self.clock.now())
 
     def _connected(self) -> None:
-        self.store.set_connected(True)
+        self.store.exporter.set_connected(True)
         url = mask_url(self.settings.broker_url)
         if self._outage_since is None:
             log.info("receiving events from %s", url)
@@ -200,7 +214,7 @@ class Receiver(threading.Thread):
     def _lost(self, exc: BaseException) -> None:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            self.store.count_reconnect()
+            self.store.exporter.count_reconnect()
             log.warning(
                 "broker %s unavailable (%s: %s); retrying with backoff up to %.0f s, "
                 "logging again once it is back",

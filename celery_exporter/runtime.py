@@ -1,5 +1,16 @@
-"""Wiring: build the store, handler, collector, receiver and web server from Settings,
-run them, and stop them cleanly."""
+"""Wiring and the owner of every thread: builds the store, handler, collector, receiver,
+pollers and web server from Settings, starts their threads, and stops and joins them all.
+
+| thread | runs | stops on |
+|---|---|---|
+| event-receiver | receiver.Receiver: events -> handler -> store; its tick releases held events and sweeps expired label sets | stop_event, within DRAIN_TIMEOUT |
+| queue-poller | poller.QueuePoller: queue lengths | stop_event (a poll in progress ends within --queue-poll-timeout) |
+| inspector | poller.Inspector: remote-control inspect (unless --no-inspect) | stop_event (after --inspect-timeout at most) |
+| beat-schedule | beat.ScheduleRefresher: django-celery-beat's entries (only with such an --app) | stop_event |
+| http | httpserver: the serving loop; each request in a short-lived thread of its own | Web.stop() |
+
+Each broker thread closes its own connection as it ends.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,8 @@ import gc
 import logging
 import sys
 import threading
+import time
+from typing import List, Optional
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
@@ -23,10 +36,11 @@ from celery_exporter.web import Web
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.001  # seconds; see Exporter.start
+STOP_TIMEOUT = 1.5  # seconds for all threads to end: SIGTERM to exit stays under 2 s
 
 
 class Exporter:
-    def __init__(self, settings: Settings, clock: Clock = None):
+    def __init__(self, settings: Settings, clock: Optional[Clock] = None):
         self.settings = settings
         self.clock = clock or Clock()
         self.stop_event = threading.Event()
@@ -40,20 +54,16 @@ class Exporter:
         self.receiver = Receiver(settings, self.handler, self.store, self.clock, self.stop_event)
         self.poller = QueuePoller(settings, self.store, self.clock, self.stop_event)
         self.inspector = Inspector(settings, self.store, self.clock, self.stop_event) if settings.inspect else None
-        self.sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
-        self.schedule_refresher = None
+        self.schedule_refresher: Optional[beat.ScheduleRefresher] = None
         if settings.beat_database_app:
             spec = settings.beat_database_app
             self.schedule_refresher = beat.ScheduleRefresher(
                 lambda: beat.database_entries(app_config.find(spec)), self.store,
                 settings.schedule_refresh_interval, self.stop_event)
+        # every thread but the web server's, in start order
+        self.threads: List[threading.Thread] = [
+            t for t in (self.receiver, self.poller, self.inspector, self.schedule_refresher) if t is not None]
         self.web = Web(settings, self.store, self.collector, self.process_registry, self.clock)
-
-    def _sweep_loop(self) -> None:
-        while not self.stop_event.wait(self.settings.sweep_interval):
-            removed = self.store.sweep(self.clock.now())
-            if removed:
-                log.debug("swept %d expired label sets", removed)
 
     def start(self) -> None:
         # The event thread keeps the GIL busy under load; at CPython's default 5 ms switch
@@ -61,19 +71,23 @@ class Exporter:
         # several. 1 ms keeps scrapes fast while events flow, for a little more switching.
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.web.start()  # first, so a port clash fails before anything else starts
-        self.receiver.start()
-        self.poller.start()
-        if self.inspector is not None:
-            self.inspector.start()
-        self.sweeper.start()
-        if self.schedule_refresher is not None:
-            self.schedule_refresher.start()
+        for thread in self.threads:
+            thread.start()
         # Everything imported and built so far (celery, kombu, the registries) lives as long
         # as the process: keep it out of the garbage collector's full collections, which
         # otherwise scan it every time and pause scrapes for tens of milliseconds.
         gc.freeze()
 
-    def stop(self, timeout: float = 1.5) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask every thread to stop, join them within `timeout` in all, then stop serving.
+        A thread still inside a broker call then is named in the log; it is a daemon
+        thread and ends with the process."""
         self.stop_event.set()
-        self.receiver.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self.threads if t.is_alive()]
+        if stuck:
+            log.info("threads still in a broker call at exit: %s", ", ".join(stuck))
         self.web.stop()

@@ -27,7 +27,7 @@ class Settings:
     wait_buckets: Tuple[float, ...] = catalogue.DEFAULT_WAIT_BUCKETS
 
     # A worker is "up" while its last heartbeat is younger than this (or than
-    # HEARTBEAT_MISSES x its announced interval, whichever is longer).
+    # liveness.HEARTBEAT_MISSES x its announced interval, whichever is longer).
     worker_timeout: float = 30.0
     # A worker that went silent without worker-offline stays visible (up=0) this long.
     worker_ttl: float = 900.0
@@ -68,14 +68,3 @@ class Settings:
     finished_grace_seconds: float = 10.0
     # How often expired label sets are swept from memory.
     sweep_interval: float = 60.0
-
-
-# A worker is considered down after missing this many of its own announced heartbeats,
-# when that is longer than --worker-timeout (e.g. workers run with --heartbeat-interval 60).
-HEARTBEAT_MISSES = 3
-
-
-def effective_worker_timeout(settings_timeout: float, freq: Optional[float]) -> float:
-    if freq and freq > 0:
-        return max(settings_timeout, HEARTBEAT_MISSES * freq)
-    return settings_timeout

@@ -10,7 +10,10 @@ evicted and counted.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Deque, List, Optional, Tuple
+from typing import TYPE_CHECKING, Deque, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from celery_exporter.events import TaskEvent
 
 
 class Attempt:
@@ -18,7 +21,8 @@ class Attempt:
 
     __slots__ = ("sent_ts", "received_ts", "eta_ts", "waits_observed", "started_ts")
 
-    def __init__(self, sent_ts, received_ts, eta_ts, waits_observed, started_ts):
+    def __init__(self, sent_ts: Optional[float], received_ts: Optional[float], eta_ts: Optional[float],
+                 waits_observed: int, started_ts: Optional[float]):
         self.sent_ts, self.received_ts, self.eta_ts = sent_ts, received_ts, eta_ts
         self.waits_observed, self.started_ts = waits_observed, started_ts
 
@@ -56,7 +60,8 @@ class TaskRecord:
         self.waits_observed = 0               # bit 1: queue wait, bit 2: prefetch wait
         self.done = 0                         # bit per terminal state (1 << state index) counted
         self.labels: Optional[Tuple[str, str]] = None  # (name, queue_name) once fixed
-        self.pending: Optional[List[tuple]] = None      # events held until labels are fixed
+        # events held until the labels are fixed, with their arrival times
+        self.pending: Optional[List[Tuple["TaskEvent", float]]] = None
         self.hold_until: Optional[float] = None
         self.finished = False
         # the attempt before a retry, whose task-started can arrive after the next attempt's task-sent

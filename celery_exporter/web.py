@@ -22,8 +22,9 @@ from celery_exporter import __version__
 from celery_exporter.clock import Clock
 from celery_exporter.collector import CeleryCollector
 from celery_exporter.receiver import mask_url
-from celery_exporter.settings import Settings, effective_worker_timeout
+from celery_exporter.settings import Settings
 from celery_exporter.store import Store
+from celery_exporter.store.own import ExporterSnapshot
 from celery_exporter.webconfig import Authenticator
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # one line per request would drown the operator's logs
 
 
-def status_hints(snap, settings: Settings) -> List[str]:
+def status_hints(snap: ExporterSnapshot) -> List[str]:
     """What a newcomer most likely got wrong, judged from what has (not) arrived."""
     hints = []
     if not snap.connected:
@@ -123,7 +124,7 @@ class Web:
         if path == "/-/healthy":
             return self._text(start_response, "200 OK", "OK\n")
         if path == "/-/ready":
-            if self.store.snapshot(self.clock.now()).connected:
+            if self.store.exporter.connected:  # one attribute: a probe never waits for the lock
                 return self._text(start_response, "200 OK", "ready: connected to the broker\n")
             return self._text(start_response, "503 Service Unavailable", "not ready: not connected to the broker\n")
         if path == "/":
@@ -155,24 +156,24 @@ class Web:
 
     def status_page(self) -> str:
         snap = self.store.snapshot(self.clock.now())
+        own = snap.exporter
         esc = html.escape
         rows: List[Tuple[str, str]] = [
             ("Broker", mask_url(self.settings.broker_url)),
-            ("Connected", "yes" if snap.connected else "NO"),
-            ("Broker outages", str(snap.reconnects)),
+            ("Connected", "yes" if own.connected else "NO"),
+            ("Broker outages", str(own.reconnects)),
             ("Uptime", f"{snap.now - self.started:.0f} s"),
-            ("Last event", f"{snap.now - snap.last_event:.1f} s ago" if snap.last_event else "none yet"),
-            ("Task label sets", str(snap.series["task"])),
+            ("Last event", f"{snap.now - own.last_event:.1f} s ago" if own.last_event else "none yet"),
+            ("Task label sets", str(snap.series.held["task"])),
         ]
         workers = []
-        for w in sorted(snap.workers, key=lambda w: w.hostname):
-            age = snap.now - w.last_seen
-            up = age <= effective_worker_timeout(self.settings.worker_timeout, w.freq)
-            workers.append(f"<tr><td>{esc(w.hostname)}</td><td>{'up' if up else 'DOWN'}</td>"
-                           f"<td>{age:.1f} s</td><td>{w.active if w.active is not None else ''}</td></tr>")
-        events = "".join(f"<tr><td>{esc(t)}</td><td>{n}</td></tr>" for t, n in sorted(snap.events.items()))
-        dropped = "".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in snap.dropped.items() if n)
-        hints = "".join(f"<li>{esc(h)}</li>" for h in status_hints(snap, self.settings))
+        for w in sorted(snap.workers.workers, key=lambda w: w.hostname):
+            workers.append(f"<tr><td>{esc(w.hostname)}</td><td>{'up' if w.up else 'DOWN'}</td>"
+                           f"<td>{snap.now - w.last_seen:.1f} s</td>"
+                           f"<td>{w.active if w.active is not None else ''}</td></tr>")
+        events = "".join(f"<tr><td>{esc(t)}</td><td>{n}</td></tr>" for t, n in sorted(own.events.items()))
+        dropped = "".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in own.dropped.items() if n)
+        hints = "".join(f"<li>{esc(h)}</li>" for h in status_hints(own))
         summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
         return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>celery-exporter</title></head>

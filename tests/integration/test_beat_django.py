@@ -81,4 +81,5 @@ def test_entries_come_from_the_database_and_follow_its_changes(make_rig, tmp_pat
     m = exporter.wait_for(lambda m: entries(m) == {("minutely", "app.minutely"), ("nightly", "reports.nightly")},
                           20, what="the schedule change to be followed", contains="beat")
     assert m.get_value("celery_beat_schedule_interval_seconds", entry="minutely", task="app.minutely") == 60
-    assert m.get_value("celery_exporter_queue_poll_errors_total", reason="schedule") == 0
+    assert m.get_value("celery_exporter_beat_schedule_read_errors_total") == 0
+    assert m.get_value("celery_exporter_queue_poll_errors_total", reason="schedule") is None  # not the poller's

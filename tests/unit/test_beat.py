@@ -2,12 +2,13 @@
 entry that stopped firing looks like, driven by the fake clock."""
 
 import datetime as dt
+import threading
 
 import pytest
 from celery import Celery
 from celery.schedules import crontab
 
-from celery_exporter.beat import ScheduleError, entries
+from celery_exporter.beat import ScheduleError, ScheduleRefresher, entries
 
 from .conftest import T0, Rig, received, started, succeeded
 
@@ -82,3 +83,25 @@ def test_a_broken_entry_is_refused():
         entries(app_with({"bad": {"schedule": 5}}))
     with pytest.raises(ScheduleError, match="'worse': unusable schedule"):
         entries(app_with({"worse": {"task": "t", "schedule": "every day"}}))
+
+
+def test_a_failed_schedule_read_is_counted_in_its_own_metric_and_keeps_the_entries():
+    rig = Rig(beat_database_app="mysite")
+    loads = [lambda: entries(app_with(SCHEDULE)), lambda: 1 / 0, lambda: entries(app_with({}))]
+    refresher = ScheduleRefresher(lambda: loads.pop(0)(), rig.store, 60.0, threading.Event())
+    assert rig.value("celery_exporter_beat_schedule_read_errors_total") == 0
+    refresher.poll_once()
+    assert rig.value("celery_beat_schedule_info", entry="tick", task="app.tick", schedule="every 60s") == 1
+    refresher.poll_once()  # the database is down: counted, and the last entries stay
+    assert rig.value("celery_exporter_beat_schedule_read_errors_total") == 1
+    assert rig.value("celery_beat_schedule_info", entry="tick", task="app.tick", schedule="every 60s") == 1
+    assert not rig.family("celery_exporter_queue_poll_errors_total").get(
+        ("celery_exporter_queue_poll_errors_total", frozenset({("reason", "schedule")})))
+    refresher.poll_once()  # back, and every entry was disabled
+    assert rig.family("celery_beat_schedule_info") == {}
+    assert rig.value("celery_exporter_beat_schedule_read_errors_total") == 1
+
+
+def test_the_read_errors_metric_is_absent_without_a_database_schedule():
+    rig = Rig(beat_entries=entries(app_with(SCHEDULE)))
+    assert rig.family("celery_exporter_beat_schedule") == {}

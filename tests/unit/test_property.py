@@ -57,7 +57,7 @@ def test_no_input_crashes_the_handler_and_the_exposition_always_parses(stream):
     rig.advance(5)
     plain = sample_set(text(rig.collector.render()))
     assert plain == sample_set(om(rig.collector.render(openmetrics=True) + "# EOF\n"))
-    series = rig.store.snapshot(rig.clock.now()).series
+    series = rig.store.snapshot(rig.clock.now()).series.held
     assert series["task"] + series["exception"] + series["worker"] <= 12
     for (name, labels), value in plain.items():
         assert not math.isnan(value) or name.endswith("_sum"), (name, labels, value)

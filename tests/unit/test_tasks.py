@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from celery_exporter import catalogue
-from celery_exporter.handlers import exception_class, parse_eta, queue_from_sent
+from celery_exporter.events import exception_class, parse_eta, queue_from_sent
 
 from .conftest import T0, Rig, failed, received, rejected, retried, revoked, sent, started, succeeded
 
@@ -156,7 +156,7 @@ def test_without_task_sent_events_queue_is_unknown_after_the_hold_then_at_once(r
 
 
 def test_single_queue_worker_gives_the_queue_label(rig):
-    rig.store.set_worker_queues({"w1@h": ["only"], "w2@h": ["a", "b"]})
+    rig.store.queues.set_worker_queues({"w1@h": ["only"], "w2@h": ["a", "b"]})
     rig.feed(received("u1", host="w1@h"), received("u2", host="w2@h"))
     # the single-queue worker's queue is certain: counted at once, no wait for a task-sent
     assert rig.value("celery_task_received_total", name="app.add", queue_name="only") == 1

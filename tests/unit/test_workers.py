@@ -9,6 +9,7 @@ from celery_exporter.collector import CeleryCollector
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.handlers import Handler
+from celery_exporter.web import Web
 
 from .conftest import T0, Rig, heartbeat
 
@@ -112,3 +113,21 @@ def test_wrongly_typed_counts_are_ignored_not_fatal(rig):
     rig.feed(heartbeat(active="many", processed=-1))
     assert up(rig) == 1
     assert rig.value("celery_worker_tasks_active", hostname="w1@h") is None
+
+
+def test_one_liveness_rule_for_the_metric_the_status_page_and_the_inspector():
+    from celery_exporter.liveness import Liveness
+
+    rule = Liveness(worker_timeout=30.0, worker_ttl=900.0)
+    assert rule.timeout(None) == 30.0 and rule.timeout(2.0) == 30.0 and rule.timeout(20.0) == 60.0
+    assert rule.is_up(T0, 20.0, T0 + 60.0) and not rule.is_up(T0, 20.0, T0 + 60.5)
+    assert rule.is_kept(T0, T0 + 900.0) and not rule.is_kept(T0, T0 + 900.5)
+
+    rig = Rig()
+    rig.feed(heartbeat("slow@h", freq=20.0), heartbeat("fast@h", freq=2.0))
+    rig.advance(45)  # past --worker-timeout, within 3 x slow@h's interval
+    assert rig.value("celery_worker_up", hostname="slow@h") == 1
+    assert rig.value("celery_worker_up", hostname="fast@h") == 0
+    assert rig.store.workers.up_count(rig.clock.now()) == 1
+    page = Web(rig.settings, rig.store, rig.collector, rig.process_registry, rig.clock).status_page()
+    assert "<td>slow@h</td><td>up</td>" in page and "<td>fast@h</td><td>DOWN</td>" in page

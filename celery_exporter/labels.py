@@ -1,0 +1,105 @@
+"""Label resolution: which (name, queue_name) a task's events are counted under, and the
+hold that waits for the task-sent that carries the queue.
+
+Only task-sent and task-received carry a task's name, and only task-sent its queue. The
+queue label is the task-sent's queue when one is seen; else, when the receiving worker
+consumes exactly one queue (from `inspect`), that queue; else "unknown". When task-sent
+events are flowing, a task's events are held on its record (up to sent_hold_seconds) for
+its task-sent, which can arrive after the worker's task-received and even its
+task-succeeded. Events of a task whose name never arrives are dropped as unknown_task.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+from celery_exporter.drops import Drops
+from celery_exporter.events import TaskEvent
+from celery_exporter.settings import Settings
+from celery_exporter.store.queues import QueueStore
+from celery_exporter.tasks import TaskRecord, TaskTracker
+
+MAX_PENDING_PER_TASK = 16
+# task-sent events count as "flowing" if one arrived this recently, or, before the first
+# one, during this long after the first task event: only then are the other events of a
+# task held back (for sent_hold_seconds) to wait for its task-sent. Real task-sent events
+# can arrive after the worker's task-received (and even task-succeeded), so the very first
+# tasks after a start would otherwise be labelled by the fallback queue.
+SENT_RECENT_SECONDS = 600.0
+UNKNOWN_QUEUE = "unknown"
+UNKNOWN_TASK_DETAIL = ("task events for a task id whose name never arrived "
+                       "(normal for tasks already running when the exporter started)")
+
+Emit = Callable[[TaskRecord, TaskEvent, float], None]
+
+
+class LabelResolver:
+    def __init__(self, tracker: TaskTracker, queues: QueueStore, settings: Settings, drop: Drops, emit: Emit):
+        self._tracker = tracker
+        self._queues = queues
+        self._hold_seconds = settings.sent_hold_seconds
+        self._max_series = settings.max_series
+        self._drop = drop
+        self._emit = emit  # counts one event of a record whose labels are fixed
+        self.last_sent_seen: Optional[float] = None
+        self.first_task_event: Optional[float] = None
+        self._interned: Dict[Tuple[str, str], Tuple[str, str]] = {}  # one tuple per label set, shared
+
+    def saw(self, event: TaskEvent, now: float) -> None:
+        """Every valid task event passes here first: whether task-sent events flow."""
+        if self.first_task_event is None:
+            self.first_task_event = now
+        if event.type == "task-sent":
+            self.last_sent_seen = now
+
+    def resolve(self, record: TaskRecord, event: TaskEvent, now: float) -> None:
+        """An event of a task without labels yet: count it (and what was held before it)
+        if the labels can be known now, else hold it until they can or the hold runs out."""
+        hold_over = record.hold_until is not None and now >= record.hold_until
+        if record.name is None:
+            if hold_over:  # the hold ran out before: its events were dropped, so is this one
+                self._drop("unknown_task", UNKNOWN_TASK_DETAIL)
+                return
+        elif (record.queue is not None or hold_over or not self._sent_flowing(now)
+              or self._single_queue(record.worker) is not None):  # that worker's queue is certain
+            self._fix(record)
+            self._emit(record, event, now)
+            return
+        if record.pending is None:
+            record.pending = []
+        elif len(record.pending) >= MAX_PENDING_PER_TASK:
+            self._drop("bad_field", "too many events for one task id before its name arrived")
+            return
+        record.pending.append((event, now))
+        self._tracker.hold(record, now + self._hold_seconds)
+
+    def release_due(self, now: float) -> None:
+        """Holds that ran out: count their events under the labels known now, or drop them."""
+        for record in self._tracker.due_holds(now):
+            if record.name is None:
+                self._drop("unknown_task", UNKNOWN_TASK_DETAIL, len(record.pending or ()))
+                record.pending = None
+            else:
+                self._fix(record)
+
+    def _sent_flowing(self, now: float) -> bool:
+        """Whether a task's task-sent can be expected: one arrived lately, or none has yet
+        but the exporter has not been listening long enough to know they are off."""
+        since = self.last_sent_seen if self.last_sent_seen is not None else self.first_task_event
+        return since is not None and now - since < SENT_RECENT_SECONDS
+
+    def _fix(self, record: TaskRecord) -> None:
+        """Fix the record's labels and count what was held, as of when each event arrived."""
+        assert record.name is not None  # callers check
+        labels = (record.name, record.queue or self._single_queue(record.worker) or UNKNOWN_QUEUE)
+        if len(self._interned) > self._max_series:
+            self._interned.clear()  # only a memory saving: never let hostile names grow it
+        record.labels = self._interned.setdefault(labels, labels)
+        pending, record.pending = record.pending, None
+        for event, arrived in pending or ():
+            self._emit(record, event, arrived)
+
+    def _single_queue(self, worker: Optional[str]) -> Optional[str]:
+        """The queue of a worker that consumes exactly one (per the poller's inspect)."""
+        queues = self._queues.worker_queues.get(worker) if worker else None
+        return queues[0] if queues and len(queues) == 1 else None

@@ -1,0 +1,70 @@
+"""The exporter's own state: events received and dropped, the broker connection, and the
+uuid map's size. Written by the event thread."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Dict, Optional
+
+from celery_exporter import catalogue
+
+
+@dataclasses.dataclass(frozen=True)
+class ExporterSnapshot:
+    events: Dict[str, int]  # by event type ("other" for unknown types)
+    dropped: Dict[str, int]  # by catalogue.DROP_REASONS
+    connected: bool
+    reconnects: int
+    last_event: Optional[float]
+    tasks_tracked: int
+    tasks_evicted: int
+
+
+class ExporterState:
+    def __init__(self, lock: threading.Lock):
+        self._lock = lock
+        self._events: Dict[str, int] = {}
+        self._dropped: Dict[str, int] = dict.fromkeys(catalogue.DROP_REASONS, 0)
+        self._connected = False
+        self._reconnects = 0
+        self._last_event: Optional[float] = None
+        self._tasks_tracked = 0
+        self._tasks_evicted = 0
+
+    def count_event(self, type_label: str, now: float) -> None:
+        with self._lock:
+            self._events[type_label] = self._events.get(type_label, 0) + 1
+            self._last_event = now
+
+    def count_dropped(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self._dropped[reason] += n
+
+    def set_connected(self, connected: bool) -> None:
+        self._connected = connected  # one attribute store: readers need no lock
+
+    @property
+    def connected(self) -> bool:
+        """Read without the lock, for /-/ready: a bool attribute is read whole."""
+        return self._connected
+
+    def count_reconnect(self) -> None:
+        with self._lock:
+            self._reconnects += 1
+
+    def set_tracker_stats(self, tracked: int, evicted: int) -> None:
+        with self._lock:
+            self._tasks_tracked = tracked
+            self._tasks_evicted = evicted
+
+    def snapshot_locked(self) -> ExporterSnapshot:
+        return ExporterSnapshot(
+            events=dict(self._events),
+            dropped=dict(self._dropped),
+            connected=self._connected,
+            reconnects=self._reconnects,
+            last_event=self._last_event,
+            tasks_tracked=self._tasks_tracked,
+            tasks_evicted=self._tasks_evicted,
+        )

@@ -1,0 +1,154 @@
+"""Task series: per (name, queue_name[, hostname]) state counters, the runtime and wait
+histograms, last-seen times, and the exception counters.
+
+Every label set records when it was last updated: past --series-ttl it is hidden from
+scrapes at once and removed by the next sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from bisect import bisect_left
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+from celery_exporter import catalogue
+from celery_exporter.settings import Settings
+from celery_exporter.store.budget import SeriesBudget
+
+N_STATES = len(catalogue.TASK_STATES)
+N_HISTOGRAMS = len(catalogue.HISTOGRAMS)
+# state index -> position in TaskSeries.last_seen
+LAST_SEEN_INDEX = {catalogue.STATE_INDEX[state]: i for i, (state, _, _) in enumerate(catalogue.LAST_SEEN)}
+
+TaskKey = Tuple[str, ...]  # (name, queue_name) or (name, queue_name, hostname)
+# (histogram index from catalogue.HISTOGRAMS, observed seconds)
+Observation = Tuple[int, float]
+
+
+class TaskSeries:
+    """Counters and histograms of one task label set."""
+
+    __slots__ = ("counts", "hist_counts", "hist_sums", "updated", "last_seen")
+
+    def __init__(self, now: float):
+        self.counts = [0] * N_STATES
+        self.hist_counts: List[Optional[List[int]]] = [None] * N_HISTOGRAMS
+        self.hist_sums = [0.0] * N_HISTOGRAMS
+        self.updated = now
+        # exporter time of the last event of each catalogue.LAST_SEEN state, or None
+        self.last_seen: List[Optional[float]] = [None] * len(catalogue.LAST_SEEN)
+
+
+class TaskRow(NamedTuple):
+    """One task label set as a scrape sees it (copies)."""
+
+    key: TaskKey
+    counts: List[int]  # by catalogue.TASK_STATES
+    hist_counts: List[Optional[List[int]]]  # by catalogue.HISTOGRAMS: per-bucket (not cumulative) counts, or None
+    hist_sums: List[float]
+    last_seen: List[Optional[float]]  # by catalogue.LAST_SEEN
+
+
+class ExceptionRow(NamedTuple):
+    key: TaskKey
+    exception: str
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSnapshot:
+    rows: List[TaskRow]
+    exceptions: List[ExceptionRow]
+
+
+class _ExceptionCount:
+    __slots__ = ("count", "updated")
+
+    def __init__(self, now: float):
+        self.count = 0
+        self.updated = now
+
+
+class TaskSeriesStore:
+    def __init__(self, lock: threading.Lock, settings: Settings, budget: SeriesBudget):
+        self._lock = lock
+        self._budget = budget
+        self._ttl = settings.series_ttl
+        self.runtime_bounds = tuple(settings.runtime_buckets)
+        self.wait_bounds = tuple(settings.wait_buckets)
+        self.bounds = (self.runtime_bounds, self.wait_bounds, self.wait_bounds)  # by catalogue.HISTOGRAMS
+        self._series: Dict[TaskKey, TaskSeries] = {}
+        self._exceptions: Dict[Tuple[TaskKey, str], _ExceptionCount] = {}
+
+    # -- writers (take the lock) --------------------------------------------------------
+
+    def observe(self, key: TaskKey, state: int, now: float, observations: Sequence[Observation] = ()) -> bool:
+        """Count one task event of `state` (index into TASK_STATES) for `key`, and observe
+        (histogram index, seconds) pairs. False if the label set was refused (--max-series)."""
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                if not self._budget.admit("task"):
+                    return False
+                # All state counters start at 0, so the first failure shows in increase().
+                series = self._series[key] = TaskSeries(now)
+            series.counts[state] += 1
+            series.updated = now
+            last = LAST_SEEN_INDEX.get(state)
+            if last is not None:
+                series.last_seen[last] = now
+            for index, value in observations:
+                counts = series.hist_counts[index]
+                bounds = self.bounds[index]
+                if counts is None:
+                    counts = series.hist_counts[index] = [0] * (len(bounds) + 1)
+                counts[bisect_left(bounds, value)] += 1
+                series.hist_sums[index] += value
+            return True
+
+    def exception(self, key: TaskKey, exception: str, now: float) -> bool:
+        """Count a failed or retried attempt's exception class. False if refused."""
+        with self._lock:
+            entry = self._exceptions.get((key, exception))
+            if entry is None:
+                if not self._budget.admit("exception"):
+                    return False
+                entry = self._exceptions[(key, exception)] = _ExceptionCount(now)
+            entry.count += 1
+            entry.updated = now
+            return True
+
+    # -- with the lock held -------------------------------------------------------------
+
+    def _alive(self, updated: float, now: float) -> bool:
+        return now - updated <= self._ttl
+
+    def queue_names_locked(self, now: float) -> Set[str]:
+        """The queue_name of every live label set."""
+        return {key[1] for key, s in self._series.items() if self._alive(s.updated, now)}
+
+    def sweep_locked(self, now: float) -> int:
+        dead = [k for k, s in self._series.items() if not self._alive(s.updated, now)]
+        for key in dead:
+            del self._series[key]
+        dead_exc = [k for k, e in self._exceptions.items() if not self._alive(e.updated, now)]
+        for exc_key in dead_exc:
+            del self._exceptions[exc_key]
+        self._budget.release("task", len(dead), expired=True)
+        self._budget.release("exception", len(dead_exc), expired=True)
+        return len(dead) + len(dead_exc)
+
+    def snapshot_locked(self, now: float) -> TaskSnapshot:
+        rows = [
+            TaskRow(key, s.counts[:], [c[:] if c is not None else None for c in s.hist_counts], s.hist_sums[:],
+                    s.last_seen[:])
+            for key, s in self._series.items()
+            if self._alive(s.updated, now)
+        ]
+        exceptions = [
+            ExceptionRow(key, exc, entry.count)
+            for (key, exc), entry in self._exceptions.items()
+            if self._alive(entry.updated, now)
+        ]
+        return TaskSnapshot(rows, exceptions)

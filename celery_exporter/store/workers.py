@@ -1,0 +1,126 @@
+"""Workers: what their last worker-online / worker-heartbeat said, and when it arrived.
+
+Whether a worker is up is the liveness rule's verdict on the age of that arrival, taken
+once per snapshot; a worker past --worker-ttl is hidden at once and removed by the sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Dict, List, Optional, Set, Tuple
+
+from celery_exporter.liveness import Liveness
+from celery_exporter.store.budget import SeriesBudget
+
+Software = Tuple[str, str, str]  # (sw_ident, sw_ver, sw_sys)
+
+
+@dataclasses.dataclass
+class WorkerRecord:
+    hostname: str
+    last_seen: float  # exporter clock when the last worker event arrived
+    sender_timestamp: float  # the worker's own timestamp of that event
+    freq: Optional[float] = None
+    active: Optional[int] = None
+    processed: Optional[int] = None
+    sw_ident: str = ""
+    sw_ver: str = ""
+    sw_sys: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerView:
+    """A worker as a scrape sees it, with the liveness verdict at the snapshot's time."""
+
+    hostname: str
+    up: bool
+    last_seen: float
+    freq: Optional[float]
+    active: Optional[int]
+    processed: Optional[int]
+    sw_ident: str
+    sw_ver: str
+    sw_sys: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSnapshot:
+    workers: List[WorkerView]
+
+    @property
+    def up_hosts(self) -> Set[str]:
+        return {w.hostname for w in self.workers if w.up}
+
+
+class WorkerStore:
+    def __init__(self, lock: threading.Lock, liveness: Liveness, budget: SeriesBudget):
+        self._lock = lock
+        self.liveness = liveness
+        self._budget = budget
+        self._workers: Dict[str, WorkerRecord] = {}
+
+    # -- writers (take the lock) --------------------------------------------------------
+
+    def heartbeat(
+        self,
+        hostname: str,
+        now: float,
+        sender_timestamp: float,
+        freq: Optional[float] = None,
+        active: Optional[int] = None,
+        processed: Optional[int] = None,
+        software: Optional[Software] = None,
+    ) -> bool:
+        """A worker-online or worker-heartbeat. Fields left None keep their last value
+        (the on-demand 'wakeup' heartbeat carries no active/processed). False if refused."""
+        with self._lock:
+            record = self._workers.get(hostname)
+            if record is None:
+                if not self._budget.admit("worker"):
+                    return False
+                record = self._workers[hostname] = WorkerRecord(hostname, now, sender_timestamp)
+            record.last_seen = now
+            record.sender_timestamp = sender_timestamp
+            if freq is not None:
+                record.freq = freq
+            if active is not None:
+                record.active = active
+            if processed is not None:
+                record.processed = processed
+            if software is not None:
+                record.sw_ident, record.sw_ver, record.sw_sys = software
+            return True
+
+    def offline(self, hostname: str) -> None:
+        """A graceful shutdown: the worker leaves at once, so nobody is paged."""
+        with self._lock:
+            if self._workers.pop(hostname, None) is not None:
+                self._budget.release("worker")
+
+    def up_count(self, now: float) -> int:
+        with self._lock:
+            return len(self.up_hosts_locked(now))
+
+    # -- with the lock held -------------------------------------------------------------
+
+    def _up(self, record: WorkerRecord, now: float) -> bool:
+        return self.liveness.is_up(record.last_seen, record.freq, now)
+
+    def up_hosts_locked(self, now: float) -> Set[str]:
+        return {host for host, r in self._workers.items() if self._up(r, now)}
+
+    def sweep_locked(self, now: float) -> int:
+        dead = [h for h, r in self._workers.items() if not self.liveness.is_kept(r.last_seen, now)]
+        for host in dead:
+            del self._workers[host]
+        self._budget.release("worker", len(dead), expired=True)
+        return len(dead)
+
+    def snapshot_locked(self, now: float) -> WorkerSnapshot:
+        return WorkerSnapshot([
+            WorkerView(r.hostname, self._up(r, now), r.last_seen, r.freq, r.active, r.processed,
+                       r.sw_ident, r.sw_ver, r.sw_sys)
+            for r in self._workers.values()
+            if self.liveness.is_kept(r.last_seen, now)
+        ])
