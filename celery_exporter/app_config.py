@@ -58,13 +58,13 @@ def load(spec: str) -> Dict[str, Any]:
     return out
 
 
-def find(spec: str):
+def find(spec: str) -> Any:  # a Celery app: celery ships no type information
     """The app object for `spec`, found as `celery -A` finds it (imported once, then cached)."""
     from celery.app.utils import find_app
     return find_app(spec)
 
 
-def _queues(conf) -> Tuple[str, ...]:
+def _queues(conf: Any) -> Tuple[str, ...]:  # a Celery app's conf
     names = [conf.task_default_queue or "celery"]
     declared = conf.task_queues or ()
     if isinstance(declared, dict):

@@ -48,7 +48,7 @@ class Entry:
         now = self.schedule.now()
         # now + (time from now to the occurrence after `last`): to the millisecond, so that two
         # scrapes a moment apart agree (crontab and solar times are whole seconds anyway)
-        return round(now.timestamp() + self.schedule.remaining_estimate(last).total_seconds(), 3)
+        return float(round(now.timestamp() + self.schedule.remaining_estimate(last).total_seconds(), 3))
 
     def due_and_interval(self, after: float) -> Tuple[float, float]:
         """The first run due after `after`, and the seconds between runs: constant for plain
@@ -69,7 +69,11 @@ class Entry:
         return None
 
 
-def entries(app) -> Tuple[Entry, ...]:
+# A Celery app (celery ships no type information).
+CeleryApp = Any
+
+
+def entries(app: CeleryApp) -> Tuple[Entry, ...]:
     from celery.schedules import maybe_schedule
 
     out: List[Entry] = []
@@ -85,7 +89,7 @@ def entries(app) -> Tuple[Entry, ...]:
     return tuple(out)
 
 
-def describe(schedule) -> str:
+def describe(schedule: Any) -> str:  # a celery.schedules object, or django-celery-beat's
     run_every = getattr(schedule, "run_every", None)
     if isinstance(run_every, dt.timedelta) and type(schedule).__name__ == "schedule":
         return f"every {run_every.total_seconds():g}s"
@@ -93,12 +97,12 @@ def describe(schedule) -> str:
     return text if len(text) <= 128 else text[:125] + "..."
 
 
-def uses_database(app) -> bool:
+def uses_database(app: CeleryApp) -> bool:
     """Whether the app's beat keeps its schedule in django-celery-beat's database."""
     return "django_celery_beat" in str(app.conf.beat_scheduler or "")
 
 
-def database_entries(app) -> Tuple[Entry, ...]:
+def database_entries(app: CeleryApp) -> Tuple[Entry, ...]:
     """The enabled periodic entries of django-celery-beat's tables, read only. One-off and
     clocked entries are left out: they have no period to be late against."""
     import django

@@ -42,7 +42,7 @@ def labels_text(names: Sequence[str], values: Sequence[str]) -> str:
     return ",".join(f'{n}="{escape_label(v)}"' for n, v in zip(names, values))
 
 
-def number(value) -> str:
+def number(value: float) -> str:
     """Sample value: integers as they are, floats as Prometheus' Go client writes them."""
     if isinstance(value, int):
         return str(value)
@@ -75,7 +75,7 @@ class Family:
     def sample_name(self) -> str:
         return self.name + "_total" if self.kind == COUNTER else self.name
 
-    def add(self, labels: str, value) -> None:
+    def add(self, labels: str, value: float) -> None:
         name = self.sample_name
         self.lines.append(f"{name}{{{labels}}} {number(value)}" if labels else f"{name} {number(value)}")
 
@@ -86,6 +86,10 @@ class Family:
         help_ = self.help.replace("\\", r"\\").replace("\n", r"\n")
         head = f"# HELP {header_name} {help_}\n# TYPE {header_name} {self.kind}\n"
         return head + "".join(line + "\n" for line in self.lines)
+
+
+# adds a family (name, type, help) to the scrape being rendered and returns it
+NewFamily = Callable[[str, str, str], "Family"]
 
 
 class CeleryCollector:
@@ -106,7 +110,11 @@ class CeleryCollector:
     def render(self, openmetrics: bool = False) -> str:
         snap = self.store.snapshot(self.clock.now())
         families: List[Family] = []
-        new = lambda name, kind, help_: families.append(Family(name, kind, help_, openmetrics)) or families[-1]  # noqa: E731
+
+        def new(name: str, kind: str, help_: str) -> Family:
+            families.append(Family(name, kind, help_, openmetrics))
+            return families[-1]
+
         self._tasks(snap.tasks, new)
         if snap.schedule.entries:
             self._beat(snap, new)
@@ -132,7 +140,7 @@ class CeleryCollector:
         self._label_cache = cache  # keys of expired label sets fall out here
         return out
 
-    def _tasks(self, snap: TaskSnapshot, new: Callable) -> None:
+    def _tasks(self, snap: TaskSnapshot, new: NewFamily) -> None:
         rows = snap.rows
         labels = self._task_labels(rows)
         for index, state in enumerate(catalogue.TASK_STATES):
@@ -156,14 +164,14 @@ class CeleryCollector:
                 lines.append(f"{sum_}{text}}} {number(row.hist_sums[index])}")
         for index, (_, metric, help_) in enumerate(catalogue.LAST_SEEN):
             family = new(metric, GAUGE, help_)
-            family.lines = [f"{metric}{{{text}}} {number(row.last_seen[index])}"
-                            for text, row in zip(labels, rows) if row.last_seen[index] is not None]
+            family.lines = [f"{metric}{{{text}}} {number(seen)}"
+                            for text, row in zip(labels, rows) if (seen := row.last_seen[index]) is not None]
         family = new(catalogue.TASK_EXCEPTIONS, COUNTER, catalogue.TASK_EXCEPTIONS_HELP)
         names = self.task_label_names + [catalogue.EXCEPTION_LABEL]
         for exc in snap.exceptions:
-            family.add(labels_text(names, exc.key + (exc.exception,)), exc.count)
+            family.add(labels_text(names, exc.key + (exc.exception,)), exc.total)
 
-    def _beat(self, snap: Snapshot, new: Callable) -> None:
+    def _beat(self, snap: Snapshot, new: NewFamily) -> None:
         entries = snap.schedule.entries
         runs = beat.last_runs(snap.tasks.rows, entries, LAST_RECEIVED)
         info = new(catalogue.BEAT_INFO[0], GAUGE, catalogue.BEAT_INFO[1])
@@ -180,7 +188,7 @@ class CeleryCollector:
             if last is not None:
                 last_run.add(labels, last)
 
-    def _workers(self, snap: WorkerSnapshot, new: Callable) -> None:
+    def _workers(self, snap: WorkerSnapshot, new: NewFamily) -> None:
         up = new(*catalogue.WORKER_UP[:1], GAUGE, catalogue.WORKER_UP[1])
         last = new(catalogue.WORKER_LAST_HEARTBEAT[0], GAUGE, catalogue.WORKER_LAST_HEARTBEAT[1])
         active = new(catalogue.WORKER_ACTIVE[0], GAUGE, catalogue.WORKER_ACTIVE[1])
@@ -200,7 +208,7 @@ class CeleryCollector:
             if w.sw_ident or w.sw_ver or w.sw_sys:
                 info.add(labels_text(catalogue.WORKER_INFO_LABELS, (w.hostname, w.sw_ident, w.sw_ver, w.sw_sys)), 1)
 
-    def _queues(self, snap: QueueSnapshot, new: Callable) -> None:
+    def _queues(self, snap: QueueSnapshot, new: NewFamily) -> None:
         length = new(catalogue.QUEUE_LENGTH[0], GAUGE, catalogue.QUEUE_LENGTH[1])
         consumers = new(catalogue.QUEUE_CONSUMERS[0], GAUGE, catalogue.QUEUE_CONSUMERS[1])
         for queue, (messages, consumer_count) in sorted(snap.depths.items()):
@@ -214,7 +222,7 @@ class CeleryCollector:
             q = f'queue_name="{escape_label(queue)}"'
             workers.add(q, worker_count)
             processes.add(q, process_count)
-        if snap.poll_success is not None:
+        if snap.poll_success is not None and snap.poll_duration is not None:  # both set by every poll
             new(catalogue.POLL_SUCCESS[0], GAUGE, catalogue.POLL_SUCCESS[1]).add("", 1 if snap.poll_success else 0)
             new(catalogue.POLL_DURATION[0], GAUGE, catalogue.POLL_DURATION[1]).add("", snap.poll_duration)
         if snap.poll_last_success is not None:
@@ -223,7 +231,7 @@ class CeleryCollector:
         for reason, count in sorted(snap.poll_errors.items()):
             errors.add(f'reason="{reason}"', count)
 
-    def _self(self, snap: Snapshot, new: Callable) -> None:
+    def _self(self, snap: Snapshot, new: NewFamily) -> None:
         own: ExporterSnapshot = snap.exporter
         new(catalogue.BUILD_INFO[0], GAUGE, catalogue.BUILD_INFO[1]).add(self._build_info, 1)
         events = new(catalogue.EVENTS[0], COUNTER, catalogue.EVENTS[1])

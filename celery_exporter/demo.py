@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from contextlib import ExitStack
-from typing import Optional
+from typing import Any, Optional
 
 from celery import Celery
 
@@ -31,36 +31,41 @@ LOST_AFTER = 10.0  # seconds until the "lost" worker stops heartbeating
 WORKER_TIMEOUT = 10.0  # the demo's --worker-timeout: the lost worker shows up 0 about 20 s in
 
 
+def resize_image(size: int) -> int:
+    time.sleep(random.uniform(0.01, 0.2))
+    return size // 2
+
+
+def send_email(address: str) -> str:
+    time.sleep(random.uniform(0.02, 0.1))
+    if random.random() < 0.15:
+        raise ConnectionRefusedError(f"smtp refused {address}")
+    return address
+
+
+def sync_account(self: Any, account: int) -> int:  # self: the bound celery Task
+    if self.request.retries == 0 and random.random() < 0.5:
+        raise self.retry(exc=TimeoutError("upstream timed out"), countdown=0.5)
+    time.sleep(random.uniform(0.05, 0.3))
+    return account
+
+
+def nightly_report() -> None:
+    time.sleep(0.5)
+    raise ValueError("report template missing")
+
+
 def make_app() -> Celery:
     app = Celery("celery-exporter-demo", broker=BROKER, set_as_current=False)
     app.conf.update(task_send_sent_event=True, worker_send_task_events=True, task_ignore_result=True,
                     task_default_queue="default", broker_connection_retry_on_startup=True,
                     worker_hijack_root_logger=False, worker_prefetch_multiplier=1)
 
-    @app.task(name="demo.resize_image")
-    def resize_image(size):
-        time.sleep(random.uniform(0.01, 0.2))
-        return size // 2
-
-    @app.task(name="demo.send_email")
-    def send_email(address):
-        time.sleep(random.uniform(0.02, 0.1))
-        if random.random() < 0.15:
-            raise ConnectionRefusedError(f"smtp refused {address}")
-        return address
-
-    @app.task(name="demo.sync_account", bind=True, max_retries=2)
-    def sync_account(self, account):
-        if self.request.retries == 0 and random.random() < 0.5:
-            raise self.retry(exc=TimeoutError("upstream timed out"), countdown=0.5)
-        time.sleep(random.uniform(0.05, 0.3))
-        return account
-
-    @app.task(name="demo.nightly_report")
-    def nightly_report():
-        time.sleep(0.5)
-        raise ValueError("report template missing")
-
+    # registered by call, not as decorators: celery's decorator is untyped
+    app.task(name="demo.resize_image")(resize_image)
+    app.task(name="demo.send_email")(send_email)
+    app.task(name="demo.sync_account", bind=True, max_retries=2)(sync_account)
+    app.task(name="demo.nightly_report")(nightly_report)
     return app
 
 

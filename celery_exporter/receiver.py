@@ -14,10 +14,12 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, FrozenSet, Optional
 
 from celery.events.event import get_exchange
-from kombu import Connection, Consumer, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Consumer
 from kombu.utils.url import maybe_sanitize_url
 
 from celery_exporter import redis_events
@@ -110,8 +112,8 @@ class Receiver(threading.Thread):
             early = stream.wait_subscribed(SUBSCRIBE_TIMEOUT)
             self._connected()
             accept = redis_events.accepted(self.settings.accept_content)  # once, not per message
-            for data in early:
-                self._on_data(data, accept, self.clock.now())
+            for first in early:
+                self._on_data(first, accept, self.clock.now())
             while not self.stop_event.is_set():
                 data = stream.read(DRAIN_TIMEOUT)
                 now = self.clock.now()
@@ -122,7 +124,7 @@ class Receiver(threading.Thread):
         finally:
             stream.close()
 
-    def _on_data(self, data: bytes, accept: frozenset, now: float) -> None:
+    def _on_data(self, data: bytes, accept: FrozenSet[str], now: float) -> None:
         try:
             body = redis_events.decode(data, accept)
         except redis_events.UndecodableMessage as exc:

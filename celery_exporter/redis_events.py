@@ -23,9 +23,9 @@ import base64
 import binascii
 import json
 import time
-from typing import Any, Iterable, List, Optional
+from typing import Any, FrozenSet, Iterable, List, Optional
 
-from kombu import Connection
+from kombu.connection import Connection
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
 from kombu.serialization import prepare_accept_content
@@ -46,7 +46,7 @@ def usable(connection: Connection) -> bool:
     return not (callable(compat) and compat())
 
 
-def accepted(accept: Iterable[str]) -> frozenset:
+def accepted(accept: Iterable[str]) -> FrozenSet[str]:
     """Content types for names like "json" or "pickle", as kombu's consumer resolves them."""
     return frozenset(prepare_accept_content(list(accept)))
 
@@ -82,7 +82,8 @@ class RedisEventStream:
     """The PUB/SUB subscription to one event exchange, read message by message."""
 
     def __init__(self, connection: Connection, exchange: str):
-        channel = connection.default_channel
+        # kombu's Redis Channel: its pub/sub client and topic layout are transport internals
+        channel: Any = connection.default_channel
         # The pubsub client first: creating kombu's pool fills in the {db} of the fanout prefix.
         self.pubsub = channel.subclient
         # What kombu would subscribe to for a queue bound to `exchange` with routing key '#'
@@ -101,9 +102,9 @@ class RedisEventStream:
         if isinstance(kind, bytes):
             kind = kind.decode()
         if kind == "pmessage":
-            return response[3]
+            return bytes(response[3])
         if kind == "message":
-            return response[2]
+            return bytes(response[2])
         if kind == "psubscribe":
             self.subscribed = True
         return None

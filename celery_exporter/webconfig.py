@@ -80,7 +80,7 @@ def load(path: str) -> WebConfig:
     return WebConfig(path=path, ssl_context=context, users=users)
 
 
-def _file(path: str, base: Path, key: str, value) -> str:
+def _file(path: str, base: Path, key: str, value: object) -> str:  # value: parsed YAML
     if not isinstance(value, str) or not value:
         raise WebConfigError(f"{path}: tls_server_config.{key} must be a file name")
     resolved = Path(value) if Path(value).is_absolute() else base / value  # relative to the config file
@@ -89,7 +89,7 @@ def _file(path: str, base: Path, key: str, value) -> str:
     return str(resolved)
 
 
-def _tls(path: str, base: Path, section) -> Optional[ssl.SSLContext]:
+def _tls(path: str, base: Path, section: object) -> Optional[ssl.SSLContext]:
     if section is None:
         return None
     if not isinstance(section, dict):
@@ -129,7 +129,7 @@ def _tls(path: str, base: Path, section) -> Optional[ssl.SSLContext]:
     return context
 
 
-def _users(path: str, section) -> Dict[str, bytes]:
+def _users(path: str, section: object) -> Dict[str, bytes]:
     if section is None:
         return {}
     if not isinstance(section, dict):

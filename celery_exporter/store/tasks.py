@@ -53,7 +53,7 @@ class TaskRow(NamedTuple):
 class ExceptionRow(NamedTuple):
     key: TaskKey
     exception: str
-    count: int
+    total: int
 
 
 @dataclasses.dataclass(frozen=True)
