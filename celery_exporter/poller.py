@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Protocol, Sequence, Tuple, cast
 
 from celery import Celery
-from kombu import Connection
+from kombu.connection import Connection
 
 from celery_exporter.clock import Clock
 from celery_exporter.settings import Settings
@@ -44,6 +44,16 @@ def _is_not_found(exc: BaseException) -> bool:
     return code == 404 or str(code) == "404" or "NOT_FOUND" in str(exc)
 
 
+class Backend(Protocol):
+    """What the poller threads ask of the broker (KombuBackend; a fake in unit tests)."""
+
+    def queue_depths(self, queues: Iterable[str]) -> Dict[str, QueueDepth]: ...
+
+    def inspect(self, expected_replies: int) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, int]]: ...
+
+    def close(self) -> None: ...
+
+
 class KombuBackend:
     """Talks to the broker. One instance per poller thread; not thread-safe."""
 
@@ -65,9 +75,11 @@ class KombuBackend:
             connection = Connection(self.settings.broker_url, transport_options=options,
                                     connect_timeout=self.settings.poll_timeout, **extra)
             if connection.transport.driver_type == "amqp":
-                # py-amqp takes socket read/write timeouts from the transport options
-                connection.transport_options.setdefault("read_timeout", self.settings.poll_timeout)
-                connection.transport_options.setdefault("write_timeout", self.settings.poll_timeout)
+                # py-amqp takes socket read/write timeouts from the transport options (kombu
+                # types them Optional; a constructed Connection always holds a dict)
+                transport_options = cast(Dict[str, Any], connection.transport_options)
+                transport_options.setdefault("read_timeout", self.settings.poll_timeout)
+                transport_options.setdefault("write_timeout", self.settings.poll_timeout)
             connection.ensure_connection(max_retries=0)
             self._connection = connection
         return self._connection
@@ -79,6 +91,14 @@ class KombuBackend:
             except Exception:  # already broken; nothing to release
                 log.debug("error closing the poller connection", exc_info=True)
             self._connection = None
+        if self._app is not None:
+            # inspect's broadcast publishes through the app's connection pool, which keeps
+            # connections of its own: close them too (a new app is made on the next inspect)
+            try:
+                self._app.pool.force_close_all()
+            except Exception:  # already broken; nothing to release
+                log.debug("error closing the inspect app's connections", exc_info=True)
+            self._app = None
 
     def queue_depths(self, queues: Iterable[str]) -> Dict[str, QueueDepth]:
         try:
@@ -92,7 +112,7 @@ class KombuBackend:
             raise PollError("broker", f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _redis_depths(channel, queues: Sequence[str]) -> Dict[str, QueueDepth]:
+    def _redis_depths(channel: Any, queues: Sequence[str]) -> Dict[str, QueueDepth]:  # kombu's Redis Channel
         """LLEN of every priority list of every queue, in one pipeline. kombu names the list
         of priority step N `<queue><sep><N>` (step 0 is the bare name), and its client adds
         global_keyprefix to every key. A missing list is an empty queue: LLEN answers 0.
@@ -169,12 +189,12 @@ class _BrokerPoller(Periodic):
     """A periodic poll of the broker over the thread's own connection (closed on stop)."""
 
     def __init__(self, name: str, interval: float, settings: Settings, store: Store, clock: Clock,
-                 stop_event: threading.Event, backend: Optional[KombuBackend] = None):
+                 stop_event: threading.Event, backend: Optional[Backend] = None):
         super().__init__(name, interval, stop_event)
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.backend = backend or KombuBackend(settings)
+        self.backend: Backend = backend or KombuBackend(settings)
 
     def count_error(self, reason: str) -> None:
         self.store.queues.count_error(reason)
@@ -190,7 +210,7 @@ class QueuePoller(_BrokerPoller):
     what = "queue lengths"
 
     def __init__(self, settings: Settings, store: Store, clock: Clock, stop_event: threading.Event,
-                 backend=None):
+                 backend: Optional[Backend] = None):
         super().__init__("queue-poller", settings.queue_poll_interval, settings, store, clock,
                          stop_event, backend)
 
@@ -221,7 +241,7 @@ class Inspector(_BrokerPoller):
     what = "inspect"
 
     def __init__(self, settings: Settings, store: Store, clock: Clock, stop_event: threading.Event,
-                 backend=None):
+                 backend: Optional[Backend] = None):
         super().__init__("inspector", settings.inspect_interval, settings, store, clock, stop_event, backend)
 
     def poll_once(self) -> None:

@@ -4,12 +4,13 @@ connected to Redis or RabbitMQ or retrying a broker that is down."""
 from __future__ import annotations
 
 import signal
+import threading
 import subprocess
 import time
 
 import pytest
 
-from .rig import BROKERS, HOST, free_port
+from .rig import BROKERS, HOST, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +63,44 @@ def test_a_second_signal_forces_exit(make_rig):
     log = proc.log_text()
     assert code == 1, log[-2000:]
     assert ", stopping" in log and "exiting now" in log, log[-2000:]
+
+
+def _broker_clients(rig, broker):
+    """Connections of this test's Redis DB or RabbitMQ vhost, as the broker lists them."""
+    if broker == "redis":
+        db = rig.broker_url.rsplit("/", 1)[1]
+        listing = subprocess.run(["redis-cli", "-h", HOST, "client", "list"], capture_output=True, text=True,
+                                 check=True).stdout
+        return [line for line in listing.splitlines() if f" db={db} " in line and "cmd=client" not in line]
+    vhost = rig.broker_url.rsplit("/", 1)[1]
+    listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "vhost", "name"], capture_output=True,
+                             text=True, check=True).stdout
+    return [line for line in listing.splitlines() if line.split("\t")[0] == vhost]
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_stop_joins_every_thread_and_each_closes_its_broker_connection(make_rig, broker):
+    from celery_exporter.runtime import Exporter
+    from celery_exporter.settings import Settings
+
+    rig = make_rig(broker)
+    settings = Settings(broker_url=rig.broker_url, listen_address=HOST, port=free_port(), queues=("celery",),
+                        queue_poll_interval=0.2, inspect_interval=0.2, inspect_timeout=0.2)
+    exporter = Exporter(settings)
+    before = set(threading.enumerate())
+    exporter.start()
+    try:
+        names = {t.name for t in exporter.threads}
+        assert names == {"event-receiver", "queue-poller", "inspector"}  # no sweeper: it rides on the tick
+        # the receiver's connection, the poller's and the inspector's are all open
+        wait_for(lambda: exporter.store.exporter.connected and exporter.store.snapshot(0).queues.poll_success
+                 and exporter.inspector.backend._connection is not None, 20, what="every thread to connect")
+        assert len(_broker_clients(rig, broker)) >= 3
+    finally:
+        started = time.monotonic()
+        exporter.stop()
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.0
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+    wait_for(lambda: not _broker_clients(rig, broker), 10, interval=0.2, what="every broker connection closed",
+             describe=lambda: str(_broker_clients(rig, broker)))
