@@ -126,7 +126,7 @@ class TaskEvent:
     """A task event whose fields are checked. `name`, `retries` and `eta` are read from
     task-sent and task-received only (the others carry none), `queue` from task-sent only,
     `runtime` from task-succeeded, `exception` (a class name) from task-failed and
-    task-retried."""
+    task-retried, `hostname` where it is used (see Validator)."""
 
     __slots__ = ("type", "state", "uuid", "timestamp", "hostname", "name", "retries", "eta", "queue",
                  "runtime", "exception")
@@ -173,9 +173,14 @@ Event = Union[TaskEvent, WorkerEvent]
 
 
 class Validator:
-    def __init__(self, exporter: ExporterState, drop: Drops):
+    def __init__(self, exporter: ExporterState, drop: Drops, hostname_label: bool = False):
         self._exporter = exporter
         self._drop = drop
+        # Task events whose `hostname` is read: the worker's task-received and task-started
+        # (which worker has the task), and with --task-hostname-label every one but task-sent.
+        self._hostname_types = frozenset(
+            ["task-received", "task-started"] + ([f"task-{s}" for s in catalogue.TASK_STATES if s != "sent"]
+                                                 if hostname_label else []))
 
     def parse(self, raw: Any, now: float) -> Optional[Event]:
         """The typed event, or None for events that are only counted (task-cancelled,
@@ -201,21 +206,19 @@ class Validator:
         if uuid is None or ts is None:
             self._drop("bad_field", f"{etype} without a valid uuid or timestamp")
             return None
-        event = TaskEvent(etype, state, uuid, ts, label(raw.get("hostname")))
+        hostname = label(raw.get("hostname")) if etype in self._hostname_types else None
         if etype == "task-sent" or etype == "task-received":
-            event.name = label(raw.get("name"))
-            if event.name is None:
+            name = label(raw.get("name"))
+            if name is None:
                 self._drop("bad_field", f"{etype} without a valid task name")
                 return None
-            event.retries = count(raw.get("retries")) or 0
-            event.eta = parse_eta(raw.get("eta"))
-            if etype == "task-sent":
-                event.queue = queue_from_sent(raw)
-        elif etype == "task-succeeded":
-            event.runtime = number(raw.get("runtime"))
-        elif etype == "task-failed" or etype == "task-retried":
-            event.exception = exception_class(raw)
-        return event
+            return TaskEvent(etype, state, uuid, ts, hostname, name, count(raw.get("retries")) or 0,
+                             parse_eta(raw.get("eta")), queue_from_sent(raw) if etype == "task-sent" else None)
+        if etype == "task-succeeded":
+            return TaskEvent(etype, state, uuid, ts, hostname, runtime=number(raw.get("runtime")))
+        if etype == "task-failed" or etype == "task-retried":
+            return TaskEvent(etype, state, uuid, ts, hostname, exception=exception_class(raw))
+        return TaskEvent(etype, state, uuid, ts, hostname)
 
     def _worker(self, raw: RawEvent, etype: str) -> Optional[WorkerEvent]:
         hostname = label(raw.get("hostname"))

@@ -34,7 +34,7 @@ class Handler:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
         self.drop = Drops(store.exporter)
-        self.validator = Validator(store.exporter, self.drop)
+        self.validator = Validator(store.exporter, self.drop, settings.task_hostname_label)
         self.tracker = TaskTracker(settings.max_tasks, settings.finished_grace_seconds)
         self.labels = LabelResolver(self.tracker, store.queues, settings, self.drop, self._emit)
         self.with_hostname = settings.task_hostname_label
