@@ -128,6 +128,13 @@ def _env(name: str) -> str:
 @click.option("--web-health-open/--no-web-health-open", default=True, show_default=True,
               envvar=_env("WEB_HEALTH_OPEN"), show_envvar=True,
               help="Keep /-/healthy and /-/ready open without credentials (for probes) when basic auth is on.")
+@click.option("--web-max-requests", type=click.IntRange(1), default=40, show_default=True,
+              envvar=_env("WEB_MAX_REQUESTS"), show_envvar=True,
+              help="Most HTTP requests served at once; more are answered 503 (Retry-After: 1) at once.")
+@click.option("--web-read-timeout", type=Duration(), default="10s", show_default=True,
+              envvar=_env("WEB_READ_TIMEOUT"), show_envvar=True,
+              help="An HTTP connection that has not sent a complete request head this long after connecting "
+                   "is closed; also the timeout of each read and write while a request is served.")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=9808, show_default=True,
               envvar=_env("PORT"), show_envvar=True, help="Port to serve HTTP on.")
 @click.option("--runtime-buckets", "--buckets", "runtime_buckets", type=Buckets(), default=",".join(map(str, catalogue.DEFAULT_RUNTIME_BUCKETS)),
@@ -244,6 +251,8 @@ def build_settings(options: Dict[str, Any], given: Optional[set] = None) -> Sett
         port=options["port"],
         web_config=web_config,
         health_open=options["web_health_open"],
+        web_max_requests=options["web_max_requests"],
+        web_read_timeout=options["web_read_timeout"],
         runtime_buckets=options["runtime_buckets"],
         wait_buckets=options["wait_buckets"],
         worker_timeout=options["worker_timeout"],

@@ -22,6 +22,11 @@ class Settings:
     # and whether /-/healthy and /-/ready stay open without credentials (for probes).
     web_config: Any = None
     health_open: bool = True
+    # Most HTTP requests served at once (a thread each); more are answered 503 at once.
+    web_max_requests: int = 40
+    # Seconds a connection has from accept to a complete request head (then it is closed),
+    # and for each read and write of a request being served.
+    web_read_timeout: float = 10.0
 
     runtime_buckets: Tuple[float, ...] = catalogue.DEFAULT_RUNTIME_BUCKETS
     wait_buckets: Tuple[float, ...] = catalogue.DEFAULT_WAIT_BUCKETS

@@ -9,16 +9,13 @@ from __future__ import annotations
 import gzip
 import html
 import logging
-import socket
 import threading
-from socketserver import ThreadingMixIn
-from typing import Callable, Iterable, List, Tuple
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from celery_exporter import __version__
+from celery_exporter import __version__, httpserver
 from celery_exporter.clock import Clock
 from celery_exporter.collector import CeleryCollector
 from celery_exporter.receiver import mask_url
@@ -30,37 +27,7 @@ from celery_exporter.webconfig import Authenticator
 log = logging.getLogger(__name__)
 
 
-TLS_HANDSHAKE_TIMEOUT = 10.0
 HEALTH_PATHS = ("/-/healthy", "/-/ready")
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    ssl_context = None
-
-    def handle_error(self, request, client_address) -> None:
-        """A failed TLS handshake or a client that hung up: not worth a traceback."""
-        log.debug("HTTP request from %s failed", client_address, exc_info=True)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def setup(self) -> None:
-        """With TLS, the handshake happens here, in the request's own thread, so a slow or
-        broken client never holds up the accept loop."""
-        context = getattr(self.server, "ssl_context", None)
-        if context is not None:
-            self.request.settimeout(TLS_HANDSHAKE_TIMEOUT)
-            self.request = context.wrap_socket(self.request, server_side=True)
-            self.request.settimeout(None)
-        super().setup()
-
-    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
-        pass  # one line per request would drown the operator's logs
 
 
 def status_hints(snap: ExporterSnapshot) -> List[str]:
@@ -104,8 +71,8 @@ class Web:
         self.started = clock.now()
         self.collector = collector
         self.process_registry = process_registry
-        self.server = None
-        self.thread = None
+        self.server: Optional[httpserver.Server] = None
+        self.thread: Optional[threading.Thread] = None
         config = settings.web_config
         self.authenticator = Authenticator(config.users) if config is not None and config.auth_required else None
 
@@ -192,15 +159,16 @@ class Web:
     # -- serving --------------------------------------------------------------------------
 
     def start(self) -> None:
-        server_class = _Server6 if ":" in self.settings.listen_address else _Server
-        self.server = make_server(self.settings.listen_address, self.settings.port, self,
-                                  server_class=server_class, handler_class=_QuietHandler)
+        """Bind (a port in use raises OSError here) and serve in the "http" thread: bounded
+        threads and read timeouts, see httpserver."""
         config = self.settings.web_config
-        if config is not None and config.ssl_context is not None:
-            self.server.ssl_context = config.ssl_context
+        self.server = httpserver.Server(
+            (self.settings.listen_address, self.settings.port), self,
+            max_requests=self.settings.web_max_requests, read_timeout=self.settings.web_read_timeout,
+            ssl_context=config.ssl_context if config is not None else None)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
         self.thread.start()
-        host, port = self.server.server_address[:2]
+        host, port = self.server.server_address
         scheme = "https" if self.server.ssl_context is not None else "http"
         auth = " with basic auth" if self.authenticator is not None else ""
         log.info("serving /metrics on %s://%s:%s/metrics%s", scheme, host if ":" not in host else f"[{host}]", port, auth)
@@ -208,4 +176,3 @@ class Web:
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
