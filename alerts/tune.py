@@ -60,8 +60,13 @@ def _rules(lines: List[str]) -> Dict[str, Tuple[int, int]]:
     return spans
 
 
-def tune(text: str, job: str = "", durations: Dict[str, str] = None, thresholds: Dict[str, str] = None,
-         volumes: Dict[str, str] = None) -> str:
+def tune(
+    text: str,
+    job: str = "",
+    durations: Dict[str, str] = None,
+    thresholds: Dict[str, str] = None,
+    volumes: Dict[str, str] = None,
+) -> str:
     lines = text.splitlines(keepends=True)
     spans = _rules(lines)
     for option, table in (("--for", durations), ("--threshold", thresholds), ("--min-volume", volumes)):
@@ -88,7 +93,7 @@ def tune(text: str, job: str = "", durations: Dict[str, str] = None, thresholds:
             pattern = re.compile(rf"(\s{re.escape(operator)}\s+)({_NUMBER})(?![\w.])")
             for i in range(start, end):
                 if pattern.search(lines[i]):
-                    lines[i] = pattern.sub(lambda m: m.group(1) + value, lines[i], count=1)
+                    lines[i] = pattern.sub(lambda m, value=value: m.group(1) + value, lines[i], count=1)
                     break
             else:
                 raise TuneError(f"{option} {name}: the alert's expression has no ' {operator} N' to change")
@@ -105,17 +110,40 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rules", nargs="?", default=str(DEFAULT_RULES), help="rules file (default: the shipped one)")
     parser.add_argument("--job", default="", help='the exporter\'s Prometheus job name (default "celery-exporter")')
-    parser.add_argument("--for", dest="durations", action="append", default=[], metavar="ALERT=DURATION",
-                        help="set an alert's for: (repeatable)")
-    parser.add_argument("--threshold", action="append", default=[], metavar="ALERT=NUMBER",
-                        help="set an alert's threshold, the number after ' > ' (repeatable)")
-    parser.add_argument("--min-volume", action="append", default=[], metavar="ALERT=NUMBER",
-                        help="set an alert's minimum volume, the number after ' >= ' (repeatable)")
+    parser.add_argument(
+        "--for",
+        dest="durations",
+        action="append",
+        default=[],
+        metavar="ALERT=DURATION",
+        help="set an alert's for: (repeatable)",
+    )
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="ALERT=NUMBER",
+        help="set an alert's threshold, the number after ' > ' (repeatable)",
+    )
+    parser.add_argument(
+        "--min-volume",
+        action="append",
+        default=[],
+        metavar="ALERT=NUMBER",
+        help="set an alert's minimum volume, the number after ' >= ' (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
         text = Path(args.rules).read_text()
-        sys.stdout.write(tune(text, args.job, _pairs(args.durations, "--for"),
-                              _pairs(args.threshold, "--threshold"), _pairs(args.min_volume, "--min-volume")))
+        sys.stdout.write(
+            tune(
+                text,
+                args.job,
+                _pairs(args.durations, "--for"),
+                _pairs(args.threshold, "--threshold"),
+                _pairs(args.min_volume, "--min-volume"),
+            )
+        )
     except (TuneError, OSError) as exc:
         print(f"tune.py: error: {exc}", file=sys.stderr)
         return 2

@@ -142,9 +142,14 @@ class Generator:
         self.published: Counter = Counter()
         self.messages: Counter = Counter()
         # the client: a disabled dispatcher whose publish() gets a producer, as in send_task_message
-        self.client = CountingDispatcher(self.conn, enabled=False, app=self.app,
-                                         published=self.published, messages=self.messages,
-                                         buffer_while_offline=False)
+        self.client = CountingDispatcher(
+            self.conn,
+            enabled=False,
+            app=self.app,
+            published=self.published,
+            messages=self.messages,
+            buffer_while_offline=False,
+        )
         # One producer for every dispatcher (they share the connection's channel anyway), so
         # one kombu publish batch (a Redis pipeline) can carry a whole loop iteration.
         self.producer = Producer(self.conn)
@@ -153,17 +158,23 @@ class Generator:
         if not self.worker_ids:
             raise SystemExit(f"shard {args.shard_index}/{args.shards} owns none of {args.workers} workers")
         self.workers: Dict[int, CountingDispatcher] = {
-            i: CountingDispatcher(self.conn, hostname=worker_hostname(i), app=self.app,
-                                  buffer_group=["task"], buffer_limit=args.buffer_limit,
-                                  buffer_while_offline=False,
-                                  published=self.published, messages=self.messages)
+            i: CountingDispatcher(
+                self.conn,
+                hostname=worker_hostname(i),
+                app=self.app,
+                buffer_group=["task"],
+                buffer_limit=args.buffer_limit,
+                buffer_while_offline=False,
+                published=self.published,
+                messages=self.messages,
+            )
             for i in self.worker_ids
         }
         for d in self.workers.values():
             d.producer = self.producer
         self.processed = {i: 0 for i in self.worker_ids}
         self.next_worker = 0
-        self.next_task = 0          # fresh tasks created
+        self.next_task = 0  # fresh tasks created
         # the pipeline: attempts waiting for received / started / outcome
         self.stage_received: Deque[Attempt] = deque()
         self.stage_started: Deque[Attempt] = deque()
@@ -177,10 +188,18 @@ class Generator:
 
     def _sent(self, a: Attempt) -> None:
         fields = {
-            "uuid": a.uuid, "root_id": a.uuid, "parent_id": None, "name": a.name,
-            "args": f"({a.index}, 'order-{a.index}')", "kwargs": "{'priority': 'normal'}",
-            "retries": a.retries, "eta": None, "expires": None,
-            "queue": a.queue, "exchange": "", "routing_key": a.queue,
+            "uuid": a.uuid,
+            "root_id": a.uuid,
+            "parent_id": None,
+            "name": a.name,
+            "args": f"({a.index}, 'order-{a.index}')",
+            "kwargs": "{'priority': 'normal'}",
+            "retries": a.retries,
+            "eta": None,
+            "expires": None,
+            "queue": a.queue,
+            "exchange": "",
+            "routing_key": a.queue,
         }
         self.client.publish("task-sent", fields, self.producer)
         self.events_emitted += 1
@@ -189,9 +208,16 @@ class Generator:
         a.worker = self.worker_ids[self.next_worker % len(self.worker_ids)]
         self.next_worker += 1
         self.workers[a.worker].send(
-            "task-received", uuid=a.uuid, name=a.name,
-            args=f"({a.index}, 'order-{a.index}')", kwargs="{'priority': 'normal'}",
-            root_id=a.uuid, parent_id=None, retries=a.retries, eta=None, expires=None,
+            "task-received",
+            uuid=a.uuid,
+            name=a.name,
+            args=f"({a.index}, 'order-{a.index}')",
+            kwargs="{'priority': 'normal'}",
+            root_id=a.uuid,
+            parent_id=None,
+            retries=a.retries,
+            eta=None,
+            expires=None,
         )
         self.events_emitted += 1
 
@@ -214,12 +240,20 @@ class Generator:
             self._sent(again)
             self.stage_received.append(again)
         if a.outcome == "succeeded":
-            d.send("task-succeeded", uuid=a.uuid, result=f"'order-{a.index} done'",
-                   runtime=round(self.rng.lognormvariate(-3.0, 1.2), 6))
+            d.send(
+                "task-succeeded",
+                uuid=a.uuid,
+                result=f"'order-{a.index} done'",
+                runtime=round(self.rng.lognormvariate(-3.0, 1.2), 6),
+            )
         else:
             cls, msg = a.exc
-            d.send(f"task-{a.outcome}", uuid=a.uuid, exception=f"{cls}({msg!r})",
-                   traceback=TRACEBACK.format(cls=cls, msg=msg))
+            d.send(
+                f"task-{a.outcome}",
+                uuid=a.uuid,
+                exception=f"{cls}({msg!r})",
+                traceback=TRACEBACK.format(cls=cls, msg=msg),
+            )
             self.exception_series.add((a.name, a.queue, cls))
         self.outcomes[a.outcome] += 1
         self.events_emitted += 1
@@ -258,8 +292,7 @@ class Generator:
             self.stage_started.append(a)
         if new is not None:
             self.stage_received.append(new)
-        return bool(new is not None or self.stage_received or self.stage_started
-                    or self.stage_outcome)
+        return bool(new is not None or self.stage_received or self.stage_started or self.stage_outcome)
 
     def more_tasks(self) -> bool:
         if self.args.tasks is not None and self.next_task >= self.tasks_for_shard:
@@ -270,9 +303,14 @@ class Generator:
 
     def heartbeat(self, i: int, etype: str = "worker-heartbeat") -> None:
         self.workers[i].send(
-            etype, freq=self.args.heartbeat_interval, active=self.rng.randint(0, 8),
-            processed=self.processed[i], loadavg=[1.2, 1.1, 0.9],
-            sw_ident="py-celery", sw_ver=celery.__version__, sw_sys=platform.system(),
+            etype,
+            freq=self.args.heartbeat_interval,
+            active=self.rng.randint(0, 8),
+            processed=self.processed[i],
+            loadavg=[1.2, 1.1, 0.9],
+            sw_ident="py-celery",
+            sw_ver=celery.__version__,
+            sw_sys=platform.system(),
         )
         self.events_emitted += 1
 
@@ -371,36 +409,61 @@ class Generator:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--broker-url", required=True, help="Redis (or AMQP) broker URL")
     size = p.add_argument_group("how much (give --tasks, or --duration with or without --rate)")
     size.add_argument("--tasks", type=int, help="fresh tasks to publish (each ~4 task events, retries more)")
     size.add_argument("--duration", type=float, help="seconds: with --rate, publish rate x duration events")
-    p.add_argument("--rate", type=float, default=0.0,
-                   help="events/s over all shards, paced (heartbeats included); 0 = as fast as possible")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="events/s over all shards, paced (heartbeats included); 0 = as fast as possible",
+    )
     p.add_argument("--task-names", type=int, default=20, help="distinct task names")
     p.add_argument("--workers", type=int, default=4, help="worker hostnames (over all shards)")
     p.add_argument("--queues", type=int, default=4, help="queues; task name i is routed to queue i mod queues")
     p.add_argument("--fail-fraction", type=float, default=0.02, help="tasks ending in task-failed")
-    p.add_argument("--retry-fraction", type=float, default=0.02,
-                   help="tasks that raise Retry once (task-retried, then sent again and succeed)")
-    p.add_argument("--flush-interval", type=float, default=0.005,
-                   help="seconds between flushes of the workers' task.multi buffers (a worker's loop tick)")
+    p.add_argument(
+        "--retry-fraction",
+        type=float,
+        default=0.02,
+        help="tasks that raise Retry once (task-retried, then sent again and succeed)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=0.005,
+        help="seconds between flushes of the workers' task.multi buffers (a worker's loop tick)",
+    )
     p.add_argument("--buffer-limit", type=int, default=24, help="EventDispatcher buffer_limit (Celery's default 24)")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="worker heartbeat interval (freq)")
-    p.add_argument("--pipeline-depth", type=int, default=2,
-                   help="tasks between one task's consecutive events (interleaving)")
-    p.add_argument("--chunk", type=int, default=16,
-                   help="pipeline steps (tasks) per loop iteration / publish batch when not paced")
-    p.add_argument("--no-pipeline", action="store_true",
-                   help="one Redis round trip per message instead of kombu publish batches per loop iteration")
+    p.add_argument(
+        "--pipeline-depth", type=int, default=2, help="tasks between one task's consecutive events (interleaving)"
+    )
+    p.add_argument(
+        "--chunk", type=int, default=16, help="pipeline steps (tasks) per loop iteration / publish batch when not paced"
+    )
+    p.add_argument(
+        "--no-pipeline",
+        action="store_true",
+        help="one Redis round trip per message instead of kombu publish batches per loop iteration",
+    )
     p.add_argument("--pipeline-max", type=int, default=200, help="kombu publish batch max_size (commands)")
-    p.add_argument("--client-per-publish", action="store_true",
-                   help="keep kombu's new redis client per publish (slower generator; same messages)")
+    p.add_argument(
+        "--client-per-publish",
+        action="store_true",
+        help="keep kombu's new redis client per publish (slower generator; same messages)",
+    )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--shard", default="0/1", help="i/K: this process is shard i of K generator processes "
-                                                  "(owns workers j with j mod K == i; rate and tasks are split)")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/K: this process is shard i of K generator processes "
+        "(owns workers j with j mod K == i; rate and tasks are split)",
+    )
     args = p.parse_args(argv)
     if args.tasks is None and args.duration is None:
         p.error("give --tasks or --duration")

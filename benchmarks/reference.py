@@ -54,13 +54,19 @@ class CountingReceiver(EventReceiver):
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--broker-url", required=True)
-    p.add_argument("--idle-timeout", type=float, default=0.0,
-                   help="exit after this many seconds without a message (0 = only on SIGTERM)")
-    p.add_argument("--progress-interval", type=float, default=0.1,
-                   help="seconds between progress lines (0 = none)")
-    p.add_argument("--wakeup", action="store_true",
-                   help="broadcast the 'heartbeat' wakeup to workers on connect (capture's default; "
-                        "off here: there are no workers and it adds pidbox traffic)")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="exit after this many seconds without a message (0 = only on SIGTERM)",
+    )
+    p.add_argument("--progress-interval", type=float, default=0.1, help="seconds between progress lines (0 = none)")
+    p.add_argument(
+        "--wakeup",
+        action="store_true",
+        help="broadcast the 'heartbeat' wakeup to workers on connect (capture's default; "
+        "off here: there are no workers and it adds pidbox traffic)",
+    )
     args = p.parse_args(argv)
 
     counts: Counter = Counter()
@@ -106,8 +112,16 @@ def main(argv: Optional[list] = None) -> int:
     except Exception as exc:  # the broker dropped us (e.g. Redis output-buffer limit)
         reason, error = "error", f"{type(exc).__name__}: {exc}"
     done.set()
-    emit({"final": True, "reason": reason, "error": error, "count": state["n"],
-          "by_type": dict(sorted(counts.items())), "last_event": state["last"]})
+    emit(
+        {
+            "final": True,
+            "reason": reason,
+            "error": error,
+            "count": state["n"],
+            "by_type": dict(sorted(counts.items())),
+            "last_event": state["last"],
+        }
+    )
     try:
         connection.release()
     except Exception:

@@ -48,7 +48,7 @@ PAGE_MIB = 1.0 / 1024  # VmHWM / VmRSS are in kB
 # Prometheus 2.x default scrape headers (OpenMetrics preferred, gzip).
 PROMETHEUS_HEADERS = {
     "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-              "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
     "Accept-Encoding": "gzip",
 }
 
@@ -71,7 +71,7 @@ class Scenario:
     fail_fraction: float = 0.02
     retry_fraction: float = 0.02
     # runner
-    load_scrape_interval: Optional[float] = 0.1   # None: no scraper during the load
+    load_scrape_interval: Optional[float] = 0.1  # None: no scraper during the load
     idle_scrapes: int = 100
     scrape_timeout: float = 10.0
     exporter_args: Tuple[str, ...] = ()
@@ -84,60 +84,108 @@ class Scenario:
     def describe(self) -> str:
         size = f"{self.tasks:,} tasks" if self.tasks is not None else f"{self.duration:g} s"
         rate = f"{self.rate:,.0f} events/s" if self.rate else "as fast as possible"
-        return (f"{size} at {rate}; {self.task_names:,} task names, {self.workers} workers, "
-                f"{self.queues} queues, {self.fail_fraction:.0%} failed, {self.retry_fraction:.0%} retried")
+        return (
+            f"{size} at {rate}; {self.task_names:,} task names, {self.workers} workers, "
+            f"{self.queues} queues, {self.fail_fraction:.0%} failed, {self.retry_fraction:.0%} retried"
+        )
 
 
-SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
-    Scenario(
-        "sanity", "harness check: low rate, both consumers must count every event",
-        duration=10, rate=1000, task_names=10, workers=3, queues=2, idle_scrapes=20,
-        targets=(("lost", "==", 0), ("checks_failed", "==", 0)),
-        quick=dict(duration=3),
-    ),
-    Scenario(
-        "burst", "20,000 tasks (~80k task events + heartbeats) published as fast as possible",
-        tasks=20_000, rate=0, task_names=20, workers=4, queues=4,
-        targets=(("lost", "==", 0), ("subscription_dropped", "==", 0), ("checks_failed", "==", 0)),
-        quick=dict(tasks=2_000, idle_scrapes=20),
-    ),
-    Scenario(
-        "sustained", "10,000 events/s for 30 s",
-        duration=30, rate=10_000, task_names=50, workers=10, queues=4,
-        targets=(("lost", "==", 0), ("lag_s", "<", 2.0), ("peak_rss_mib", "<", 80.0),
-                 ("subscription_dropped", "==", 0), ("checks_failed", "==", 0)),
-        quick=dict(duration=3, idle_scrapes=20),
-    ),
-    Scenario(
-        "cpu", "5,000 events/s for 20 s: CPU per 100k events, no scraping during the load",
-        duration=20, rate=5_000, task_names=50, workers=10, queues=4,
-        load_scrape_interval=None, idle_scrapes=20,
-        targets=(("lost", "==", 0), ("checks_failed", "==", 0)),
-        quick=dict(duration=2),
-    ),
-    Scenario(
-        # every name appears 10 times (task i gets name i mod 2000); quick keeps the 2,000
-        # names (the point of the scenario) and sends each once.
-        "cardinality", "2,000 task names x 50 workers, 10 tasks per name, exporter defaults; "
-                       "no scrapes until the load ends",
-        tasks=20_000, rate=5_000, task_names=2_000, workers=50, queues=10,
-        load_scrape_interval=None, idle_scrapes=20, scrape_timeout=30.0,
-        targets=(("peak_rss_mib", "<", 150.0), ("idle_scrape_p99_ms", "<", 250.0),
-                 ("lost", "==", 0), ("checks_failed", "==", 0)),
-        quick=dict(tasks=2_000, idle_scrapes=5),
-    ),
-    Scenario(
-        # ~5,000 sample lines: a (name, queue) label set with all three histograms renders
-        # 8 counters + 23 runtime + 21 queue-wait + 21 prefetch-wait lines = 73 lines, so
-        # 64 names -> 4,672, plus up to 4 exception lines per name (3 failure classes and
-        # the retry one) -> 256, 10 workers x 6 lines, and ~70 self/process lines.
-        "scrape", "~5,000 sample lines in /metrics while 5,000 events/s flow; scraped every 100 ms",
-        duration=20, rate=5_000, task_names=64, workers=10, queues=4,
-        load_scrape_interval=0.1, idle_scrapes=100,
-        targets=(("load_scrape_p99_ms", "<", 20.0), ("checks_failed", "==", 0)),
-        quick=dict(duration=2, idle_scrapes=20),
-    ),
-]}
+SCENARIOS: Dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(
+            "sanity",
+            "harness check: low rate, both consumers must count every event",
+            duration=10,
+            rate=1000,
+            task_names=10,
+            workers=3,
+            queues=2,
+            idle_scrapes=20,
+            targets=(("lost", "==", 0), ("checks_failed", "==", 0)),
+            quick=dict(duration=3),
+        ),
+        Scenario(
+            "burst",
+            "20,000 tasks (~80k task events + heartbeats) published as fast as possible",
+            tasks=20_000,
+            rate=0,
+            task_names=20,
+            workers=4,
+            queues=4,
+            targets=(("lost", "==", 0), ("subscription_dropped", "==", 0), ("checks_failed", "==", 0)),
+            quick=dict(tasks=2_000, idle_scrapes=20),
+        ),
+        Scenario(
+            "sustained",
+            "10,000 events/s for 30 s",
+            duration=30,
+            rate=10_000,
+            task_names=50,
+            workers=10,
+            queues=4,
+            targets=(
+                ("lost", "==", 0),
+                ("lag_s", "<", 2.0),
+                ("peak_rss_mib", "<", 80.0),
+                ("subscription_dropped", "==", 0),
+                ("checks_failed", "==", 0),
+            ),
+            quick=dict(duration=3, idle_scrapes=20),
+        ),
+        Scenario(
+            "cpu",
+            "5,000 events/s for 20 s: CPU per 100k events, no scraping during the load",
+            duration=20,
+            rate=5_000,
+            task_names=50,
+            workers=10,
+            queues=4,
+            load_scrape_interval=None,
+            idle_scrapes=20,
+            targets=(("lost", "==", 0), ("checks_failed", "==", 0)),
+            quick=dict(duration=2),
+        ),
+        Scenario(
+            # every name appears 10 times (task i gets name i mod 2000); quick keeps the 2,000
+            # names (the point of the scenario) and sends each once.
+            "cardinality",
+            "2,000 task names x 50 workers, 10 tasks per name, exporter defaults; no scrapes until the load ends",
+            tasks=20_000,
+            rate=5_000,
+            task_names=2_000,
+            workers=50,
+            queues=10,
+            load_scrape_interval=None,
+            idle_scrapes=20,
+            scrape_timeout=30.0,
+            targets=(
+                ("peak_rss_mib", "<", 150.0),
+                ("idle_scrape_p99_ms", "<", 250.0),
+                ("lost", "==", 0),
+                ("checks_failed", "==", 0),
+            ),
+            quick=dict(tasks=2_000, idle_scrapes=5),
+        ),
+        Scenario(
+            # ~5,000 sample lines: a (name, queue) label set with all three histograms renders
+            # 8 counters + 23 runtime + 21 queue-wait + 21 prefetch-wait lines = 73 lines, so
+            # 64 names -> 4,672, plus up to 4 exception lines per name (3 failure classes and
+            # the retry one) -> 256, 10 workers x 6 lines, and ~70 self/process lines.
+            "scrape",
+            "~5,000 sample lines in /metrics while 5,000 events/s flow; scraped every 100 ms",
+            duration=20,
+            rate=5_000,
+            task_names=64,
+            workers=10,
+            queues=4,
+            load_scrape_interval=0.1,
+            idle_scrapes=100,
+            targets=(("load_scrape_p99_ms", "<", 20.0), ("checks_failed", "==", 0)),
+            quick=dict(duration=2, idle_scrapes=20),
+        ),
+    ]
+}
 ORDER = ["sanity", "burst", "sustained", "cpu", "cardinality", "scrape"]
 
 
@@ -150,6 +198,7 @@ def code_version() -> Dict[str, Any]:
     they are on disk when the exporter starts (the package is installed editable, so an
     uncommitted edit is measured too, and shows as a different source hash)."""
     import hashlib
+
     h = hashlib.sha1()
     pkg = os.path.join(REPO, "celery_exporter")
     for name in sorted(os.listdir(pkg)):
@@ -157,8 +206,12 @@ def code_version() -> Dict[str, Any]:
             with open(os.path.join(pkg, name), "rb") as f:
                 h.update(name.encode() + b"\0" + f.read())
     try:
-        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True).stdout.strip() or None
+        head = (
+            subprocess.run(
+                ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         head = None
     return {"git_head": head, "source_sha1": h.hexdigest()[:12]}
@@ -225,8 +278,9 @@ def core_check_ms(core: int) -> Optional[float]:
     """Time of a fixed pure-Python loop on `core` (best of 3): how fast that core is right
     now. On a shared VM this moves by 2x between runs; read the other figures with it."""
     try:
-        out = subprocess.run(["taskset", "-c", str(core), sys.executable, "-c", CALIBRATION],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["taskset", "-c", str(core), sys.executable, "-c", CALIBRATION], capture_output=True, text=True, timeout=30
+        ).stdout
         return float(out.strip())
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return None
@@ -242,8 +296,7 @@ def pct(values: List[float], q: float) -> Optional[float]:
 
 
 def clean_env() -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CELERY_EXPORTER_") and k != "CELERY_BROKER_URL"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_EXPORTER_") and k != "CELERY_BROKER_URL"}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -258,14 +311,31 @@ class RedisServer:
         self.log_path = ""
 
     def start(self) -> None:
-        for attempt in range(5):
+        for _attempt in range(5):
             self.port = free_port()
             self.log_path = os.path.join(self.workdir, f"redis-{self.port}.log")
             log = open(self.log_path, "w")
             self.proc = subprocess.Popen(
-                ["taskset", "-c", str(self.core), self.binary, "--port", str(self.port),
-                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+                [
+                    "taskset",
+                    "-c",
+                    str(self.core),
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
             log.close()
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -279,6 +349,7 @@ class RedisServer:
 
     def client(self):
         import redis
+
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, decode_responses=True)
 
     @property
@@ -350,7 +421,7 @@ class RedisMonitor(threading.Thread):
 # ---------------------------------------------------------------------------------------
 # metrics text
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -372,11 +443,12 @@ def parse_metrics(text: str) -> List[Tuple[str, Dict[str, str], float]]:
 
 
 def metric_sum(samples, name: str, **match: str) -> float:
-    return sum(v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in match.items()))
+    return sum(v for n, labels, v in samples if n == name and all(labels.get(k) == x for k, x in match.items()))
 
 
-def scrape(port: int, timeout: float, headers: Optional[Dict[str, str]] = None,
-           path: str = "/metrics") -> Tuple[float, int, bytes]:
+def scrape(
+    port: int, timeout: float, headers: Optional[Dict[str, str]] = None, path: str = "/metrics"
+) -> Tuple[float, int, bytes]:
     """One full request on a fresh connection (as Prometheus does against an HTTP/1.0
     server); returns (seconds, status, body as received)."""
     t0 = time.perf_counter()
@@ -459,9 +531,20 @@ class ExporterConsumer(Consumer):
         self.http_port = free_port()
         self.log_path = os.path.join(self.workdir, f"{self.tag}-exporter.log")
         log = open(self.log_path, "w")
-        cmd = ["taskset", "-c", str(self.args.consumer_core), self.args.exporter,
-               "--broker-url", self.redis.url, "--listen-address", "127.0.0.1",
-               "--port", str(self.http_port), "--no-inspect", *self.exporter_args]
+        cmd = [
+            "taskset",
+            "-c",
+            str(self.args.consumer_core),
+            self.args.exporter,
+            "--broker-url",
+            self.redis.url,
+            "--listen-address",
+            "127.0.0.1",
+            "--port",
+            str(self.http_port),
+            "--no-inspect",
+            *self.exporter_args,
+        ]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=clean_env(), cwd=self.workdir)
         log.close()
@@ -498,8 +581,11 @@ class ExporterConsumer(Consumer):
         if status != 200:
             return None, None
         # only the two families needed (parsing 150k lines would make the poll slow)
-        wanted = [line for line in body.decode().splitlines()
-                  if line.startswith(("celery_exporter_events_total", "celery_exporter_last_event_timestamp"))]
+        wanted = [
+            line
+            for line in body.decode().splitlines()
+            if line.startswith(("celery_exporter_events_total", "celery_exporter_last_event_timestamp"))
+        ]
         samples = parse_metrics("\n".join(wanted))
         last = [v for n, _, v in samples if n == "celery_exporter_last_event_timestamp_seconds"]
         return int(metric_sum(samples, "celery_exporter_events_total")), (last[0] if last else None)
@@ -511,10 +597,18 @@ class ReferenceConsumer(Consumer):
     def start(self) -> None:
         self.log_path = os.path.join(self.workdir, f"{self.tag}-reference.log")
         self.err = open(self.log_path, "w")
-        cmd = ["taskset", "-c", str(self.args.consumer_core), sys.executable,
-               os.path.join(HERE, "reference.py"), "--broker-url", self.redis.url]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err, env=clean_env(),
-                                     text=True, bufsize=1, cwd=self.workdir)
+        cmd = [
+            "taskset",
+            "-c",
+            str(self.args.consumer_core),
+            sys.executable,
+            os.path.join(HERE, "reference.py"),
+            "--broker-url",
+            self.redis.url,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self.err, env=clean_env(), text=True, bufsize=1, cwd=self.workdir
+        )
         self.ready = threading.Event()
         self.final: Optional[dict] = None
         self.final_event = threading.Event()
@@ -564,12 +658,33 @@ def run_generators(args, scen: Scenario, redis: RedisServer, workdir: str, tag: 
     procs = []
     k = args.generators
     for i in range(k):
-        cmd = ["taskset", "-c", str(args.generator_core), sys.executable, os.path.join(HERE, "generate.py"),
-               "--broker-url", redis.url, "--shard", f"{i}/{k}",
-               "--task-names", str(scen.task_names), "--workers", str(scen.workers),
-               "--queues", str(scen.queues), "--fail-fraction", str(scen.fail_fraction),
-               "--retry-fraction", str(scen.retry_fraction), "--rate", str(scen.rate),
-               "--flush-interval", str(args.flush_interval), "--seed", str(args.seed)]
+        cmd = [
+            "taskset",
+            "-c",
+            str(args.generator_core),
+            sys.executable,
+            os.path.join(HERE, "generate.py"),
+            "--broker-url",
+            redis.url,
+            "--shard",
+            f"{i}/{k}",
+            "--task-names",
+            str(scen.task_names),
+            "--workers",
+            str(scen.workers),
+            "--queues",
+            str(scen.queues),
+            "--fail-fraction",
+            str(scen.fail_fraction),
+            "--retry-fraction",
+            str(scen.retry_fraction),
+            "--rate",
+            str(scen.rate),
+            "--flush-interval",
+            str(args.flush_interval),
+            "--seed",
+            str(args.seed),
+        ]
         if scen.tasks is not None:
             cmd += ["--tasks", str(scen.tasks)]
         else:
@@ -610,8 +725,9 @@ def run_generators(args, scen: Scenario, redis: RedisServer, workdir: str, tag: 
     }
 
 
-def wait_settled(consumer: Consumer, target: int, poll: float, quiet: float, cap: float,
-                 on_reach: Callable[[], None]) -> dict:
+def wait_settled(
+    consumer: Consumer, target: int, poll: float, quiet: float, cap: float, on_reach: Callable[[], None]
+) -> dict:
     """Poll the consumer's count until it reaches `target` or stops moving for `quiet` s."""
     start = time.monotonic()
     last_count, last_change = None, time.monotonic()
@@ -633,8 +749,13 @@ def wait_settled(consumer: Consumer, target: int, poll: float, quiet: float, cap
             break
         time.sleep(poll)
     # for the exporter each poll is a full /metrics scrape: the first one is the cold scrape
-    return {"count": last_count, "reached_at": reached_at, "settle_wait_s": round(time.monotonic() - start, 3),
-            "polls": len(poll_s), "first_polls_s": poll_s[:5]}
+    return {
+        "count": last_count,
+        "reached_at": reached_at,
+        "settle_wait_s": round(time.monotonic() - start, 3),
+        "polls": len(poll_s),
+        "first_polls_s": poll_s[:5],
+    }
 
 
 def exporter_checks(samples, gen: dict) -> List[dict]:
@@ -680,8 +801,13 @@ def run_one(args, scen: Scenario, kind: str, repeat: int, workdir: str) -> dict:
     redis.start()
     consumer: Consumer = (ExporterConsumer if kind == "exporter" else ReferenceConsumer)(args, redis, workdir, tag)
     consumer.exporter_args = scen.exporter_args
-    result: Dict[str, Any] = {"consumer": kind, "repeat": repeat, "loadavg_before": os.getloadavg(),
-                              "core_check_ms": core_check_ms(args.consumer_core), "code": code_version()}
+    result: Dict[str, Any] = {
+        "consumer": kind,
+        "repeat": repeat,
+        "loadavg_before": os.getloadavg(),
+        "core_check_ms": core_check_ms(args.consumer_core),
+        "code": code_version(),
+    }
     monitor = scraper = spy = None
     try:
         r = redis.client()
@@ -704,10 +830,28 @@ def run_one(args, scen: Scenario, kind: str, repeat: int, workdir: str) -> dict:
             scraper = Scraper(consumer.http_port, scen.load_scrape_interval, scen.scrape_timeout)
         if kind == "exporter" and args.py_spy:
             spy_out = os.path.join(args.results_dir, f"{tag}-{time.strftime('%Y%m%dT%H%M%S')}-py-spy.txt")
-            spy = subprocess.Popen(["taskset", "-c", str(args.generator_core), args.py_spy, "record",
-                                    "--pid", str(consumer.pid), "--rate", "200", "--format", "raw",
-                                    "--threads", "--gil", "--nonblocking", "--output", spy_out],
-                                   stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, f"{tag}-py-spy.err"), "w"))
+            spy = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    str(args.generator_core),
+                    args.py_spy,
+                    "record",
+                    "--pid",
+                    str(consumer.pid),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--gil",
+                    "--nonblocking",
+                    "--output",
+                    spy_out,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=open(os.path.join(workdir, f"{tag}-py-spy.err"), "w"),
+            )
             result["py_spy_raw"] = os.path.relpath(spy_out, REPO)
             time.sleep(1.0)  # let py-spy attach
         cpu0 = proc_cpu_s(consumer.pid)
@@ -758,31 +902,45 @@ def run_one(args, scen: Scenario, kind: str, repeat: int, workdir: str) -> dict:
             last_event = last[0] if last else None
             result["sample_lines"] = len(samples)
             result["body_bytes"] = len(body)
-            result["series"] = {k: int(metric_sum(samples, "celery_exporter_series", kind=k))
-                                for k in ("task", "exception", "worker")}
+            result["series"] = {
+                k: int(metric_sum(samples, "celery_exporter_series", kind=k)) for k in ("task", "exception", "worker")
+            }
             result["reconnects"] = int(metric_sum(samples, "celery_exporter_broker_reconnects_total"))
-            result["dropped"] = {l["reason"]: v for n, l, v in samples
-                                 if n == "celery_exporter_events_dropped_total" and v}
+            result["dropped"] = {
+                labels["reason"]: v for n, labels, v in samples if n == "celery_exporter_events_dropped_total" and v
+            }
             result["checks"] = exporter_checks(samples, gen)
             result["checks_failed"] = sum(1 for c in result["checks"] if not c["ok"])
-            result["events_by_type"] = {l["type"]: int(v) for n, l, v in samples if n == "celery_exporter_events_total"}
+            result["events_by_type"] = {
+                labels["type"]: int(v) for n, labels, v in samples if n == "celery_exporter_events_total"
+            }
             # idle scrapes: plain text (what curl gets), then as Prometheus asks (OpenMetrics + gzip)
             plain, prom = [], []
             for _ in range(scen.idle_scrapes):
                 plain.append(scrape(consumer.http_port, scen.scrape_timeout)[0])
             for _ in range(max(5, scen.idle_scrapes // 4)):
                 prom.append(scrape(consumer.http_port, scen.scrape_timeout, PROMETHEUS_HEADERS)[0])
-            result["idle_scrape_ms"] = {"n": len(plain), "p50": ms(statistics.median(plain)),
-                                        "p99": ms(pct(plain, 99)), "max": ms(max(plain))}
-            result["idle_scrape_prometheus_ms"] = {"n": len(prom), "p50": ms(statistics.median(prom)),
-                                                   "p99": ms(pct(prom, 99))}
+            result["idle_scrape_ms"] = {
+                "n": len(plain),
+                "p50": ms(statistics.median(plain)),
+                "p99": ms(pct(plain, 99)),
+                "max": ms(max(plain)),
+            }
+            result["idle_scrape_prometheus_ms"] = {
+                "n": len(prom),
+                "p50": ms(statistics.median(prom)),
+                "p99": ms(pct(prom, 99)),
+            }
             if scraper:
                 lat = scraper.latencies
-                result["load_scrape_ms"] = {"n": len(lat), "errors": scraper.errors,
-                                            "interval_s": scen.load_scrape_interval,
-                                            "p50": ms(statistics.median(lat)) if lat else None,
-                                            "p99": ms(pct(lat, 99)) if lat else None,
-                                            "max": ms(max(lat)) if lat else None}
+                result["load_scrape_ms"] = {
+                    "n": len(lat),
+                    "errors": scraper.errors,
+                    "interval_s": scen.load_scrape_interval,
+                    "p50": ms(statistics.median(lat)) if lat else None,
+                    "p99": ms(pct(lat, 99)) if lat else None,
+                    "max": ms(max(lat)) if lat else None,
+                }
             result["peak_rss_mib"] = round(proc_status_mib(consumer.pid)["VmHWM"], 1)
         else:
             final = consumer.finish()
@@ -793,20 +951,30 @@ def run_one(args, scen: Scenario, kind: str, repeat: int, workdir: str) -> dict:
             result["reference_exit"] = {"reason": final["reason"], "error": final["error"]}
             result["peak_rss_mib"] = result["peak_rss_after_load_mib"]
             # the reference's own per-type counts against the ground truth
-            result["checks"] = [{"metric": f"events{{type={t}}}", "expected": n,
-                                 "got": final["by_type"].get(t, 0), "ok": final["by_type"].get(t, 0) == n}
-                                for t, n in gen["published"].items()]
+            result["checks"] = [
+                {
+                    "metric": f"events{{type={t}}}",
+                    "expected": n,
+                    "got": final["by_type"].get(t, 0),
+                    "ok": final["by_type"].get(t, 0) == n,
+                }
+                for t, n in gen["published"].items()
+            ]
             result["checks_failed"] = sum(1 for c in result["checks"] if not c["ok"])
 
         result["counted"] = count
         result["lost"] = gen["total_events"] - count
         result["lag_s"] = round(max(0.0, last_event - gen["t_end"]), 3) if last_event else None
-        result["lag_polled_s"] = (round(max(0.0, settle["reached_at"] - gen["t_end"]), 3)
-                                  if settle["reached_at"] else None)
+        result["lag_polled_s"] = (
+            round(max(0.0, settle["reached_at"] - gen["t_end"]), 3) if settle["reached_at"] else None
+        )
         result["settle"] = settle
         result["cpu_per_100k_s"] = round(cpu / count * 100_000, 3) if count else None
-        result["consumer_events_per_s"] = (round(count / (last_event - gen["t_start"]), 1)
-                                           if count and last_event and last_event > gen["t_start"] else None)
+        result["consumer_events_per_s"] = (
+            round(count / (last_event - gen["t_start"]), 1)
+            if count and last_event and last_event > gen["t_start"]
+            else None
+        )
         log = redis.log_text()
         buffer_kill = "output buffer limits" in log
         result["subscription"] = {
@@ -819,15 +987,22 @@ def run_one(args, scen: Scenario, kind: str, repeat: int, workdir: str) -> dict:
             "max_output_list_len": monitor.max_oll,
         }
         result["rss_series_mib"] = monitor.rss_series
-        dropped = (len(monitor.subscriber_ids) > 1 or monitor.missing_samples > 0 or not still or buffer_kill
-                   or result.get("reconnects", 0) > 0
-                   or (kind == "reference" and result["reference_exit"]["reason"] == "error"))
+        dropped = (
+            len(monitor.subscriber_ids) > 1
+            or monitor.missing_samples > 0
+            or not still
+            or buffer_kill
+            or result.get("reconnects", 0) > 0
+            or (kind == "reference" and result["reference_exit"]["reason"] == "error")
+        )
         result["subscription_dropped"] = int(dropped)
         try:
             info = r.info("stats")
-            result["redis_stats"] = {k: info[k] for k in ("client_output_buffer_limit_disconnections",
-                                                          "total_commands_processed", "pubsub_patterns")
-                                     if k in info}
+            result["redis_stats"] = {
+                k: info[k]
+                for k in ("client_output_buffer_limit_disconnections", "total_commands_processed", "pubsub_patterns")
+                if k in info
+            }
         except Exception:
             pass
         if spy is not None:
@@ -874,9 +1049,18 @@ def py_spy_top(path: str, thread: str = "event-receiver", n: int = 15) -> Option
         m = re.search(r"\(([^/)]+)", f)
         package = m.group(1).split(".")[0] if m else "?"
         by_package[package] = by_package.get(package, 0) + c
-    top = lambda d, k=n: [[f, round(100 * c / total, 1)] for f, c in sorted(d.items(), key=lambda x: -x[1])[:k]]
-    return {"thread": thread, "samples": total, "mode": "py-spy --gil (samples holding the GIL)",
-            "self_pct": top(self_), "inclusive_pct": top(inclusive, 30), "self_pct_by_package": top(by_package)}
+
+    def top(d: dict, k: int = n) -> list:
+        return [[f, round(100 * c / total, 1)] for f, c in sorted(d.items(), key=lambda x: -x[1])[:k]]
+
+    return {
+        "thread": thread,
+        "samples": total,
+        "mode": "py-spy --gil (samples holding the GIL)",
+        "self_pct": top(self_),
+        "inclusive_pct": top(inclusive, 30),
+        "self_pct_by_package": top(by_package),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -898,8 +1082,11 @@ FIGURES = [
     ("cpu_s", "consumer CPU s over the load", lambda r: r["cpu_s"]),
     ("cpu_per_100k_s", "CPU s per 100k events", lambda r: r["cpu_per_100k_s"]),
     ("rss_idle_mib", "RSS when ready, MiB", lambda r: r["rss_idle_mib"]),
-    ("peak_rss_at_generator_end_mib", "peak RSS at generator end (VmHWM), MiB",
-     lambda r: r.get("peak_rss_at_generator_end_mib")),
+    (
+        "peak_rss_at_generator_end_mib",
+        "peak RSS at generator end (VmHWM), MiB",
+        lambda r: r.get("peak_rss_at_generator_end_mib"),
+    ),
     ("peak_rss_after_load_mib", "peak RSS after settling, MiB", lambda r: r["peak_rss_after_load_mib"]),
     ("peak_rss_mib", "peak RSS incl. idle scrapes, MiB", lambda r: r["peak_rss_mib"]),
     ("redis_omem", "Redis output buffer peak, MiB", lambda r: r["subscription"]["max_output_buffer_mib"]),
@@ -908,12 +1095,22 @@ FIGURES = [
     ("series_exception", "series: exception", lambda r: r.get("series", {}).get("exception")),
     ("series_worker", "series: worker", lambda r: r.get("series", {}).get("worker")),
     ("sample_lines", "sample lines served in /metrics", lambda r: r.get("sample_lines")),
-    ("first_scrape_ms", "first scrape after the load, ms",
-     lambda r: ms(r["settle"]["first_polls_s"][0]) if r["consumer"] == "exporter" and r["settle"]["first_polls_s"] else None),
+    (
+        "first_scrape_ms",
+        "first scrape after the load, ms",
+        lambda r: (
+            ms(r["settle"]["first_polls_s"][0])
+            if r["consumer"] == "exporter" and r["settle"]["first_polls_s"]
+            else None
+        ),
+    ),
     ("idle_scrape_p50_ms", "idle scrape p50, ms", lambda r: (r.get("idle_scrape_ms") or {}).get("p50")),
     ("idle_scrape_p99_ms", "idle scrape p99, ms", lambda r: (r.get("idle_scrape_ms") or {}).get("p99")),
-    ("prom_scrape_p50_ms", "idle scrape p50, OpenMetrics+gzip, ms",
-     lambda r: (r.get("idle_scrape_prometheus_ms") or {}).get("p50")),
+    (
+        "prom_scrape_p50_ms",
+        "idle scrape p50, OpenMetrics+gzip, ms",
+        lambda r: (r.get("idle_scrape_prometheus_ms") or {}).get("p50"),
+    ),
     ("load_scrape_p50_ms", "scrape under load p50, ms", lambda r: (r.get("load_scrape_ms") or {}).get("p50")),
     ("load_scrape_p99_ms", "scrape under load p99, ms", lambda r: (r.get("load_scrape_ms") or {}).get("p99")),
     ("load_scrapes", "scrapes under load (n)", lambda r: (r.get("load_scrape_ms") or {}).get("n")),
@@ -985,9 +1182,12 @@ def fmt_mmm(t: Optional[List[float]]) -> str:
     return f"{fmt(lo)} / {fmt(med)} / {fmt(hi)}"
 
 
-def print_table(scen: Scenario, summary: dict, targets: List[dict], repeats: int, errors: List[dict],
-                out=sys.stdout) -> None:
-    p = lambda *a: print(*a, file=out)
+def print_table(
+    scen: Scenario, summary: dict, targets: List[dict], repeats: int, errors: List[dict], out=sys.stdout
+) -> None:
+    def p(*a: object) -> None:
+        print(*a, file=out)
+
     p("")
     p(f"== {scen.name}: {scen.summary}")
     p(f"   {scen.describe()}; {repeats} repeat(s); cells: min / median / max (one value when all equal)")
@@ -1022,8 +1222,10 @@ def markdown(paths: List[str]) -> str:
         scen = Scenario(**{k: v for k, v in d["parameters"].items() if k in Scenario.__dataclass_fields__})
         code = ", ".join(c["git_head"] for c in s.get("exporter_code", []))
         out.append(f"### {d['scenario']}{' (quick)' if d['quick'] else ''}\n")
-        out.append(f"{scen.describe()}; {d['repeats']} repeats; exporter at {code}; "
-                   f"`{os.path.basename(path)}`. Cells: median [min – max].\n")
+        out.append(
+            f"{scen.describe()}; {d['repeats']} repeats; exporter at {code}; "
+            f"`{os.path.basename(path)}`. Cells: median [min – max].\n"
+        )
         kinds = [k for k in ("exporter", "reference") if k in s]
         out.append("| figure | " + " | ".join(kinds) + " |")
         out.append("|---|" + "---|" * len(kinds))
@@ -1040,11 +1242,15 @@ def markdown(paths: List[str]) -> str:
                 continue
             out.append(f"| {label} | " + " | ".join(cell(c) for c in cells) + " |")
         if s.get("cpu_ratio_exporter_over_reference"):
-            out.append(f"| **CPU per event, exporter / reference** | {cell(s['cpu_ratio_exporter_over_reference'])} |"
-                       + " |" * (len(kinds) - 1))
+            out.append(
+                f"| **CPU per event, exporter / reference** | {cell(s['cpu_ratio_exporter_over_reference'])} |"
+                + " |" * (len(kinds) - 1)
+            )
         for t in d["targets"]:
-            out.append(f"\nTarget `{t['figure']} {t['target']}`: worst {fmt(t['worst'])} → "
-                       f"**{'PASS' if t['pass'] else 'FAIL'}**")
+            out.append(
+                f"\nTarget `{t['figure']} {t['target']}`: worst {fmt(t['worst'])} → "
+                f"**{'PASS' if t['pass'] else 'FAIL'}**"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -1054,10 +1260,12 @@ def markdown(paths: List[str]) -> str:
 
 
 def machine_info(args) -> dict:
+    from importlib.metadata import version
+
     import celery
     import kombu
     import redis as redis_py
-    from importlib.metadata import version
+
     model = ""
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -1070,8 +1278,11 @@ def machine_info(args) -> dict:
         redis_version = None
     try:
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "celery_exporter"],
-                                    capture_output=True, text=True).stdout.strip())
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", REPO, "status", "--porcelain", "--", "celery_exporter"], capture_output=True, text=True
+            ).stdout.strip()
+        )
     except OSError:
         commit, dirty = None, None
     return {
@@ -1098,37 +1309,67 @@ def machine_info(args) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="scenarios:\n" + "\n".join(f"  {n:12} {SCENARIOS[n].summary}" for n in ORDER),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", "-s", action="append", choices=ORDER + ["all"],
-                   help="scenario to run (repeatable); 'all' runs them all in order (default: all)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="scenarios:\n" + "\n".join(f"  {n:12} {SCENARIOS[n].summary}" for n in ORDER),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--scenario",
+        "-s",
+        action="append",
+        choices=ORDER + ["all"],
+        help="scenario to run (repeatable); 'all' runs them all in order (default: all)",
+    )
     p.add_argument("--repeats", "-r", type=int, default=3, help="repeats per scenario (default 3)")
     p.add_argument("--quick", action="store_true", help="~10x shorter durations and counts: a smoke run")
-    p.add_argument("--consumers", default="exporter,reference",
-                   help="comma-separated, in run order (default: exporter,reference)")
-    p.add_argument("--generators", type=int, default=1,
-                   help="generator processes (each gets 1/K of the rate, tasks and workers; default 1)")
-    p.add_argument("--flush-interval", type=float, default=0.005,
-                   help="generator: workers' task.multi buffer flush interval, s (default 0.005)")
+    p.add_argument(
+        "--consumers", default="exporter,reference", help="comma-separated, in run order (default: exporter,reference)"
+    )
+    p.add_argument(
+        "--generators",
+        type=int,
+        default=1,
+        help="generator processes (each gets 1/K of the rate, tasks and workers; default 1)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=0.005,
+        help="generator: workers' task.multi buffer flush interval, s (default 0.005)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--consumer-core", type=int, default=0)
-    p.add_argument("--generator-core", type=int, default=1,
-                   help="core for the generator(s), redis-server and this runner (default 1)")
-    p.add_argument("--exporter", default=os.path.join(os.path.dirname(sys.executable), "celery-exporter"),
-                   help="the exporter's console script (default: next to this Python)")
+    p.add_argument(
+        "--generator-core",
+        type=int,
+        default=1,
+        help="core for the generator(s), redis-server and this runner (default 1)",
+    )
+    p.add_argument(
+        "--exporter",
+        default=os.path.join(os.path.dirname(sys.executable), "celery-exporter"),
+        help="the exporter's console script (default: next to this Python)",
+    )
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
-    p.add_argument("--py-spy", nargs="?", const=shutil.which("py-spy") or os.path.join(
-        os.path.dirname(sys.executable), "py-spy"), default=None, metavar="PATH",
-                   help="profile the exporter during the load with py-spy (raw stacks saved beside the results)")
+    p.add_argument(
+        "--py-spy",
+        nargs="?",
+        const=shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy"),
+        default=None,
+        metavar="PATH",
+        help="profile the exporter during the load with py-spy (raw stacks saved beside the results)",
+    )
     p.add_argument("--poll-interval", type=float, default=0.1, help="count polling while settling, s")
-    p.add_argument("--settle-quiet", type=float, default=3.0,
-                   help="stop waiting once the count has not moved for this long, s")
+    p.add_argument(
+        "--settle-quiet", type=float, default=3.0, help="stop waiting once the count has not moved for this long, s"
+    )
     p.add_argument("--results-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--no-save", action="store_true", help="do not write the JSON results")
     p.add_argument("--keep-logs", action="store_true", help="keep the per-run logs (printed path)")
-    p.add_argument("--markdown", nargs="+", metavar="JSON",
-                   help="print Markdown tables from results files instead of running")
+    p.add_argument(
+        "--markdown", nargs="+", metavar="JSON", help="print Markdown tables from results files instead of running"
+    )
     args = p.parse_args(argv)
     names = args.scenario or ["all"]
     args.scenarios = ORDER if "all" in names else [n for n in ORDER if n in names]
@@ -1154,13 +1395,19 @@ def main(argv=None) -> int:
     os.makedirs(args.results_dir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="celery-exporter-bench-")
     info = machine_info(args)
-    print(f"# {info['cpu_model']}, {info['cores']} cores, Python {info['python']}, celery {info['celery']}, "
-          f"kombu {info['kombu']}, redis-py {info['redis_py']}, {info['redis_server']}")
-    print(f"# consumer on core {args.consumer_core}; generator, redis-server and runner on core "
-          f"{args.generator_core}; load average at start {info['loadavg_at_start']}; logs in {workdir}")
+    print(
+        f"# {info['cpu_model']}, {info['cores']} cores, Python {info['python']}, celery {info['celery']}, "
+        f"kombu {info['kombu']}, redis-py {info['redis_py']}, {info['redis_server']}"
+    )
+    print(
+        f"# consumer on core {args.consumer_core}; generator, redis-server and runner on core "
+        f"{args.generator_core}; load average at start {info['loadavg_at_start']}; logs in {workdir}"
+    )
     if args.py_spy:
-        print("# py-spy samples the exporter during the load: its figures in this run are perturbed "
-              "(slower, more lag); use them for the profile only")
+        print(
+            "# py-spy samples the exporter during the load: its figures in this run are perturbed "
+            "(slower, more lag); use them for the profile only"
+        )
     failed_targets = 0
     for name in args.scenarios:
         scen = SCENARIOS[name].scaled(args.quick)
@@ -1172,16 +1419,21 @@ def main(argv=None) -> int:
                 try:
                     res = run_one(args, scen, kind, rep, workdir)
                     runs.append(res)
-                    print(f"  {name} r{rep} {kind:9}: published {res['generator']['total_events']:,} "
-                          f"({res['generator']['events_per_s']:,.0f}/s), counted {res['counted']:,}, "
-                          f"lost {res['lost']}, lag {fmt(res['lag_s'])} s, CPU {fmt(res['cpu_per_100k_s'])} s/100k, "
-                          f"peak RSS {fmt(res['peak_rss_mib'])} MiB, checks failed {res['checks_failed']} "
-                          f"[{time.monotonic() - t0:.0f} s]", flush=True)
+                    print(
+                        f"  {name} r{rep} {kind:9}: published {res['generator']['total_events']:,} "
+                        f"({res['generator']['events_per_s']:,.0f}/s), counted {res['counted']:,}, "
+                        f"lost {res['lost']}, lag {fmt(res['lag_s'])} s, CPU {fmt(res['cpu_per_100k_s'])} s/100k, "
+                        f"peak RSS {fmt(res['peak_rss_mib'])} MiB, checks failed {res['checks_failed']} "
+                        f"[{time.monotonic() - t0:.0f} s]",
+                        flush=True,
+                    )
                 except Exception as exc:  # record and go on with the next run
                     err = {"consumer": kind, "repeat": rep, "error": f"{type(exc).__name__}: {exc}"}
                     errors.append(err)
                     print(f"  {name} r{rep} {kind}: ERROR {err['error']}", flush=True)
-        versions = sorted({(r["code"]["git_head"], r["code"]["source_sha1"]) for r in runs if r["consumer"] == "exporter"})
+        versions = sorted(
+            {(r["code"]["git_head"], r["code"]["source_sha1"]) for r in runs if r["consumer"] == "exporter"}
+        )
         if len(versions) > 1:
             print(f"   WARNING: the exporter's code changed during this scenario: {versions}")
         summary = summarize(runs)
@@ -1193,12 +1445,25 @@ def main(argv=None) -> int:
             suffix = ("-quick" if args.quick else "") + ("-pyspy" if args.py_spy else "")
             path = os.path.join(args.results_dir, f"{name}{suffix}-{stamp}.json")
             with open(path, "w") as f:
-                json.dump({"scenario": name, "quick": args.quick, "repeats": args.repeats,
-                           "profiled_with_py_spy": bool(args.py_spy),
-                           "parameters": dataclasses.asdict(scen), "generator_flush_interval": args.flush_interval,
-                           "generators": args.generators, "machine": info,
-                           "loadavg_at_end": os.getloadavg(),
-                           "summary": summary, "targets": targets, "errors": errors, "runs": runs}, f, indent=1)
+                json.dump(
+                    {
+                        "scenario": name,
+                        "quick": args.quick,
+                        "repeats": args.repeats,
+                        "profiled_with_py_spy": bool(args.py_spy),
+                        "parameters": dataclasses.asdict(scen),
+                        "generator_flush_interval": args.flush_interval,
+                        "generators": args.generators,
+                        "machine": info,
+                        "loadavg_at_end": os.getloadavg(),
+                        "summary": summary,
+                        "targets": targets,
+                        "errors": errors,
+                        "runs": runs,
+                    },
+                    f,
+                    indent=1,
+                )
             print(f"   results: {os.path.relpath(path, os.getcwd())}")
         sys.stdout.flush()
     if not args.keep_logs:

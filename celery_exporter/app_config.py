@@ -48,6 +48,7 @@ def load(spec: str) -> Dict[str, Any]:
             out["events_exchange"] = conf.event_exchange
         out["queues"] = _queues(conf)
         from celery_exporter import beat
+
         if beat.uses_database(app):
             out["beat_database_app"] = spec
             beat.database_entries(app)  # a database that cannot be read fails at start, clearly
@@ -61,6 +62,7 @@ def load(spec: str) -> Dict[str, Any]:
 def find(spec: str) -> Any:  # a Celery app: celery ships no type information
     """The app object for `spec`, found as `celery -A` finds it (imported once, then cached)."""
     from celery.app.utils import find_app
+
     return find_app(spec)
 
 

@@ -25,8 +25,9 @@ def learn(record: TaskRecord, event: TaskEvent) -> None:
     if etype == "task-sent" or etype == "task-received":
         if event.retries > record.attempt:  # a retry: same uuid, new attempt
             record.attempt = event.retries
-            record.previous = Attempt(record.sent_ts, record.received_ts, record.eta_ts,
-                                      record.waits_observed, record.started_ts)
+            record.previous = Attempt(
+                record.sent_ts, record.received_ts, record.eta_ts, record.waits_observed, record.started_ts
+            )
             record.sent_ts = record.received_ts = record.started_ts = record.eta_ts = None
             record.waits_observed = 0
         if event.eta is not None:
@@ -59,8 +60,9 @@ def _late_start_of_previous_attempt(record: TaskRecord, previous: Attempt, ts: f
     event buffer. Both timestamps come from the worker's host, so they compare."""
     if previous.started_ts is not None or record.started_ts is not None:
         return False
-    return ((record.sent_ts is not None and ts < record.sent_ts)
-            or (record.received_ts is not None and ts < record.received_ts))
+    return (record.sent_ts is not None and ts < record.sent_ts) or (
+        record.received_ts is not None and ts < record.received_ts
+    )
 
 
 def observations(record: TaskRecord, event: TaskEvent) -> List[Observation]:
@@ -76,16 +78,29 @@ def observations(record: TaskRecord, event: TaskEvent) -> List[Observation]:
     if event.type != "task-sent":  # with the hostname label, task-sent has none: keep waits per worker
         previous = record.previous
         if previous is not None and previous.started_ts is not None:
-            previous.waits_observed = _observe_waits(out, previous.started_ts, previous.sent_ts,
-                                                     previous.received_ts, previous.eta_ts, previous.waits_observed)
+            previous.waits_observed = _observe_waits(
+                out,
+                previous.started_ts,
+                previous.sent_ts,
+                previous.received_ts,
+                previous.eta_ts,
+                previous.waits_observed,
+            )
         if record.started_ts is not None:
-            record.waits_observed = _observe_waits(out, record.started_ts, record.sent_ts, record.received_ts,
-                                                   record.eta_ts, record.waits_observed)
+            record.waits_observed = _observe_waits(
+                out, record.started_ts, record.sent_ts, record.received_ts, record.eta_ts, record.waits_observed
+            )
     return out
 
 
-def _observe_waits(out: List[Observation], started: float, sent: Optional[float], received: Optional[float],
-                   eta: Optional[float], observed: int) -> int:
+def _observe_waits(
+    out: List[Observation],
+    started: float,
+    sent: Optional[float],
+    received: Optional[float],
+    eta: Optional[float],
+    observed: int,
+) -> int:
     """Queue wait (publish -> start) and prefetch wait (receipt -> start) of one attempt,
     each at most once, less any ETA; returns the updated observed bits."""
     not_before = eta if eta is not None else -math.inf

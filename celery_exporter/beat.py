@@ -84,7 +84,9 @@ def entries(app: CeleryApp) -> Tuple[Entry, ...]:
             schedule = maybe_schedule(spec["schedule"], spec.get("relative", False), app=app)
             schedule.remaining_estimate(schedule.now())
         except Exception as exc:
-            raise ScheduleError(f"beat_schedule entry {name!r}: unusable schedule: {type(exc).__name__}: {exc}") from None
+            raise ScheduleError(
+                f"beat_schedule entry {name!r}: unusable schedule: {type(exc).__name__}: {exc}"
+            ) from None
         out.append(Entry(name=name, task=spec["task"], schedule=schedule, description=describe(schedule)))
     return tuple(out)
 
@@ -129,8 +131,9 @@ class ScheduleRefresher(Periodic):
 
     what = "the beat schedule"
 
-    def __init__(self, load: Callable[[], Tuple[Entry, ...]], store: "Store", interval: float,
-                 stop_event: threading.Event):
+    def __init__(
+        self, load: Callable[[], Tuple[Entry, ...]], store: "Store", interval: float, stop_event: threading.Event
+    ):
         super().__init__("beat-schedule", interval, stop_event)
         self.load, self.store = load, store
 

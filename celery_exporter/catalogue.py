@@ -28,8 +28,7 @@ TERMINAL_EVENTS = frozenset({"task-succeeded", "task-failed", "task-revoked"})
 # (custom Task.send_event types, garbage) is counted as "other", so hostile input cannot
 # grow that metric's label set.
 KNOWN_EVENT_TYPES = frozenset(
-    ["task-" + s for s in TASK_STATES]
-    + ["task-cancelled", "worker-online", "worker-heartbeat", "worker-offline"]
+    ["task-" + s for s in TASK_STATES] + ["task-cancelled", "worker-online", "worker-heartbeat", "worker-offline"]
 )
 
 TASK_COUNTER_HELP = {
@@ -58,8 +57,7 @@ HISTOGRAMS = (
     ),
     (
         "celery_task_queue_wait_seconds",
-        "Time from publishing (task-sent) to start, less any ETA/countdown. Crosses hosts: "
-        "clock skew is clamped at 0.",
+        "Time from publishing (task-sent) to start, less any ETA/countdown. Crosses hosts: clock skew is clamped at 0.",
     ),
     (
         "celery_task_prefetch_wait_seconds",
@@ -72,22 +70,65 @@ RUNTIME, QUEUE_WAIT, PREFETCH_WAIT = range(3)
 # When a task of a label set was last received, succeeded and failed (exporter clock at
 # receipt), for freshness alerts on any task: time() - celery_task_last_succeeded_... > N.
 LAST_SEEN = (
-    ("received", "celery_task_last_received_timestamp_seconds",
-     "When a task of this name and queue was last received by a worker (exporter clock)."),
-    ("succeeded", "celery_task_last_succeeded_timestamp_seconds",
-     "When a task of this name and queue last succeeded (exporter clock)."),
-    ("failed", "celery_task_last_failed_timestamp_seconds",
-     "When a task of this name and queue last failed (exporter clock)."),
+    (
+        "received",
+        "celery_task_last_received_timestamp_seconds",
+        "When a task of this name and queue was last received by a worker (exporter clock).",
+    ),
+    (
+        "succeeded",
+        "celery_task_last_succeeded_timestamp_seconds",
+        "When a task of this name and queue last succeeded (exporter clock).",
+    ),
+    (
+        "failed",
+        "celery_task_last_failed_timestamp_seconds",
+        "When a task of this name and queue last failed (exporter clock).",
+    ),
 )
 
 # From a millisecond to an hour: Celery tasks range from sub-millisecond to batch jobs.
 DEFAULT_RUNTIME_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
 )
 DEFAULT_WAIT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
 )
 
 WORKER_UP = ("celery_worker_up", "1 while the worker's last heartbeat is younger than the worker timeout, else 0.")
@@ -113,7 +154,10 @@ BUILD_INFO = ("celery_exporter_build_info", "Exporter build information. Always 
 EVENTS = ("celery_exporter_events", "Celery events received, by event type.")
 EVENTS_DROPPED = ("celery_exporter_events_dropped", "Events (or messages) not turned into metrics, by reason.")
 BROKER_CONNECTED = ("celery_exporter_broker_connected", "1 while the event receiver is connected to the broker.")
-BROKER_RECONNECTS = ("celery_exporter_broker_reconnects", "Broker outages seen by the event receiver (a lost connection, or a failed first connect).")
+BROKER_RECONNECTS = (
+    "celery_exporter_broker_reconnects",
+    "Broker outages seen by the event receiver (a lost connection, or a failed first connect).",
+)
 LAST_EVENT = ("celery_exporter_last_event_timestamp_seconds", "When the last event was received (exporter clock).")
 SERIES = ("celery_exporter_series", "Label sets held in memory, by kind (task, exception, worker).")
 SERIES_EXPIRED = ("celery_exporter_series_expired", "Label sets removed after their TTL, by kind.")
@@ -126,13 +170,13 @@ TASKS_EVICTED = (
 
 # Reasons for celery_exporter_events_dropped_total. A fixed set, so the label stays bounded.
 DROP_REASONS = (
-    "undecodable",      # message body could not be decoded
-    "bad_message",      # body decoded but is neither an event dict nor a list of them
-    "bad_field",        # an event misses a required field or has one of the wrong type/size
-    "unknown_task",     # a task event for a uuid whose name never arrived (exporter started mid-task)
-    "duplicate",        # a second terminal event for the same task id
-    "series_limit",     # the label set was refused by --max-series
-    "handler_error",    # a bug: the handler raised; logged with a traceback once
+    "undecodable",  # message body could not be decoded
+    "bad_message",  # body decoded but is neither an event dict nor a list of them
+    "bad_field",  # an event misses a required field or has one of the wrong type/size
+    "unknown_task",  # a task event for a uuid whose name never arrived (exporter started mid-task)
+    "duplicate",  # a second terminal event for the same task id
+    "series_limit",  # the label set was refused by --max-series
+    "handler_error",  # a bug: the handler raised; logged with a traceback once
 )
 
 # Queue poller.
@@ -150,18 +194,27 @@ POLL_LAST_SUCCESS = (
     "celery_exporter_queue_poll_last_success_timestamp_seconds",
     "When a queue-length poll last succeeded (exporter clock).",
 )
-POLL_ERRORS = ("celery_exporter_queue_poll_errors",
-               "Failed polls, by reason (broker: queue lengths, inspect: remote control, error: a bug).")
+POLL_ERRORS = (
+    "celery_exporter_queue_poll_errors",
+    "Failed polls, by reason (broker: queue lengths, inspect: remote control, error: a bug).",
+)
 
 # Beat schedule (--app with a static beat_schedule).
 BEAT_LABELS = ("entry", "task")
 BEAT_INFO = ("celery_beat_schedule_info", "An entry of the app's beat schedule, with its schedule. Always 1.")
-BEAT_INTERVAL = ("celery_beat_schedule_interval_seconds",
-                 "Seconds between the entry's runs (for crontab entries: the gap to the run after the next).")
-BEAT_NEXT_DUE = ("celery_beat_schedule_next_due_timestamp_seconds",
-                 "When the entry's next run is due: after the last run seen, or after the exporter started.")
-BEAT_READ_ERRORS = ("celery_exporter_beat_schedule_read_errors",
-                    "Failed re-reads of the beat schedule from django-celery-beat's database (the last "
-                    "entries read stay in use).")
-BEAT_LAST_RUN = ("celery_beat_schedule_last_run_timestamp_seconds",
-                 "When a task of the entry's task name was last received by a worker (exporter clock).")
+BEAT_INTERVAL = (
+    "celery_beat_schedule_interval_seconds",
+    "Seconds between the entry's runs (for crontab entries: the gap to the run after the next).",
+)
+BEAT_NEXT_DUE = (
+    "celery_beat_schedule_next_due_timestamp_seconds",
+    "When the entry's next run is due: after the last run seen, or after the exporter started.",
+)
+BEAT_READ_ERRORS = (
+    "celery_exporter_beat_schedule_read_errors",
+    "Failed re-reads of the beat schedule from django-celery-beat's database (the last entries read stay in use).",
+)
+BEAT_LAST_RUN = (
+    "celery_beat_schedule_last_run_timestamp_seconds",
+    "When a task of the entry's task name was last received by a worker (exporter clock).",
+)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import platform
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import celery
 import kombu
@@ -26,7 +26,7 @@ from celery_exporter.store import Snapshot, Store
 from celery_exporter.store.budget import KINDS
 from celery_exporter.store.own import ExporterSnapshot
 from celery_exporter.store.queues import QueueSnapshot
-from celery_exporter.store.tasks import TaskKey, TaskRow, TaskSnapshot
+from celery_exporter.store.tasks import TaskRow, TaskSnapshot
 from celery_exporter.store.workers import WorkerSnapshot
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
@@ -57,7 +57,7 @@ def _bound(b: float) -> str:
     text = repr(float(b))
     dot = text.find(".")
     if b > 0 and dot > 6:  # Go switches to exponent notation sooner than Python
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     return text
 
@@ -105,7 +105,8 @@ class CeleryCollector:
         self._label_cache: Dict[Tuple[str, ...], str] = {}
         build_labels = ("version", "celery_version", "kombu_version", "python_version")
         self._build_info = labels_text(
-            build_labels, (__version__, celery.__version__, kombu.__version__, platform.python_version()))
+            build_labels, (__version__, celery.__version__, kombu.__version__, platform.python_version())
+        )
 
     def render(self, openmetrics: bool = False) -> str:
         snap = self.store.snapshot(self.clock.now())
@@ -164,8 +165,11 @@ class CeleryCollector:
                 lines.append(f"{sum_}{text}}} {number(row.hist_sums[index])}")
         for index, (_, metric, help_) in enumerate(catalogue.LAST_SEEN):
             family = new(metric, GAUGE, help_)
-            family.lines = [f"{metric}{{{text}}} {number(seen)}"
-                            for text, row in zip(labels, rows) if (seen := row.last_seen[index]) is not None]
+            family.lines = [
+                f"{metric}{{{text}}} {number(seen)}"
+                for text, row in zip(labels, rows)
+                if (seen := row.last_seen[index]) is not None
+            ]
         family = new(catalogue.TASK_EXCEPTIONS, COUNTER, catalogue.TASK_EXCEPTIONS_HELP)
         names = self.task_label_names + [catalogue.EXCEPTION_LABEL]
         for exc in snap.exceptions:
@@ -254,4 +258,6 @@ class CeleryCollector:
         new(catalogue.TASKS_TRACKED[0], GAUGE, catalogue.TASKS_TRACKED[1]).add("", own.tasks_tracked)
         new(catalogue.TASKS_EVICTED[0], COUNTER, catalogue.TASKS_EVICTED[1]).add("", own.tasks_evicted)
         if snap.schedule.from_database:
-            new(catalogue.BEAT_READ_ERRORS[0], COUNTER, catalogue.BEAT_READ_ERRORS[1]).add("", snap.schedule.read_errors)
+            new(catalogue.BEAT_READ_ERRORS[0], COUNTER, catalogue.BEAT_READ_ERRORS[1]).add(
+                "", snap.schedule.read_errors
+            )

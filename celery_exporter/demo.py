@@ -57,9 +57,15 @@ def nightly_report() -> None:
 
 def make_app() -> Celery:
     app = Celery("celery-exporter-demo", broker=BROKER, set_as_current=False)
-    app.conf.update(task_send_sent_event=True, worker_send_task_events=True, task_ignore_result=True,
-                    task_default_queue="default", broker_connection_retry_on_startup=True,
-                    worker_hijack_root_logger=False, worker_prefetch_multiplier=1)
+    app.conf.update(
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_ignore_result=True,
+        task_default_queue="default",
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=1,
+    )
 
     # registered by call, not as decorators: celery's decorator is untyped
     app.task(name="demo.resize_image")(resize_image)
@@ -104,8 +110,11 @@ class LostWorker(threading.Thread):
             started = time.monotonic()
             while time.monotonic() - started < LOST_AFTER and not self.stop.wait(2.0):
                 dispatcher.send("worker-heartbeat", freq=2.0, active=1, processed=0)
-        log.info("demo: worker lost@demo stopped heartbeating (as if killed): celery_worker_up{hostname="
-                 "\"lost@demo\"} turns 0 after the worker timeout (%g s)", WORKER_TIMEOUT)
+        log.info(
+            "demo: worker lost@demo stopped heartbeating (as if killed): celery_worker_up{hostname="
+            '"lost@demo"} turns 0 after the worker timeout (%g s)',
+            WORKER_TIMEOUT,
+        )
 
 
 def run(settings: Settings, duration: Optional[float], rate: float, stop: threading.Event) -> None:
@@ -114,15 +123,28 @@ def run(settings: Settings, duration: Optional[float], rate: float, stop: thread
     app = make_app()
     exporter = Exporter(settings)
     exporter.start()
-    log.info("demo: open http://%s:%s/ (status page) and /metrics; Ctrl-C to stop",
-             "localhost" if settings.listen_address in ("0.0.0.0", "::") else settings.listen_address, settings.port)
+    log.info(
+        "demo: open http://%s:%s/ (status page) and /metrics; Ctrl-C to stop",
+        "localhost" if settings.listen_address in ("0.0.0.0", "::") else settings.listen_address,
+        settings.port,
+    )
     for noisy in ("celery.app.trace", "celery.worker", "kombu.connection"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)  # the demo's own failures are not news
     with ExitStack() as workers:
         for name, queues in (("alpha@demo", QUEUES), ("beta@demo", ("default",))):
-            workers.enter_context(start_worker(
-                app, pool="solo", concurrency=1, hostname=name, queues=list(queues), perform_ping_check=False,
-                without_heartbeat=False, shutdown_timeout=15, loglevel="WARNING"))
+            workers.enter_context(
+                start_worker(
+                    app,
+                    pool="solo",
+                    concurrency=1,
+                    hostname=name,
+                    queues=list(queues),
+                    perform_ping_check=False,
+                    without_heartbeat=False,
+                    shutdown_timeout=15,
+                    loglevel="WARNING",
+                )
+            )
         logs.setup(settings.log_level, settings.log_format)  # Celery's worker setup changed the root level
         for noisy in ("celery.app.trace", "celery.worker", "kombu.connection"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)

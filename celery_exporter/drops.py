@@ -23,6 +23,7 @@ class Drops:
         if reason not in self._logged:
             self._logged.add(reason)
             log.warning(
-                "dropped event(s), reason=%s: %s (logged once per reason; "
-                "see celery_exporter_events_dropped_total)", reason, detail,
+                "dropped event(s), reason=%s: %s (logged once per reason; see celery_exporter_events_dropped_total)",
+                reason,
+                detail,
             )

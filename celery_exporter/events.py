@@ -128,12 +128,34 @@ class TaskEvent:
     `runtime` from task-succeeded, `exception` (a class name) from task-failed and
     task-retried, `hostname` where it is used (see Validator)."""
 
-    __slots__ = ("type", "state", "uuid", "timestamp", "hostname", "name", "retries", "eta", "queue",
-                 "runtime", "exception")
+    __slots__ = (
+        "type",
+        "state",
+        "uuid",
+        "timestamp",
+        "hostname",
+        "name",
+        "retries",
+        "eta",
+        "queue",
+        "runtime",
+        "exception",
+    )
 
-    def __init__(self, type_: str, state: int, uuid: str, timestamp: float, hostname: Optional[str],
-                 name: Optional[str] = None, retries: int = 0, eta: Optional[float] = None,
-                 queue: Optional[str] = None, runtime: Optional[float] = None, exception: Optional[str] = None):
+    def __init__(
+        self,
+        type_: str,
+        state: int,
+        uuid: str,
+        timestamp: float,
+        hostname: Optional[str],
+        name: Optional[str] = None,
+        retries: int = 0,
+        eta: Optional[float] = None,
+        queue: Optional[str] = None,
+        runtime: Optional[float] = None,
+        exception: Optional[str] = None,
+    ):
         self.type = type_
         self.state = state  # index into catalogue.TASK_STATES
         self.uuid = uuid
@@ -157,9 +179,16 @@ class WorkerEvent:
 
     __slots__ = ("type", "hostname", "timestamp", "freq", "active", "processed", "software")
 
-    def __init__(self, type_: str, hostname: str, timestamp: float, freq: Optional[float] = None,
-                 active: Optional[int] = None, processed: Optional[int] = None,
-                 software: Optional[Software] = None):
+    def __init__(
+        self,
+        type_: str,
+        hostname: str,
+        timestamp: float,
+        freq: Optional[float] = None,
+        active: Optional[int] = None,
+        processed: Optional[int] = None,
+        software: Optional[Software] = None,
+    ):
         self.type = type_
         self.hostname = hostname
         self.timestamp = timestamp
@@ -179,8 +208,9 @@ class Validator:
         # Task events whose `hostname` is read: the worker's task-received and task-started
         # (which worker has the task), and with --task-hostname-label every one but task-sent.
         self._hostname_types = frozenset(
-            ["task-received", "task-started"] + ([f"task-{s}" for s in catalogue.TASK_STATES if s != "sent"]
-                                                 if hostname_label else []))
+            ["task-received", "task-started"]
+            + ([f"task-{s}" for s in catalogue.TASK_STATES if s != "sent"] if hostname_label else [])
+        )
 
     def parse(self, raw: Any, now: float) -> Optional[Event]:
         """The typed event, or None for events that are only counted (task-cancelled,
@@ -212,8 +242,17 @@ class Validator:
             if name is None:
                 self._drop("bad_field", f"{etype} without a valid task name")
                 return None
-            return TaskEvent(etype, state, uuid, ts, hostname, name, count(raw.get("retries")) or 0,
-                             parse_eta(raw.get("eta")), queue_from_sent(raw) if etype == "task-sent" else None)
+            return TaskEvent(
+                etype,
+                state,
+                uuid,
+                ts,
+                hostname,
+                name,
+                count(raw.get("retries")) or 0,
+                parse_eta(raw.get("eta")),
+                queue_from_sent(raw) if etype == "task-sent" else None,
+            )
         if etype == "task-succeeded":
             return TaskEvent(etype, state, uuid, ts, hostname, runtime=number(raw.get("runtime")))
         if etype == "task-failed" or etype == "task-retried":
@@ -233,6 +272,12 @@ class Validator:
             ident, ver, sys_ = ((label(raw.get(k)) or "")[:64] for k in _SOFTWARE_FIELDS)
             software = (ident, ver, sys_)
         freq = number(raw.get("freq")) if "active" in raw else None
-        return WorkerEvent(etype, hostname, ts, freq=freq if freq is not None and freq > 0 else None,
-                           active=count(raw.get("active")), processed=count(raw.get("processed")),
-                           software=software)
+        return WorkerEvent(
+            etype,
+            hostname,
+            ts,
+            freq=freq if freq is not None and freq > 0 else None,
+            active=count(raw.get("active")),
+            processed=count(raw.get("processed")),
+            software=software,
+        )

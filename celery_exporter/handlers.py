@@ -24,8 +24,8 @@ from celery_exporter.events import TaskEvent, Validator, WorkerEvent
 from celery_exporter.labels import LabelResolver
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
-from celery_exporter.tasks import TaskRecord, TaskTracker
 from celery_exporter.store.tasks import TaskKey
+from celery_exporter.tasks import TaskRecord, TaskTracker
 
 TERMINAL = catalogue.TERMINAL_EVENTS
 
@@ -95,5 +95,12 @@ class Handler:
         if event.type == "worker-offline":
             self.store.workers.offline(event.hostname)
             return
-        self.store.workers.heartbeat(event.hostname, now, event.timestamp, freq=event.freq, active=event.active,
-                                     processed=event.processed, software=event.software)
+        self.store.workers.heartbeat(
+            event.hostname,
+            now,
+            event.timestamp,
+            freq=event.freq,
+            active=event.active,
+            processed=event.processed,
+            software=event.software,
+        )

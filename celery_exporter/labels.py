@@ -27,8 +27,9 @@ MAX_PENDING_PER_TASK = 16
 # tasks after a start would otherwise be labelled by the fallback queue.
 SENT_RECENT_SECONDS = 600.0
 UNKNOWN_QUEUE = "unknown"
-UNKNOWN_TASK_DETAIL = ("task events for a task id whose name never arrived "
-                       "(normal for tasks already running when the exporter started)")
+UNKNOWN_TASK_DETAIL = (
+    "task events for a task id whose name never arrived (normal for tasks already running when the exporter started)"
+)
 
 Emit = Callable[[TaskRecord, TaskEvent, float], None]
 
@@ -60,8 +61,12 @@ class LabelResolver:
             if hold_over:  # the hold ran out before: its events were dropped, so is this one
                 self._drop("unknown_task", UNKNOWN_TASK_DETAIL)
                 return
-        elif (record.queue is not None or hold_over or not self._sent_flowing(now)
-              or self._single_queue(record.worker) is not None):  # that worker's queue is certain
+        elif (
+            record.queue is not None
+            or hold_over
+            or not self._sent_flowing(now)
+            or self._single_queue(record.worker) is not None
+        ):  # that worker's queue is certain
             self._fix(record)
             self._emit(record, event, now)
             return

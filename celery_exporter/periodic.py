@@ -48,8 +48,12 @@ class Periodic(threading.Thread):
         self.count_error(reason)
         if not self._failing:
             self._failing = True
-            log.warning("polling %s failed (%s); keeping the last values and retrying every %g s",
-                        self.what, detail, self.interval)
+            log.warning(
+                "polling %s failed (%s); keeping the last values and retrying every %g s",
+                self.what,
+                detail,
+                self.interval,
+            )
 
     def succeeded(self) -> None:
         if self._failing:

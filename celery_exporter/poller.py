@@ -22,13 +22,12 @@ from celery import Celery
 from kombu.connection import Connection
 
 from celery_exporter.clock import Clock
-from celery_exporter.settings import Settings
 from celery_exporter.periodic import Periodic
+from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.queues import QueueDepth
 
 log = logging.getLogger(__name__)
-
 
 
 class PollError(Exception):
@@ -66,14 +65,17 @@ class KombuBackend:
         """The poller's own connection, made once and kept; an error closes it, and the next
         poll connects again. No retries within one poll: the next poll is the retry."""
         if self._connection is None:
-            options = {"socket_timeout": self.settings.poll_timeout,
-                       "socket_connect_timeout": self.settings.poll_timeout}
+            options = {
+                "socket_timeout": self.settings.poll_timeout,
+                "socket_connect_timeout": self.settings.poll_timeout,
+            }
             options.update(self.settings.transport_options)
             extra = {}
             if self.settings.broker_ssl is not None:
                 extra["ssl"] = self.settings.broker_ssl
-            connection = Connection(self.settings.broker_url, transport_options=options,
-                                    connect_timeout=self.settings.poll_timeout, **extra)
+            connection = Connection(
+                self.settings.broker_url, transport_options=options, connect_timeout=self.settings.poll_timeout, **extra
+            )
             if connection.transport.driver_type == "amqp":
                 # py-amqp takes socket read/write timeouts from the transport options (kombu
                 # types them Optional; a constructed Connection always holds a dict)
@@ -126,7 +128,7 @@ class KombuBackend:
             sizes = pipe.execute()
         depths: Dict[str, QueueDepth] = {}
         for i, queue in enumerate(queues):
-            depths[queue] = QueueDepth(sum(int(n) for n in sizes[i * len(steps):(i + 1) * len(steps)]), None)
+            depths[queue] = QueueDepth(sum(int(n) for n in sizes[i * len(steps) : (i + 1) * len(steps)]), None)
         return depths
 
     @staticmethod
@@ -163,8 +165,9 @@ class KombuBackend:
             app.conf.accept_content = list(self.settings.accept_content)
             self._app = app
         try:
-            inspect = self._app.control.inspect(timeout=self.settings.inspect_timeout,
-                                                limit=expected_replies or None, connection=self._connect())
+            inspect = self._app.control.inspect(
+                timeout=self.settings.inspect_timeout, limit=expected_replies or None, connection=self._connect()
+            )
             queues_reply = inspect.active_queues() or {}
             stats_reply = inspect.stats() or {}
         except Exception as exc:
@@ -188,8 +191,16 @@ class KombuBackend:
 class _BrokerPoller(Periodic):
     """A periodic poll of the broker over the thread's own connection (closed on stop)."""
 
-    def __init__(self, name: str, interval: float, settings: Settings, store: Store, clock: Clock,
-                 stop_event: threading.Event, backend: Optional[Backend] = None):
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        stop_event: threading.Event,
+        backend: Optional[Backend] = None,
+    ):
         super().__init__(name, interval, stop_event)
         self.settings = settings
         self.store = store
@@ -209,10 +220,15 @@ class QueuePoller(_BrokerPoller):
 
     what = "queue lengths"
 
-    def __init__(self, settings: Settings, store: Store, clock: Clock, stop_event: threading.Event,
-                 backend: Optional[Backend] = None):
-        super().__init__("queue-poller", settings.queue_poll_interval, settings, store, clock,
-                         stop_event, backend)
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        stop_event: threading.Event,
+        backend: Optional[Backend] = None,
+    ):
+        super().__init__("queue-poller", settings.queue_poll_interval, settings, store, clock, stop_event, backend)
 
     def queues_to_poll(self, now: float) -> Sequence[str]:
         names = set(self.settings.queues) | self.store.queue_names(now)
@@ -240,8 +256,14 @@ class Inspector(_BrokerPoller):
 
     what = "inspect"
 
-    def __init__(self, settings: Settings, store: Store, clock: Clock, stop_event: threading.Event,
-                 backend: Optional[Backend] = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        stop_event: threading.Event,
+        backend: Optional[Backend] = None,
+    ):
         super().__init__("inspector", settings.inspect_interval, settings, store, clock, stop_event, backend)
 
     def poll_once(self) -> None:

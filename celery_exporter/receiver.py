@@ -30,10 +30,10 @@ from celery_exporter.store import Store
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT = 0.5       # also bounds how long a stop request waits
-TICK_INTERVAL = 0.5       # handler.tick(): release held events, forget finished tasks
+DRAIN_TIMEOUT = 0.5  # also bounds how long a stop request waits
+TICK_INTERVAL = 0.5  # handler.tick(): release held events, forget finished tasks
 SUBSCRIBE_TIMEOUT = 10.0  # Redis: how long to wait for the broker to confirm PSUBSCRIBE
-AMQP_HEARTBEAT = 10       # seconds; a dead AMQP peer is noticed within ~2 heartbeats
+AMQP_HEARTBEAT = 10  # seconds; a dead AMQP peer is noticed within ~2 heartbeats
 # The exporter's event queue on RabbitMQ: exclusive and auto-delete (RabbitMQ 4.3 rejects
 # transient non-exclusive queues), so it vanishes with the connection. Events waiting longer
 # than the message TTL are dropped by the broker, not held forever for a stuck exporter.
@@ -47,8 +47,7 @@ def mask_url(url: str) -> str:
 
 
 class Receiver(threading.Thread):
-    def __init__(self, settings: Settings, handler: Handler, store: Store, clock: Clock,
-                 stop_event: threading.Event):
+    def __init__(self, settings: Settings, handler: Handler, store: Store, clock: Clock, stop_event: threading.Event):
         super().__init__(name="event-receiver", daemon=True)
         self.settings = settings
         self.handler = handler
@@ -209,8 +208,9 @@ class Receiver(threading.Thread):
         if self._outage_since is None:
             log.info("receiving events from %s", url)
         else:
-            log.info("reconnected to %s after %.1f s; receiving events again",
-                     url, time.monotonic() - self._outage_since)
+            log.info(
+                "reconnected to %s after %.1f s; receiving events again", url, time.monotonic() - self._outage_since
+            )
             self._outage_since = None
 
     def _lost(self, exc: BaseException) -> None:
@@ -218,9 +218,10 @@ class Receiver(threading.Thread):
             self._outage_since = time.monotonic()
             self.store.exporter.count_reconnect()
             log.warning(
-                "broker %s unavailable (%s: %s); retrying with backoff up to %.0f s, "
-                "logging again once it is back",
-                mask_url(self.settings.broker_url), type(exc).__name__, exc,
+                "broker %s unavailable (%s: %s); retrying with backoff up to %.0f s, logging again once it is back",
+                mask_url(self.settings.broker_url),
+                type(exc).__name__,
+                exc,
                 self.settings.reconnect_backoff[1],
             )
         else:

@@ -1,13 +1,17 @@
 """Wiring and the owner of every thread: builds the store, handler, collector, receiver,
 pollers and web server from Settings, starts their threads, and stops and joins them all.
 
-| thread | runs | stops on |
-|---|---|---|
-| event-receiver | receiver.Receiver: events -> handler -> store; its tick releases held events and sweeps expired label sets | stop_event, within DRAIN_TIMEOUT |
-| queue-poller | poller.QueuePoller: queue lengths | stop_event (a poll in progress ends within --queue-poll-timeout) |
-| inspector | poller.Inspector: remote-control inspect (unless --no-inspect) | stop_event (after --inspect-timeout at most) |
-| beat-schedule | beat.ScheduleRefresher: django-celery-beat's entries (only with such an --app) | stop_event |
-| http | httpserver: the serving loop; each request in a short-lived thread of its own | Web.stop() |
+Threads, what they run, and what stops them:
+- event-receiver: receiver.Receiver, events -> handler -> store; its tick releases held
+  events and sweeps expired label sets. Stops on stop_event within DRAIN_TIMEOUT.
+- queue-poller: poller.QueuePoller, queue lengths. Stops on stop_event (a poll in progress
+  ends within --queue-poll-timeout).
+- inspector: poller.Inspector, remote-control inspect (unless --no-inspect). Stops on
+  stop_event (after --inspect-timeout at most).
+- beat-schedule: beat.ScheduleRefresher, django-celery-beat's entries (only with such an
+  --app). Stops on stop_event.
+- http: httpserver's serving loop; each request in a short-lived thread of its own. Stops on
+  Web.stop().
 
 Each broker thread closes its own connection as it ends.
 """
@@ -58,11 +62,15 @@ class Exporter:
         if settings.beat_database_app:
             spec = settings.beat_database_app
             self.schedule_refresher = beat.ScheduleRefresher(
-                lambda: beat.database_entries(app_config.find(spec)), self.store,
-                settings.schedule_refresh_interval, self.stop_event)
+                lambda: beat.database_entries(app_config.find(spec)),
+                self.store,
+                settings.schedule_refresh_interval,
+                self.stop_event,
+            )
         # every thread but the web server's, in start order
         self.threads: List[threading.Thread] = [
-            t for t in (self.receiver, self.poller, self.inspector, self.schedule_refresher) if t is not None]
+            t for t in (self.receiver, self.poller, self.inspector, self.schedule_refresher) if t is not None
+        ]
         self.web = Web(settings, self.store, self.collector, self.process_registry, self.clock)
 
     def start(self) -> None:

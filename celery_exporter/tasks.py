@@ -21,8 +21,14 @@ class Attempt:
 
     __slots__ = ("sent_ts", "received_ts", "eta_ts", "waits_observed", "started_ts")
 
-    def __init__(self, sent_ts: Optional[float], received_ts: Optional[float], eta_ts: Optional[float],
-                 waits_observed: int, started_ts: Optional[float]):
+    def __init__(
+        self,
+        sent_ts: Optional[float],
+        received_ts: Optional[float],
+        eta_ts: Optional[float],
+        waits_observed: int,
+        started_ts: Optional[float],
+    ):
         self.sent_ts, self.received_ts, self.eta_ts = sent_ts, received_ts, eta_ts
         self.waits_observed, self.started_ts = waits_observed, started_ts
 
@@ -50,15 +56,15 @@ class TaskRecord:
     def __init__(self, uuid: str):
         self.uuid = uuid
         self.name: Optional[str] = None
-        self.queue: Optional[str] = None      # from task-sent
-        self.worker: Optional[str] = None     # hostname of the worker that received it
+        self.queue: Optional[str] = None  # from task-sent
+        self.worker: Optional[str] = None  # hostname of the worker that received it
         self.sent_ts: Optional[float] = None
         self.received_ts: Optional[float] = None
         self.started_ts: Optional[float] = None
         self.eta_ts: Optional[float] = None
-        self.attempt = 0                      # the `retries` field of the latest attempt
-        self.waits_observed = 0               # bit 1: queue wait, bit 2: prefetch wait
-        self.done = 0                         # bit per terminal state (1 << state index) counted
+        self.attempt = 0  # the `retries` field of the latest attempt
+        self.waits_observed = 0  # bit 1: queue wait, bit 2: prefetch wait
+        self.done = 0  # bit per terminal state (1 << state index) counted
         self.labels: Optional[Tuple[str, str]] = None  # (name, queue_name) once fixed
         # events held until the labels are fixed, with their arrival times
         self.pending: Optional[List[Tuple["TaskEvent", float]]] = None

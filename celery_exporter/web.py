@@ -10,7 +10,7 @@ import gzip
 import html
 import logging
 import threading
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -23,6 +23,9 @@ from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.own import ExporterSnapshot
 from celery_exporter.webconfig import Authenticator
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,14 @@ def status_hints(snap: ExporterSnapshot) -> List[str]:
 
 
 class Web:
-    def __init__(self, settings: Settings, store: Store, collector: CeleryCollector,
-                 process_registry: CollectorRegistry, clock: Clock):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        collector: CeleryCollector,
+        process_registry: CollectorRegistry,
+        clock: Clock,
+    ):
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -78,13 +87,18 @@ class Web:
 
     # -- WSGI -----------------------------------------------------------------------------
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if self.authenticator is not None and not (self.settings.health_open and path in HEALTH_PATHS):
             if self.authenticator.check(environ.get("HTTP_AUTHORIZATION")) is None:
-                start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
-                                                    ("WWW-Authenticate", 'Basic realm="celery-exporter"'),
-                                                    ("Content-Length", "13")])
+                start_response(
+                    "401 Unauthorized",
+                    [
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                        ("WWW-Authenticate", 'Basic realm="celery-exporter"'),
+                        ("Content-Length", "13"),
+                    ],
+                )
                 return [b"Unauthorized\n"]
         if path == "/metrics":
             return self.metrics(environ, start_response)
@@ -96,19 +110,18 @@ class Web:
             return self._text(start_response, "503 Service Unavailable", "not ready: not connected to the broker\n")
         if path == "/":
             body = self.status_page().encode()
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                      ("Content-Length", str(len(body)))])
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))])
             return [body]
         return self._text(start_response, "404 Not Found", "not found; try /metrics\n")
 
-    def metrics(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def metrics(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Text format 0.0.4 or OpenMetrics, as the scraper asks (prometheus_client's
         negotiation); our families first, then the process/platform/GC collectors."""
-        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         openmetrics = content_type.startswith("application/openmetrics-text")
         body = self.collector.render(openmetrics).encode() + encoder(self.process_registry)
         headers = [("Content-Type", content_type)]
-        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
             body = gzip.compress(body, compresslevel=1)  # 3x faster than level 6, 8% larger
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Content-Length", str(len(body))))
@@ -116,7 +129,7 @@ class Web:
         return [body]
 
     @staticmethod
-    def _text(start_response: Callable, status: str, text: str) -> Iterable[bytes]:
+    def _text(start_response: StartResponse, status: str, text: str) -> Iterable[bytes]:
         body = text.encode()
         start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
         return [body]
@@ -135,13 +148,16 @@ class Web:
         ]
         workers = []
         for w in sorted(snap.workers.workers, key=lambda w: w.hostname):
-            workers.append(f"<tr><td>{esc(w.hostname)}</td><td>{'up' if w.up else 'DOWN'}</td>"
-                           f"<td>{snap.now - w.last_seen:.1f} s</td>"
-                           f"<td>{w.active if w.active is not None else ''}</td></tr>")
+            workers.append(
+                f"<tr><td>{esc(w.hostname)}</td><td>{'up' if w.up else 'DOWN'}</td>"
+                f"<td>{snap.now - w.last_seen:.1f} s</td>"
+                f"<td>{w.active if w.active is not None else ''}</td></tr>"
+            )
         events = "".join(f"<tr><td>{esc(t)}</td><td>{n}</td></tr>" for t, n in sorted(own.events.items()))
         dropped = "".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in own.dropped.items() if n)
         hints = "".join(f"<li>{esc(h)}</li>" for h in status_hints(own))
         summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+        worker_rows = "".join(workers) or '<tr><td colspan="4">none seen</td></tr>'
         return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>celery-exporter</title></head>
 <body>
@@ -150,9 +166,9 @@ class Web:
 <table>{summary}</table>
 <h2>Hints</h2><ul>{hints or "<li>Nothing looks wrong.</li>"}</ul>
 <h2>Workers</h2>
-<table><tr><th>hostname</th><th>state</th><th>last heartbeat</th><th>active</th></tr>{workers and "".join(workers) or '<tr><td colspan="4">none seen</td></tr>'}</table>
-<h2>Events received</h2><table>{events or '<tr><td>none yet</td></tr>'}</table>
-<h2>Events dropped</h2><table>{dropped or '<tr><td>none</td></tr>'}</table>
+<table><tr><th>hostname</th><th>state</th><th>last heartbeat</th><th>active</th></tr>{worker_rows}</table>
+<h2>Events received</h2><table>{events or "<tr><td>none yet</td></tr>"}</table>
+<h2>Events dropped</h2><table>{dropped or "<tr><td>none</td></tr>"}</table>
 </body></html>
 """
 
@@ -163,15 +179,20 @@ class Web:
         threads and read timeouts, see httpserver."""
         config = self.settings.web_config
         self.server = httpserver.Server(
-            (self.settings.listen_address, self.settings.port), self,
-            max_requests=self.settings.web_max_requests, read_timeout=self.settings.web_read_timeout,
-            ssl_context=config.ssl_context if config is not None else None)
+            (self.settings.listen_address, self.settings.port),
+            self,
+            max_requests=self.settings.web_max_requests,
+            read_timeout=self.settings.web_read_timeout,
+            ssl_context=config.ssl_context if config is not None else None,
+        )
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
         self.thread.start()
         host, port = self.server.server_address
         scheme = "https" if self.server.ssl_context is not None else "http"
         auth = " with basic auth" if self.authenticator is not None else ""
-        log.info("serving /metrics on %s://%s:%s/metrics%s", scheme, host if ":" not in host else f"[{host}]", port, auth)
+        log.info(
+            "serving /metrics on %s://%s:%s/metrics%s", scheme, host if ":" not in host else f"[{host}]", port, auth
+        )
 
     def stop(self) -> None:
         if self.server is not None:

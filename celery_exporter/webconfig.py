@@ -42,11 +42,24 @@ CLIENT_AUTH = {
     "RequireAnyClientCert": ssl.CERT_REQUIRED,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
 TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
-TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version",
-            "cipher_suites", "curve_preferences", "prefer_server_cipher_suites"}
+TLS_KEYS = {
+    "cert_file",
+    "key_file",
+    "client_auth_type",
+    "client_ca_file",
+    "min_version",
+    "max_version",
+    "cipher_suites",
+    "curve_preferences",
+    "prefer_server_cipher_suites",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +119,9 @@ def _tls(path: str, base: Path, section: object) -> Optional[ssl.SSLContext]:
         raise WebConfigError(f"{path}: tls_server_config: cannot load cert_file/key_file: {exc}") from None
     auth = section.get("client_auth_type", "NoClientCert")
     if auth not in CLIENT_AUTH:
-        raise WebConfigError(f"{path}: tls_server_config.client_auth_type {auth!r} is not one of "
-                             f"{', '.join(CLIENT_AUTH)}")
+        raise WebConfigError(
+            f"{path}: tls_server_config.client_auth_type {auth!r} is not one of {', '.join(CLIENT_AUTH)}"
+        )
     context.verify_mode = CLIENT_AUTH[auth]
     if "client_ca_file" in section:
         ca = _file(path, base, "client_ca_file", section["client_ca_file"])
@@ -121,8 +135,9 @@ def _tls(path: str, base: Path, section: object) -> Optional[ssl.SSLContext]:
         if field in section:
             version = TLS_VERSIONS.get(section[field])
             if version is None:
-                raise WebConfigError(f"{path}: tls_server_config.{field} {section[field]!r} is not one of "
-                                     f"{', '.join(TLS_VERSIONS)}")
+                raise WebConfigError(
+                    f"{path}: tls_server_config.{field} {section[field]!r} is not one of {', '.join(TLS_VERSIONS)}"
+                )
             setattr(context, setter, version)
     if context.minimum_version < ssl.TLSVersion.TLSv1_2 and "min_version" not in section:
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # exporter-toolkit's default too

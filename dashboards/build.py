@@ -29,6 +29,7 @@ TAGS = ["celery", "celery-exporter"]
 
 # -- building blocks ------------------------------------------------------------------------
 
+
 class Layout:
     """Places panels on Grafana's 24-column grid, row by row."""
 
@@ -41,8 +42,16 @@ class Layout:
 
     def row(self, title: str) -> None:
         self._newline()
-        self.panels.append({"type": "row", "title": title, "collapsed": False, "id": self._id(),
-                            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "panels": []})
+        self.panels.append(
+            {
+                "type": "row",
+                "title": title,
+                "collapsed": False,
+                "id": self._id(),
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+                "panels": [],
+            }
+        )
         self.y += 1
 
     def add(self, panel: dict, w: int, h: int = 8) -> None:
@@ -75,80 +84,174 @@ def targets(*pairs) -> List[dict]:
     return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
 
 
-def timeseries(title: str, description: str, tgts: List[dict], unit: str = "short",
-               stack: bool = False, min_: Optional[float] = 0) -> dict:
-    defaults = {"unit": unit, "custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10,
-                                         "showPoints": "never", "spanNulls": False,
-                                         "stacking": {"mode": "normal" if stack else "none", "group": "A"}}}
+def timeseries(
+    title: str, description: str, tgts: List[dict], unit: str = "short", stack: bool = False, min_: Optional[float] = 0
+) -> dict:
+    defaults = {
+        "unit": unit,
+        "custom": {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+            "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+        },
+    }
     if min_ is not None:
         defaults["min"] = min_
-    return {"type": "timeseries", "title": title, "description": description, "datasource": DS,
-            "targets": tgts, "fieldConfig": {"defaults": defaults, "overrides": []},
-            "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                        "tooltip": {"mode": "multi", "sort": "desc"}}}
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": tgts,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
 
 
-def stat(title: str, description: str, expr: str, unit: str = "short",
-         thresholds: Optional[List[dict]] = None, mappings: Optional[List[dict]] = None) -> dict:
+def stat(
+    title: str,
+    description: str,
+    expr: str,
+    unit: str = "short",
+    thresholds: Optional[List[dict]] = None,
+    mappings: Optional[List[dict]] = None,
+) -> dict:
     steps = thresholds or [{"color": "green", "value": None}]
-    return {"type": "stat", "title": title, "description": description, "datasource": DS,
-            "targets": [target(expr)],
-            "fieldConfig": {"defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps},
-                                         "mappings": mappings or []}, "overrides": []},
-            "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                        "colorMode": "background", "graphMode": "none", "textMode": "auto",
-                        "justifyMode": "auto", "orientation": "auto"}}
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": [target(expr)],
+        "fieldConfig": {
+            "defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}, "mappings": mappings or []},
+            "overrides": [],
+        },
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "background",
+            "graphMode": "none",
+            "textMode": "auto",
+            "justifyMode": "auto",
+            "orientation": "auto",
+        },
+    }
 
 
 def table(title: str, description: str, expr: str, hide: List[str], rename: Dict[str, str]) -> dict:
-    return {"type": "table", "title": title, "description": description, "datasource": DS,
-            "targets": [target(expr, instant=True)],
-            "fieldConfig": {"defaults": {}, "overrides": []},
-            "options": {"showHeader": True, "cellHeight": "sm"},
-            "transformations": [{"id": "organize", "options": {
-                "excludeByName": {name: True for name in hide}, "renameByName": rename}}]}
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": [target(expr, instant=True)],
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showHeader": True, "cellHeight": "sm"},
+        "transformations": [
+            {"id": "organize", "options": {"excludeByName": {name: True for name in hide}, "renameByName": rename}}
+        ],
+    }
 
 
 def variable_query(name: str, label: str, query: str, metric_label: str) -> dict:
-    return {"type": "query", "name": name, "label": label, "datasource": DS,
-            "query": {"query": f"label_values({query}, {metric_label})", "refId": f"{name}-values"},
-            "definition": f"label_values({query}, {metric_label})",
-            "refresh": 2, "sort": 1, "multi": True, "includeAll": True, "allValue": ".*",
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [], "hide": 0}
+    return {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "datasource": DS,
+        "query": {"query": f"label_values({query}, {metric_label})", "refId": f"{name}-values"},
+        "definition": f"label_values({query}, {metric_label})",
+        "refresh": 2,
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "hide": 0,
+    }
 
 
 def variables(*extra: dict) -> dict:
-    datasource = {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
-                  "refresh": 1, "regex": "", "hide": 0, "current": {}, "options": []}
+    datasource = {
+        "type": "datasource",
+        "name": "datasource",
+        "label": "Data source",
+        "query": "prometheus",
+        "refresh": 1,
+        "regex": "",
+        "hide": 0,
+        "current": {},
+        "options": [],
+    }
     job = variable_query("job", "Job", "celery_exporter_build_info", "job")
     return {"list": [datasource, job, *extra]}
 
 
-def dashboard(uid: str, title: str, description: str, layout: Layout, templating: dict,
-              links: bool = True) -> dict:
+def dashboard(uid: str, title: str, description: str, layout: Layout, templating: dict, links: bool = True) -> dict:
     return {
-        "uid": uid, "title": title, "description": description, "tags": TAGS,
-        "editable": True, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
-        "time": {"from": "now-6h", "to": "now"}, "refresh": "30s", "timezone": "",
-        "annotations": {"list": [{"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                                  "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-                                  "name": "Annotations & Alerts", "type": "dashboard"}]},
-        "links": [{"type": "dashboards", "tags": ["celery-exporter"], "asDropdown": False, "title": "Celery",
-                   "includeVars": True, "keepTime": True}] if links else [],
-        "templating": templating, "panels": layout.panels,
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": TAGS,
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
+        "timezone": "",
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "links": [
+            {
+                "type": "dashboards",
+                "tags": ["celery-exporter"],
+                "asDropdown": False,
+                "title": "Celery",
+                "includeVars": True,
+                "keepTime": True,
+            }
+        ]
+        if links
+        else [],
+        "templating": templating,
+        "panels": layout.panels,
     }
 
 
-UP_MAPPINGS = [{"type": "value", "options": {"0": {"text": "down", "color": "red"},
-                                             "1": {"text": "up", "color": "green"}}}]
+UP_MAPPINGS = [
+    {"type": "value", "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}}}
+]
 RED_BELOW_1 = [{"color": "red", "value": None}, {"color": "green", "value": 1}]
 
 
 def state_rates(selector: str, by: str = "") -> List[dict]:
     group = f" by ({by})" if by else ""
     legend_prefix = f"{{{{{by}}}}} " if by else ""
-    return targets(*[(f"sum{group} (rate(celery_task_{state}_total{{{selector}}}[{RATE}]))", f"{legend_prefix}{state}")
-                     for state in ("received", "started", "succeeded", "failed", "retried", "rejected", "revoked")])
+    return targets(
+        *[
+            (f"sum{group} (rate(celery_task_{state}_total{{{selector}}}[{RATE}]))", f"{legend_prefix}{state}")
+            for state in ("received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
+        ]
+    )
 
 
 def failure_ratio(selector: str, by: str = "") -> str:
@@ -159,165 +262,485 @@ def failure_ratio(selector: str, by: str = "") -> str:
 
 
 def quantiles(metric: str, selector: str, by: str) -> List[dict]:
-    return targets(*[(f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RATE}])))",
-                      f"{{{{{by}}}}} p{int(q * 100)}") for q in (0.5, 0.95, 0.99)])
+    return targets(
+        *[
+            (
+                f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RATE}])))",
+                f"{{{{{by}}}}} p{int(q * 100)}",
+            )
+            for q in (0.5, 0.95, 0.99)
+        ]
+    )
 
 
 # -- the dashboards -------------------------------------------------------------------------
 
+
 def overview() -> dict:
     lay = Layout()
     lay.row("Tasks")
-    lay.add(timeseries("Task events by state", "Tasks per second, by the event that counted them, all task names "
-                       "and queues of the selected jobs.", state_rates(JOB), unit="ops"), 12)
-    lay.add(timeseries("Failure ratio", "Failed / (succeeded + failed): tasks that ended in failure.",
-                       [target(failure_ratio(JOB), "failed / finished")], unit="percentunit"), 6)
-    lay.add(timeseries("Busiest tasks", "The ten task names that finish most often (succeeded + failed).",
-                       [target(f"topk(10, sum by (name) (rate(celery_task_succeeded_total{{{JOB}}}[{RATE}])) "
-                               f"+ sum by (name) (rate(celery_task_failed_total{{{JOB}}}[{RATE}])))", "{{name}}")],
-                       unit="ops"), 6)
+    lay.add(
+        timeseries(
+            "Task events by state",
+            "Tasks per second, by the event that counted them, all task names and queues of the selected jobs.",
+            state_rates(JOB),
+            unit="ops",
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Failure ratio",
+            "Failed / (succeeded + failed): tasks that ended in failure.",
+            [target(failure_ratio(JOB), "failed / finished")],
+            unit="percentunit",
+        ),
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Busiest tasks",
+            "The ten task names that finish most often (succeeded + failed).",
+            [
+                target(
+                    f"topk(10, sum by (name) (rate(celery_task_succeeded_total{{{JOB}}}[{RATE}])) "
+                    f"+ sum by (name) (rate(celery_task_failed_total{{{JOB}}}[{RATE}])))",
+                    "{{name}}",
+                )
+            ],
+            unit="ops",
+        ),
+        6,
+    )
     lay.row("Workers")
-    lay.add(stat("Workers up", "Workers whose last heartbeat is younger than the exporter's --worker-timeout.",
-                 f"sum(celery_worker_up{{{JOB}}})", thresholds=RED_BELOW_1), 4, 6)
-    lay.add(stat("Workers lost", "Workers that stopped heartbeating without a warm shutdown (killed, OOM, lost "
-                 "node). They leave after --worker-timeout plus --worker-ttl.",
-                 f"count(celery_worker_up{{{JOB}}} == 0) or vector(0)",
-                 thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}]), 4, 6)
-    lay.add(stat("Tasks running", "Tasks the workers' pools are executing, from their last heartbeats.",
-                 f"sum(celery_worker_tasks_active{{{JOB}}})"), 4, 6)
-    lay.add(timeseries("Workers up over time", "Workers up (1 each) and lost (0 each).",
-                       targets((f"sum(celery_worker_up{{{JOB}}})", "up"),
-                               (f"count(celery_worker_up{{{JOB}}} == 0) or vector(0)", "lost"))), 12, 6)
+    lay.add(
+        stat(
+            "Workers up",
+            "Workers whose last heartbeat is younger than the exporter's --worker-timeout.",
+            f"sum(celery_worker_up{{{JOB}}})",
+            thresholds=RED_BELOW_1,
+        ),
+        4,
+        6,
+    )
+    lay.add(
+        stat(
+            "Workers lost",
+            "Workers that stopped heartbeating without a warm shutdown (killed, OOM, lost "
+            "node). They leave after --worker-timeout plus --worker-ttl.",
+            f"count(celery_worker_up{{{JOB}}} == 0) or vector(0)",
+            thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
+        ),
+        4,
+        6,
+    )
+    lay.add(
+        stat(
+            "Tasks running",
+            "Tasks the workers' pools are executing, from their last heartbeats.",
+            f"sum(celery_worker_tasks_active{{{JOB}}})",
+        ),
+        4,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Workers up over time",
+            "Workers up (1 each) and lost (0 each).",
+            targets(
+                (f"sum(celery_worker_up{{{JOB}}})", "up"),
+                (f"count(celery_worker_up{{{JOB}}} == 0) or vector(0)", "lost"),
+            ),
+        ),
+        12,
+        6,
+    )
     lay.row("Queues")
-    lay.add(timeseries("Queue length", "Messages waiting in each queue (Redis: all priority lists; RabbitMQ: "
-                       "ready messages). Prefetched tasks are held by workers, not counted here.",
-                       [target(f"max by (queue_name) (celery_queue_length{{{JOB}}})", "{{queue_name}}")]), 12)
-    lay.add(timeseries("Queue wait p95", "95th percentile of the time from publishing to start, less any "
-                       "ETA (needs task_send_sent_event in the publishers).",
-                       [target(f"histogram_quantile(0.95, sum by (queue_name, le) "
-                               f"(rate(celery_task_queue_wait_seconds_bucket{{{JOB}}}[{RATE}])))", "{{queue_name}}")],
-                       unit="s"), 12)
+    lay.add(
+        timeseries(
+            "Queue length",
+            "Messages waiting in each queue (Redis: all priority lists; RabbitMQ: "
+            "ready messages). Prefetched tasks are held by workers, not counted here.",
+            [target(f"max by (queue_name) (celery_queue_length{{{JOB}}})", "{{queue_name}}")],
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Queue wait p95",
+            "95th percentile of the time from publishing to start, less any "
+            "ETA (needs task_send_sent_event in the publishers).",
+            [
+                target(
+                    f"histogram_quantile(0.95, sum by (queue_name, le) "
+                    f"(rate(celery_task_queue_wait_seconds_bucket{{{JOB}}}[{RATE}])))",
+                    "{{queue_name}}",
+                )
+            ],
+            unit="s",
+        ),
+        12,
+    )
     lay.row("Exporter")
-    lay.add(stat("Broker connected", "Whether every selected exporter is connected to its broker.",
-                 f"min(celery_exporter_broker_connected{{{JOB}}})", thresholds=RED_BELOW_1,
-                 mappings=[{"type": "value", "options": {"0": {"text": "NO", "color": "red"},
-                                                          "1": {"text": "yes", "color": "green"}}}]), 4, 6)
-    lay.add(stat("Queue poll", "Whether the last queue-length poll of every selected exporter succeeded.",
-                 f"min(celery_exporter_queue_poll_success{{{JOB}}})", thresholds=RED_BELOW_1,
-                 mappings=[{"type": "value", "options": {"0": {"text": "failing", "color": "red"},
-                                                          "1": {"text": "ok", "color": "green"}}}]), 4, 6)
-    lay.add(timeseries("Events received", "Celery events per second, by type.",
-                       [target(f"sum by (type) (rate(celery_exporter_events_total{{{JOB}}}[{RATE}]))", "{{type}}")],
-                       unit="ops"), 8, 6)
-    lay.add(timeseries("Events dropped", "Events not turned into metrics, by reason (see the README).",
-                       [target(f"sum by (reason) (rate(celery_exporter_events_dropped_total{{{JOB}}}[{RATE}]))",
-                               "{{reason}}")], unit="ops"), 8, 6)
-    lay.add(timeseries("Label sets in memory", "Series the exporter holds, by kind; they expire after "
-                       "--series-ttl / --worker-ttl and are capped by --max-series.",
-                       [target(f"sum by (kind) (celery_exporter_series{{{JOB}}})", "{{kind}}")]), 8, 6)
-    lay.add(timeseries("Broker reconnects", "Broker outages seen by the event receiver.",
-                       [target(f"sum(increase(celery_exporter_broker_reconnects_total{{{JOB}}}[{RATE}]))",
-                               "outages")]), 8, 6)
-    lay.add(timeseries("Exporter memory", "Resident memory of each exporter process.",
-                       [target(f"process_resident_memory_bytes{{{JOB}}}", "{{instance}}")], unit="bytes"), 8, 6)
-    return dashboard("celery-exporter-overview", "Celery / Overview",
-                     "Throughput, failures, workers, queues and the exporter's own health.", lay, variables())
+    lay.add(
+        stat(
+            "Broker connected",
+            "Whether every selected exporter is connected to its broker.",
+            f"min(celery_exporter_broker_connected{{{JOB}}})",
+            thresholds=RED_BELOW_1,
+            mappings=[
+                {
+                    "type": "value",
+                    "options": {"0": {"text": "NO", "color": "red"}, "1": {"text": "yes", "color": "green"}},
+                }
+            ],
+        ),
+        4,
+        6,
+    )
+    lay.add(
+        stat(
+            "Queue poll",
+            "Whether the last queue-length poll of every selected exporter succeeded.",
+            f"min(celery_exporter_queue_poll_success{{{JOB}}})",
+            thresholds=RED_BELOW_1,
+            mappings=[
+                {
+                    "type": "value",
+                    "options": {"0": {"text": "failing", "color": "red"}, "1": {"text": "ok", "color": "green"}},
+                }
+            ],
+        ),
+        4,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Events received",
+            "Celery events per second, by type.",
+            [target(f"sum by (type) (rate(celery_exporter_events_total{{{JOB}}}[{RATE}]))", "{{type}}")],
+            unit="ops",
+        ),
+        8,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Events dropped",
+            "Events not turned into metrics, by reason (see the README).",
+            [target(f"sum by (reason) (rate(celery_exporter_events_dropped_total{{{JOB}}}[{RATE}]))", "{{reason}}")],
+            unit="ops",
+        ),
+        8,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Label sets in memory",
+            "Series the exporter holds, by kind; they expire after "
+            "--series-ttl / --worker-ttl and are capped by --max-series.",
+            [target(f"sum by (kind) (celery_exporter_series{{{JOB}}})", "{{kind}}")],
+        ),
+        8,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Broker reconnects",
+            "Broker outages seen by the event receiver.",
+            [target(f"sum(increase(celery_exporter_broker_reconnects_total{{{JOB}}}[{RATE}]))", "outages")],
+        ),
+        8,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Exporter memory",
+            "Resident memory of each exporter process.",
+            [target(f"process_resident_memory_bytes{{{JOB}}}", "{{instance}}")],
+            unit="bytes",
+        ),
+        8,
+        6,
+    )
+    return dashboard(
+        "celery-exporter-overview",
+        "Celery / Overview",
+        "Throughput, failures, workers, queues and the exporter's own health.",
+        lay,
+        variables(),
+    )
 
 
 def tasks() -> dict:
     lay = Layout()
     lay.row("Rates")
-    lay.add(timeseries("Events by state", "Task events per second of the selected task names and queues.",
-                       state_rates(TASK), unit="ops"), 12)
-    lay.add(timeseries("Failure ratio by task", "Failed / (succeeded + failed), per task name.",
-                       [target(failure_ratio(TASK, "name"), "{{name}}")], unit="percentunit"), 12)
-    lay.add(timeseries("Succeeded by task", "Successes per second, per task name and queue.",
-                       [target(f"sum by (name, queue_name) (rate(celery_task_succeeded_total{{{TASK}}}[{RATE}]))",
-                               "{{name}} ({{queue_name}})")], unit="ops"), 12)
-    lay.add(timeseries("Failed by task", "Failures per second, per task name and queue.",
-                       [target(f"sum by (name, queue_name) (rate(celery_task_failed_total{{{TASK}}}[{RATE}]))",
-                               "{{name}} ({{queue_name}})")], unit="ops"), 12)
+    lay.add(
+        timeseries(
+            "Events by state",
+            "Task events per second of the selected task names and queues.",
+            state_rates(TASK),
+            unit="ops",
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Failure ratio by task",
+            "Failed / (succeeded + failed), per task name.",
+            [target(failure_ratio(TASK, "name"), "{{name}}")],
+            unit="percentunit",
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Succeeded by task",
+            "Successes per second, per task name and queue.",
+            [
+                target(
+                    f"sum by (name, queue_name) (rate(celery_task_succeeded_total{{{TASK}}}[{RATE}]))",
+                    "{{name}} ({{queue_name}})",
+                )
+            ],
+            unit="ops",
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Failed by task",
+            "Failures per second, per task name and queue.",
+            [
+                target(
+                    f"sum by (name, queue_name) (rate(celery_task_failed_total{{{TASK}}}[{RATE}]))",
+                    "{{name}} ({{queue_name}})",
+                )
+            ],
+            unit="ops",
+        ),
+        12,
+    )
     lay.row("Runtime")
-    lay.add(timeseries("Runtime p50 / p95 / p99", "Run time of succeeded tasks as the worker measured it.",
-                       quantiles("celery_task_runtime_seconds", TASK, "name"), unit="s"), 16)
-    lay.add(timeseries("Mean runtime", "Sum of run times / number of successes.",
-                       [target(f"sum by (name) (rate(celery_task_runtime_seconds_sum{{{TASK}}}[{RATE}])) "
-                               f"/ sum by (name) (rate(celery_task_runtime_seconds_count{{{TASK}}}[{RATE}]))",
-                               "{{name}}")], unit="s"), 8)
+    lay.add(
+        timeseries(
+            "Runtime p50 / p95 / p99",
+            "Run time of succeeded tasks as the worker measured it.",
+            quantiles("celery_task_runtime_seconds", TASK, "name"),
+            unit="s",
+        ),
+        16,
+    )
+    lay.add(
+        timeseries(
+            "Mean runtime",
+            "Sum of run times / number of successes.",
+            [
+                target(
+                    f"sum by (name) (rate(celery_task_runtime_seconds_sum{{{TASK}}}[{RATE}])) "
+                    f"/ sum by (name) (rate(celery_task_runtime_seconds_count{{{TASK}}}[{RATE}]))",
+                    "{{name}}",
+                )
+            ],
+            unit="s",
+        ),
+        8,
+    )
     lay.row("Exceptions")
-    lay.add(timeseries("Exceptions by class", "Failed and retried attempts per second, by task name and "
-                       "exception class.",
-                       [target(f"sum by (name, exception) (rate(celery_task_exceptions_total{{{TASK}}}[{RATE}]))",
-                               "{{name}}: {{exception}}")], unit="ops"), 12)
-    lay.add(table("Exceptions in the time range", "Failed and retried attempts over the dashboard's time range.",
-                  f"sum by (name, exception) (increase(celery_task_exceptions_total{{{TASK}}}[$__range]))",
-                  hide=["Time"], rename={"name": "task", "exception": "exception", "Value": "count"}), 12)
+    lay.add(
+        timeseries(
+            "Exceptions by class",
+            "Failed and retried attempts per second, by task name and exception class.",
+            [
+                target(
+                    f"sum by (name, exception) (rate(celery_task_exceptions_total{{{TASK}}}[{RATE}]))",
+                    "{{name}}: {{exception}}",
+                )
+            ],
+            unit="ops",
+        ),
+        12,
+    )
+    lay.add(
+        table(
+            "Exceptions in the time range",
+            "Failed and retried attempts over the dashboard's time range.",
+            f"sum by (name, exception) (increase(celery_task_exceptions_total{{{TASK}}}[$__range]))",
+            hide=["Time"],
+            rename={"name": "task", "exception": "exception", "Value": "count"},
+        ),
+        12,
+    )
     lay.row("Freshness")
-    lay.add(table("Time since the last success", "Seconds since each task name and queue last succeeded "
-                  "(exporter clock). A scheduled task that stopped running shows here first.",
-                  f"time() - max by (name, queue_name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})",
-                  hide=["Time"], rename={"name": "task", "queue_name": "queue", "Value": "seconds since success"}), 12)
-    lay.add(timeseries("Time since the last success", "Seconds since each task name last succeeded; a sawtooth "
-                       "for periodic tasks, a rising line for one that stopped.",
-                       [target(f"time() - max by (name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})",
-                               "{{name}}")], unit="s"), 12)
+    lay.add(
+        table(
+            "Time since the last success",
+            "Seconds since each task name and queue last succeeded "
+            "(exporter clock). A scheduled task that stopped running shows here first.",
+            f"time() - max by (name, queue_name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})",
+            hide=["Time"],
+            rename={"name": "task", "queue_name": "queue", "Value": "seconds since success"},
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Time since the last success",
+            "Seconds since each task name last succeeded; a sawtooth "
+            "for periodic tasks, a rising line for one that stopped.",
+            [target(f"time() - max by (name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})", "{{name}}")],
+            unit="s",
+        ),
+        12,
+    )
     lay.row("Scheduled tasks (beat)")
-    lay.add(table("Beat schedule entries", "Entries of the app's beat_schedule (exporter run with --app): seconds "
-                  "until the next run is due; negative means overdue (the CeleryBeatEntryOverdue alert).",
-                  f"max by (entry, task) (celery_beat_schedule_next_due_timestamp_seconds{{{JOB}}}) - time()",
-                  hide=["Time"], rename={"entry": "entry", "task": "task", "Value": "seconds until due"}), 12)
-    lay.add(timeseries("Seconds since each entry last ran", "Time since a worker last received the entry's task; "
-                       "a sawtooth while beat works, a rising line once it stops.",
-                       [target(f"time() - max by (entry) (celery_beat_schedule_last_run_timestamp_seconds{{{JOB}}})",
-                               "{{entry}}")], unit="s"), 12)
+    lay.add(
+        table(
+            "Beat schedule entries",
+            "Entries of the app's beat_schedule (exporter run with --app): seconds "
+            "until the next run is due; negative means overdue (the CeleryBeatEntryOverdue alert).",
+            f"max by (entry, task) (celery_beat_schedule_next_due_timestamp_seconds{{{JOB}}}) - time()",
+            hide=["Time"],
+            rename={"entry": "entry", "task": "task", "Value": "seconds until due"},
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Seconds since each entry last ran",
+            "Time since a worker last received the entry's task; "
+            "a sawtooth while beat works, a rising line once it stops.",
+            [
+                target(
+                    f"time() - max by (entry) (celery_beat_schedule_last_run_timestamp_seconds{{{JOB}}})", "{{entry}}"
+                )
+            ],
+            unit="s",
+        ),
+        12,
+    )
     lay.row("Waiting")
-    lay.add(timeseries("Queue wait p50 / p95 / p99", "Publish (task-sent) to start, less any ETA; crosses "
-                       "hosts, so clock skew is clamped at 0. Needs task_send_sent_event.",
-                       quantiles("celery_task_queue_wait_seconds", TASK, "queue_name"), unit="s"), 12)
-    lay.add(timeseries("Prefetch wait p50 / p95 / p99", "Received by a worker to started: time a task sat "
-                       "prefetched in a worker (one clock, no skew).",
-                       quantiles("celery_task_prefetch_wait_seconds", TASK, "queue_name"), unit="s"), 12)
-    return dashboard("celery-exporter-tasks", "Celery / Tasks",
-                     "Per task name and queue: rates, failure ratio, runtime percentiles, exceptions, waits.", lay,
-                     variables(variable_query("queue", "Queue", f"celery_task_received_total{{{JOB}}}", "queue_name"),
-                               variable_query("name", "Task",
-                                              f'celery_task_received_total{{{JOB}, queue_name=~"$queue"}}', "name")))
+    lay.add(
+        timeseries(
+            "Queue wait p50 / p95 / p99",
+            "Publish (task-sent) to start, less any ETA; crosses "
+            "hosts, so clock skew is clamped at 0. Needs task_send_sent_event.",
+            quantiles("celery_task_queue_wait_seconds", TASK, "queue_name"),
+            unit="s",
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Prefetch wait p50 / p95 / p99",
+            "Received by a worker to started: time a task sat prefetched in a worker (one clock, no skew).",
+            quantiles("celery_task_prefetch_wait_seconds", TASK, "queue_name"),
+            unit="s",
+        ),
+        12,
+    )
+    return dashboard(
+        "celery-exporter-tasks",
+        "Celery / Tasks",
+        "Per task name and queue: rates, failure ratio, runtime percentiles, exceptions, waits.",
+        lay,
+        variables(
+            variable_query("queue", "Queue", f"celery_task_received_total{{{JOB}}}", "queue_name"),
+            variable_query("name", "Task", f'celery_task_received_total{{{JOB}, queue_name=~"$queue"}}', "name"),
+        ),
+    )
 
 
 def workers() -> dict:
     lay = Layout()
     lay.row("Liveness")
-    lay.add(table("Workers", "Every worker the exporter knows: up (heartbeat younger than --worker-timeout) or "
-                  "down (lost without a warm shutdown, listed until --worker-ttl).",
-                  f"celery_worker_up{{{WORKER}}}", hide=["Time", "__name__", "job", "instance"],
-                  rename={"hostname": "worker", "Value": "up"}), 12)
-    lay.panels[-1]["fieldConfig"]["overrides"] = [{"matcher": {"id": "byName", "options": "up"}, "properties": [
-        {"id": "mappings", "value": UP_MAPPINGS}, {"id": "custom.cellOptions", "value": {"type": "color-background"}}]}]
-    lay.add(timeseries("Heartbeat age", "Seconds since each worker's last heartbeat, on the exporter's clock. "
-                       "Workers heartbeat every 2 s by default.",
-                       [target(f"time() - celery_worker_last_heartbeat_timestamp_seconds{{{WORKER}}}", "{{hostname}}")],
-                       unit="s"), 12)
-    lay.add(timeseries("Up", "1 while a worker heartbeats, 0 once it is lost.",
-                       [target(f"celery_worker_up{{{WORKER}}}", "{{hostname}}")]), 24, 6)
+    lay.add(
+        table(
+            "Workers",
+            "Every worker the exporter knows: up (heartbeat younger than --worker-timeout) or "
+            "down (lost without a warm shutdown, listed until --worker-ttl).",
+            f"celery_worker_up{{{WORKER}}}",
+            hide=["Time", "__name__", "job", "instance"],
+            rename={"hostname": "worker", "Value": "up"},
+        ),
+        12,
+    )
+    lay.panels[-1]["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byName", "options": "up"},
+            "properties": [
+                {"id": "mappings", "value": UP_MAPPINGS},
+                {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+            ],
+        }
+    ]
+    lay.add(
+        timeseries(
+            "Heartbeat age",
+            "Seconds since each worker's last heartbeat, on the exporter's clock. "
+            "Workers heartbeat every 2 s by default.",
+            [target(f"time() - celery_worker_last_heartbeat_timestamp_seconds{{{WORKER}}}", "{{hostname}}")],
+            unit="s",
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Up",
+            "1 while a worker heartbeats, 0 once it is lost.",
+            [target(f"celery_worker_up{{{WORKER}}}", "{{hostname}}")],
+        ),
+        24,
+        6,
+    )
     lay.row("Work")
-    lay.add(timeseries("Tasks running", "Tasks each worker's pool is executing, from its heartbeats.",
-                       [target(f"celery_worker_tasks_active{{{WORKER}}}", "{{hostname}}")]), 12)
-    lay.add(timeseries("Tasks started per second", "From each worker's processed counter (it counts tasks "
-                       "accepted by the pool, and resets when the worker restarts).",
-                       [target(f"rate(celery_worker_tasks_processed_total{{{WORKER}}}[{RATE}])", "{{hostname}}")],
-                       unit="ops"), 12)
+    lay.add(
+        timeseries(
+            "Tasks running",
+            "Tasks each worker's pool is executing, from its heartbeats.",
+            [target(f"celery_worker_tasks_active{{{WORKER}}}", "{{hostname}}")],
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Tasks started per second",
+            "From each worker's processed counter (it counts tasks "
+            "accepted by the pool, and resets when the worker restarts).",
+            [target(f"rate(celery_worker_tasks_processed_total{{{WORKER}}}[{RATE}])", "{{hostname}}")],
+            unit="ops",
+        ),
+        12,
+    )
     lay.row("Queues and versions")
-    lay.add(timeseries("Workers and processes per queue", "Workers up that consume each queue, and their pool "
-                       "processes (from inspect; needs remote control).",
-                       targets((f"sum by (queue_name) (celery_queue_active_workers{{{JOB}}})", "{{queue_name}} workers"),
-                               (f"sum by (queue_name) (celery_queue_active_processes{{{JOB}}})",
-                                "{{queue_name}} processes"))), 12)
-    lay.add(table("Versions", "Celery version and OS of each worker, from its heartbeats.",
-                  f"celery_worker_info{{{WORKER}}}", hide=["Time", "__name__", "job", "instance", "Value"],
-                  rename={"hostname": "worker", "sw_ident": "software", "sw_ver": "version", "sw_sys": "system"}), 12)
-    return dashboard("celery-exporter-workers", "Celery / Workers",
-                     "Worker liveness by heartbeat age, running tasks, throughput, queues consumed, versions.", lay,
-                     variables(variable_query("hostname", "Worker", f"celery_worker_up{{{JOB}}}", "hostname")))
+    lay.add(
+        timeseries(
+            "Workers and processes per queue",
+            "Workers up that consume each queue, and their pool processes (from inspect; needs remote control).",
+            targets(
+                (f"sum by (queue_name) (celery_queue_active_workers{{{JOB}}})", "{{queue_name}} workers"),
+                (f"sum by (queue_name) (celery_queue_active_processes{{{JOB}}})", "{{queue_name}} processes"),
+            ),
+        ),
+        12,
+    )
+    lay.add(
+        table(
+            "Versions",
+            "Celery version and OS of each worker, from its heartbeats.",
+            f"celery_worker_info{{{WORKER}}}",
+            hide=["Time", "__name__", "job", "instance", "Value"],
+            rename={"hostname": "worker", "sw_ident": "software", "sw_ver": "version", "sw_sys": "system"},
+        ),
+        12,
+    )
+    return dashboard(
+        "celery-exporter-workers",
+        "Celery / Workers",
+        "Worker liveness by heartbeat age, running tasks, throughput, queues consumed, versions.",
+        lay,
+        variables(variable_query("hostname", "Worker", f"celery_worker_up{{{JOB}}}", "hostname")),
+    )
 
 
 DASHBOARDS = {"celery-overview.json": overview, "celery-tasks.json": tasks, "celery-workers.json": workers}

@@ -9,13 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ROOT / "helm" / "celery-exporter" / "files"
 PAIRS = [(ROOT / "alerts" / "celery-exporter.rules.yml", FILES / "celery-exporter.rules.yml")] + [
-    (p, FILES / "dashboards" / p.name) for p in sorted((ROOT / "dashboards").glob("*.json"))]
+    (p, FILES / "dashboards" / p.name) for p in sorted((ROOT / "dashboards").glob("*.json"))
+]
 
 
 def main(argv) -> int:
     if "--check" in argv:
-        stale = [str(dst.relative_to(ROOT)) for src, dst in PAIRS
-                 if not dst.exists() or dst.read_bytes() != src.read_bytes()]
+        stale = [
+            str(dst.relative_to(ROOT)) for src, dst in PAIRS if not dst.exists() or dst.read_bytes() != src.read_bytes()
+        ]
         extra = {p.name for p in (FILES / "dashboards").glob("*.json")} - {src.name for src, _ in PAIRS}
         stale += sorted(f"extra file helm/celery-exporter/files/dashboards/{n}" for n in extra)
         if stale:

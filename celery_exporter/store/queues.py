@@ -73,8 +73,12 @@ class QueueStore:
         with self._lock:
             self._poll_errors[reason] = self._poll_errors.get(reason, 0) + 1
 
-    def set_worker_queues(self, mapping: Mapping[str, Sequence[str]],
-                          processes: Optional[Mapping[str, int]] = None, now: Optional[float] = None) -> None:
+    def set_worker_queues(
+        self,
+        mapping: Mapping[str, Sequence[str]],
+        processes: Optional[Mapping[str, int]] = None,
+        now: Optional[float] = None,
+    ) -> None:
         """What `inspect` said: the queues each worker consumes and its pool size."""
         frozen = MappingProxyType({host: tuple(queues) for host, queues in mapping.items()})
         with self._lock:

@@ -141,8 +141,13 @@ class TaskSeriesStore:
 
     def snapshot_locked(self, now: float) -> TaskSnapshot:
         rows = [
-            TaskRow(key, s.counts[:], [c[:] if c is not None else None for c in s.hist_counts], s.hist_sums[:],
-                    s.last_seen[:])
+            TaskRow(
+                key,
+                s.counts[:],
+                [c[:] if c is not None else None for c in s.hist_counts],
+                s.hist_sums[:],
+                s.last_seen[:],
+            )
             for key, s in self._series.items()
             if self._alive(s.updated, now)
         ]

@@ -118,9 +118,20 @@ class WorkerStore:
         return len(dead)
 
     def snapshot_locked(self, now: float) -> WorkerSnapshot:
-        return WorkerSnapshot([
-            WorkerView(r.hostname, self._up(r, now), r.last_seen, r.freq, r.active, r.processed,
-                       r.sw_ident, r.sw_ver, r.sw_sys)
-            for r in self._workers.values()
-            if self.liveness.is_kept(r.last_seen, now)
-        ])
+        return WorkerSnapshot(
+            [
+                WorkerView(
+                    r.hostname,
+                    self._up(r, now),
+                    r.last_seen,
+                    r.freq,
+                    r.active,
+                    r.processed,
+                    r.sw_ident,
+                    r.sw_ver,
+                    r.sw_sys,
+                )
+                for r in self._workers.values()
+                if self.liveness.is_kept(r.last_seen, now)
+            ]
+        )

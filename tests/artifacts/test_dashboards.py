@@ -27,8 +27,9 @@ def exprs(board):
 
 
 def test_the_json_is_what_build_py_makes():
-    result = subprocess.run([sys.executable, str(ROOT / "dashboards" / "build.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "dashboards" / "build.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert {p.name for p in BOARDS} == {"celery-overview.json", "celery-tasks.json", "celery-workers.json"}
 
@@ -58,15 +59,26 @@ def test_importable_as_is(path):
 def exported_names():
     """Every sample name the exporter can expose, from a rig fed with every kind of data."""
     from celery import Celery
+
     from celery_exporter.beat import entries
+
     app = Celery("dash-test", set_as_current=False)
     app.conf.beat_schedule = {"tick": {"task": "app.add", "schedule": 5.0}}
     rig = Rig(beat_entries=entries(app))
-    rig.feed(heartbeat(), sent("u1"), received("u1"), started("u1"), succeeded("u1"),
-             sent("u2"), received("u2"), started("u2"), failed("u2"))
-    rig.store.set_worker_queues({"w1@h": ["celery"]}, {"w1@h": 2}, rig.clock.now())
-    rig.store.queue_poll_succeeded({"celery": (3, 1)}, 0.01, rig.clock.now())
-    rig.store.queue_poll_failed(0.01)
+    rig.feed(
+        heartbeat(),
+        sent("u1"),
+        received("u1"),
+        started("u1"),
+        succeeded("u1"),
+        sent("u2"),
+        received("u2"),
+        started("u2"),
+        failed("u2"),
+    )
+    rig.store.queues.set_worker_queues({"w1@h": ["celery"]}, {"w1@h": 2}, rig.clock.now())
+    rig.store.queues.poll_succeeded({"celery": (3, 1)}, 0.01, rig.clock.now())
+    rig.store.queues.poll_failed(0.01)
     rig.handler.tick(rig.clock.now())
     text = rig.text()
     registry = CollectorRegistry()
@@ -85,6 +97,12 @@ def test_panels_use_only_metrics_the_exporter_exports():
             used |= set(re.findall(r"\b((?:celery|process)_[a-z_]+)\b", expr))
     assert used and used <= names, used - names
     # and the dashboards cover the metric contract's main families
-    for family in ("celery_task_succeeded_total", "celery_task_runtime_seconds_bucket", "celery_worker_up",
-                   "celery_queue_length", "celery_task_exceptions_total", "celery_exporter_broker_connected"):
+    for family in (
+        "celery_task_succeeded_total",
+        "celery_task_runtime_seconds_bucket",
+        "celery_worker_up",
+        "celery_queue_length",
+        "celery_task_exceptions_total",
+        "celery_exporter_broker_connected",
+    ):
         assert family in used, family

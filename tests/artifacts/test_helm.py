@@ -40,14 +40,19 @@ def tool(name: str, hint: str) -> str:
 def helm(tmp_path_factory):
     binary = tool("helm", "run .ci/install-helm (it puts helm in .tools/bin)")
     home = tmp_path_factory.mktemp("helm-home")
-    env = dict(os.environ, HELM_CACHE_HOME=str(home / "cache"), HELM_CONFIG_HOME=str(home / "config"),
-               HELM_DATA_HOME=str(home / "data"))
+    env = dict(
+        os.environ,
+        HELM_CACHE_HOME=str(home / "cache"),
+        HELM_CONFIG_HOME=str(home / "config"),
+        HELM_DATA_HOME=str(home / "data"),
+    )
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([binary, *args], capture_output=True, text=True, env=env, timeout=120)
         if check:
             assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}{result.stderr}"
         return result
+
     return run
 
 
@@ -82,18 +87,26 @@ def test_helm_lint_strict(helm, values):
 def test_manifests_pass_strict_kubernetes_schema_validation(request, which):
     text, manifests = request.getfixturevalue(which)
     validate = tool("kubernetes-validate", "pip install '.[test]'")
-    core = "\n---\n".join(yaml.safe_dump(m) for (kind, _), m in manifests.items()
-                          if kind not in ("ServiceMonitor", "PrometheusRule"))  # CRDs: no schema to check
-    result = subprocess.run([validate, "--strict", "-k", KUBE_VERSION, "-"], input=core,
-                            capture_output=True, text=True, timeout=120)
+    core = "\n---\n".join(
+        yaml.safe_dump(m) for (kind, _), m in manifests.items() if kind not in ("ServiceMonitor", "PrometheusRule")
+    )  # CRDs: no schema to check
+    result = subprocess.run(
+        [validate, "--strict", "-k", KUBE_VERSION, "-"], input=core, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len([k for k in manifests if k[0] not in ("ServiceMonitor", "PrometheusRule")])
+    assert result.stdout.count("passed") == len(
+        [k for k in manifests if k[0] not in ("ServiceMonitor", "PrometheusRule")]
+    )
 
 
 def test_defaults_render_the_core_objects_only(default):
     _, manifests = default
-    assert set(manifests) == {("Deployment", "rel-celery-exporter"), ("Service", "rel-celery-exporter"),
-                              ("ServiceAccount", "rel-celery-exporter"), ("Secret", "rel-celery-exporter")}
+    assert set(manifests) == {
+        ("Deployment", "rel-celery-exporter"),
+        ("Service", "rel-celery-exporter"),
+        ("ServiceAccount", "rel-celery-exporter"),
+        ("Secret", "rel-celery-exporter"),
+    }
 
 
 def test_probes_security_and_ports(default, full):
@@ -125,7 +138,9 @@ def test_broker_url_from_values_goes_through_a_secret_of_the_chart(default):
     _, c = container(manifests)
     secret = manifests[("Secret", "rel-celery-exporter")]
     assert base64.b64decode(secret["data"]["broker-url"]).decode() == "redis://redis:6379/0"
-    assert env_of(c)["CELERY_EXPORTER_BROKER_URL"] == {"secretKeyRef": {"name": "rel-celery-exporter", "key": "broker-url"}}
+    assert env_of(c)["CELERY_EXPORTER_BROKER_URL"] == {
+        "secretKeyRef": {"name": "rel-celery-exporter", "key": "broker-url"}
+    }
     assert "redis://" not in json.dumps(c)  # never in the pod spec itself
 
 
@@ -142,21 +157,29 @@ def test_existing_secret_and_every_option_are_wired(full):
     assert env["CELERY_EXPORTER_INSPECT"] == "false" and env["CELERY_EXPORTER_TASK_HOSTNAME_LABEL"] == "true"
     assert env["CELERY_EXPORTER_LOG_LEVEL"] == "DEBUG" and env["CELERY_EXPORTER_LOG_FORMAT"] == "text"
     assert env["TZ"] == "UTC"
-    assert c["args"] == ["--listen-address=0.0.0.0", "--port=9808", "--transport-option=global_keyprefix=prod:",
-                         "--transport-option=priority_steps=[0,3,6,9]", "--transport-option=visibility_timeout=3600",
-                         "--max-tasks=200000"]
+    assert c["args"] == [
+        "--listen-address=0.0.0.0",
+        "--port=9808",
+        "--transport-option=global_keyprefix=prod:",
+        "--transport-option=priority_steps=[0,3,6,9]",
+        "--transport-option=visibility_timeout=3600",
+        "--max-tasks=200000",
+    ]
     assert c["image"] == "registry.example.com/celery-exporter:0.1.0"
     assert deployment["spec"]["replicas"] == 2
     pod = deployment["spec"]["template"]["spec"]
     assert pod["nodeSelector"] and pod["tolerations"] and pod["affinity"] and pod["imagePullSecrets"]
     monitor = manifests[("ServiceMonitor", "rel-celery-exporter")]
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+    ]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 def test_the_cli_accepts_what_the_chart_passes(full):
     """The env values and args the chart renders are valid for the exporter's CLI."""
     from celery_exporter import cli
+
     _, manifests = full
     _, c = container(manifests)
     env = {k: v for k, v in env_of(c).items() if isinstance(v, str) and k.startswith("CELERY_EXPORTER_")}
@@ -171,8 +194,11 @@ def test_the_cli_accepts_what_the_chart_passes(full):
         os.environ.update(old)
     assert settings.worker_timeout == 45 and settings.worker_ttl == 1200 and settings.series_ttl == 14 * 86400
     assert settings.queues == ("celery", "emails") and settings.inspect is False and settings.task_hostname_label
-    assert settings.transport_options == {"global_keyprefix": "prod:", "priority_steps": [0, 3, 6, 9],
-                                          "visibility_timeout": 3600}
+    assert settings.transport_options == {
+        "global_keyprefix": "prod:",
+        "priority_steps": [0, 3, 6, 9],
+        "visibility_timeout": 3600,
+    }
     assert settings.max_tasks == 200000 and settings.max_series == 50000
 
 
@@ -191,13 +217,20 @@ def test_prometheus_rule_is_the_shipped_rules_and_passes_promtool(full, tmp_path
 
 
 def test_prometheus_rule_can_take_tuned_rules(helm, tmp_path):
-    tuned = subprocess.run([sys.executable, str(ROOT / "alerts" / "tune.py"), "--for", "CeleryWorkerLost=7m"],
-                           capture_output=True, text=True, check=True).stdout
+    tuned = subprocess.run(
+        [sys.executable, str(ROOT / "alerts" / "tune.py"), "--for", "CeleryWorkerLost=7m"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     values = tmp_path / "v.yaml"
     values.write_text(yaml.safe_dump({"prometheusRule": {"enabled": True, "rules": tuned}}))
     _, manifests = render(helm, "-f", str(values))
-    rules = {r.get("alert"): r for g in manifests[("PrometheusRule", "rel-celery-exporter")]["spec"]["groups"]
-             for r in g["rules"]}
+    rules = {
+        r.get("alert"): r
+        for g in manifests[("PrometheusRule", "rel-celery-exporter")]["spec"]["groups"]
+        for r in g["rules"]
+    }
     assert rules["CeleryWorkerLost"]["for"] == "7m"
 
 
@@ -227,8 +260,12 @@ def test_missing_broker_and_bad_values_fail_clearly(helm):
 def leaf_keys(tree, prefix=""):
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and key not in ("podSecurityContext", "securityContext", "resources",
-                                                             "livenessProbe", "readinessProbe", "labels"):
+        if (
+            isinstance(value, dict)
+            and value
+            and key
+            not in ("podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe", "labels")
+        ):
             yield from leaf_keys(value, path + ".")
         else:
             yield path
@@ -270,6 +307,7 @@ def readme_helm_commands():
 @pytest.mark.parametrize("source,command", readme_helm_commands(), ids=lambda v: v if v.endswith(".md") else "cmd")
 def test_the_readme_helm_commands_render_and_validate(helm, source, command):
     import shlex
+
     argv = shlex.split(command)
     assert argv[:2] == ["helm", "install"]
     args = [a.replace("./helm/celery-exporter", str(CHART)) for a in argv[2:]]

@@ -53,8 +53,13 @@ class WaitTimeout(AssertionError):
     pass
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1,
-             what: str = "condition", describe: Optional[Callable[[], str]] = None):
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+    describe: Optional[Callable[[], str]] = None,
+):
     """Poll `predicate` until it returns something truthy (which is returned), or raise
     WaitTimeout after `timeout` seconds with `describe()` (e.g. the last /metrics values).
 
@@ -160,8 +165,7 @@ def free_port() -> int:
 class Proc:
     """A subprocess in its own process group, output to a log file."""
 
-    def __init__(self, title: str, argv: List[str], log_path: Path, env: Dict[str, str],
-                 cwd: Optional[Path] = None):
+    def __init__(self, title: str, argv: List[str], log_path: Path, env: Dict[str, str], cwd: Optional[Path] = None):
         self.title = title
         self.argv = argv
         self.log_path = log_path
@@ -169,8 +173,13 @@ class Proc:
         self._log.write(f"$ {' '.join(argv)}\n".encode())
         self._log.flush()
         self.popen = subprocess.Popen(
-            argv, env=env, cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            argv,
+            env=env,
+            cwd=str(cwd) if cwd else None,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.pid = self.popen.pid
         self.terminated = False
@@ -234,8 +243,7 @@ def stop_all(procs: Iterable[Proc], timeout: float = 10.0) -> None:
 
 def clean_env(**extra: str) -> Dict[str, str]:
     """The environment for a subprocess, without settings that could leak in."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CELERY_", "IT_", "PYTEST_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "IT_", "PYTEST_"))}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -266,9 +274,15 @@ class Exporter:
         m.before, m.after = before, after
         return m
 
-    def wait_for(self, predicate: Callable[[Metrics], object], timeout: float, what: str,
-                 contains: str = "", interval: float = 0.1,
-                 explain: Optional[Callable[[Metrics], str]] = None) -> Metrics:
+    def wait_for(
+        self,
+        predicate: Callable[[Metrics], object],
+        timeout: float,
+        what: str,
+        contains: str = "",
+        interval: float = 0.1,
+        explain: Optional[Callable[[Metrics], str]] = None,
+    ) -> Metrics:
         """Scrape until predicate(metrics) is truthy; returns those metrics. On timeout
         the error shows explain(last metrics), if given, and the last scrape's celery_*
         samples (filtered by `contains`)."""
@@ -298,8 +312,8 @@ STALE_MARKER = 1800.0  # a claim older than this is left over from a run that wa
 
 class RedisDbs:
     """Hands out Redis DB numbers 1..15 of the shared server, one test at a time each (a DB
-    comes back after its test, emptied: release()). A DB is taken only when empty (claimed atomically with SET NX of a marker
-    key, so concurrent sessions never share one) or when it holds a stale marker of a
+    comes back after its test, emptied: release()). A DB is taken only when empty (claimed
+    atomically with SET NX of a marker key, so concurrent sessions never share one) or when it holds a stale marker of a
     killed run; DBs other people use on the shared server are left alone."""
 
     def __init__(self, port: int = REDIS_PORT):
@@ -326,8 +340,9 @@ class RedisDbs:
                     return n
             finally:
                 client.close()
-        raise RuntimeError(f"no free Redis DB left among 1..15 (this session used {sorted(self.used)}; "
-                           "the others are not empty)")
+        raise RuntimeError(
+            f"no free Redis DB left among 1..15 (this session used {sorted(self.used)}; the others are not empty)"
+        )
 
     def flush(self, n: int) -> None:
         client = redis.Redis(host=HOST, port=self.port, db=n)
@@ -347,8 +362,9 @@ class RedisDbs:
 def rabbitmqctl(*args: str) -> None:
     result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({result.returncode}): "
-                           f"{result.stdout} {result.stderr}")
+        raise RuntimeError(
+            f"rabbitmqctl {' '.join(args)} failed ({result.returncode}): {result.stdout} {result.stderr}"
+        )
 
 
 class Truth:
@@ -370,14 +386,17 @@ class Truth:
         out = {}
         for key in self.client.scan_iter(f"{self.prefix}:*"):
             value = self.client.get(key)
-            out[key[len(self.prefix) + 1:]] = int(value) if value and value.lstrip("-").isdigit() else value
+            out[key[len(self.prefix) + 1 :]] = int(value) if value and value.lstrip("-").isdigit() else value
         return out
 
     def wait(self, expected: Dict[Tuple[str, str, str], int], timeout: float = 30.0) -> None:
         """Wait until the tasks recorded exactly these counts."""
-        wait_for(lambda: all(self.get(*k) == v for k, v in expected.items()), timeout,
-                 what=f"the tasks to record {expected}",
-                 describe=lambda: f"ground truth: {self.snapshot()}")
+        wait_for(
+            lambda: all(self.get(*k) == v for k, v in expected.items()),
+            timeout,
+            what=f"the tasks to record {expected}",
+            describe=lambda: f"ground truth: {self.snapshot()}",
+        )
 
     def cleanup(self) -> None:
         keys = list(self.client.scan_iter(f"{self.prefix}:*"))
@@ -441,51 +460,92 @@ class Rig:
 
     # -- processes --
 
-    def start_exporter(self, *extra: str, env: Optional[Dict[str, str]] = None,
-                       broker_url: Optional[str] = None, wait_ready: bool = True,
-                       short_timings: bool = True) -> Exporter:
+    def start_exporter(
+        self,
+        *extra: str,
+        env: Optional[Dict[str, str]] = None,
+        broker_url: Optional[str] = None,
+        wait_ready: bool = True,
+        short_timings: bool = True,
+    ) -> Exporter:
         """`celery-exporter` on a free port of 127.0.0.1, with short worker timings unless
         short_timings=False (then with the defaults a user gets). Retries on another port if
         the chosen one was taken in between."""
         for attempt in range(3):
             port = free_port()
-            argv = [executable("celery-exporter"), "--broker-url", broker_url or self.broker_url,
-                    "--listen-address", HOST, "--port", str(port), *(EXPORTER_TIMINGS if short_timings else ()),
-                    "--log-level", "DEBUG", *extra]
+            argv = [
+                executable("celery-exporter"),
+                "--broker-url",
+                broker_url or self.broker_url,
+                "--listen-address",
+                HOST,
+                "--port",
+                str(port),
+                *(EXPORTER_TIMINGS if short_timings else ()),
+                "--log-level",
+                "DEBUG",
+                *extra,
+            ]
             title = f"exporter-{len(self.exporters) + 1}"
             proc = Proc(title, argv, self._log_path(title), clean_env(TZ="UTC", **(env or {})))
             self.procs.append(proc)
             exporter = Exporter(proc, port)
 
-            def answering():
+            # (default arguments bind this attempt's proc and exporter)
+            def answering(proc: Proc = proc, exporter: Exporter = exporter) -> object:
                 if not proc.running:
                     return "exited"
                 status, _, _ = exporter.get("/-/healthy")
                 return status == 200
 
-            state = wait_for(answering, 20, what=f"{title} to serve /-/healthy",
-                             describe=lambda: proc.log_text(4000))
+            state = wait_for(
+                answering, 20, what=f"{title} to serve /-/healthy", describe=lambda proc=proc: proc.log_text(4000)
+            )
             if state == "exited":
                 if "cannot listen" in proc.log_text() and attempt < 2:
                     continue
                 raise AssertionError(f"{title} exited with {proc.popen.returncode}:\n{proc.log_text(4000)}")
             self.exporters.append(exporter)
             if wait_ready:
-                wait_for(lambda: exporter.get("/-/ready")[0] == 200, 20,
-                         what=f"{title} to connect to the broker (/-/ready 200)",
-                         describe=lambda: proc.log_text(4000))
+                wait_for(
+                    lambda exporter=exporter: exporter.get("/-/ready")[0] == 200,
+                    20,
+                    what=f"{title} to connect to the broker (/-/ready 200)",
+                    describe=lambda proc=proc: proc.log_text(4000),
+                )
             return exporter
         raise AssertionError("could not start the exporter")  # pragma: no cover
 
-    def start_worker(self, queues: Sequence[str] = ("celery",), concurrency: int = 1,
-                     env: Optional[Dict[str, str]] = None, extra: Sequence[str] = (),
-                     exporter: Optional[Exporter] = None, broker_url: Optional[str] = None) -> Worker:
+    def start_worker(
+        self,
+        queues: Sequence[str] = ("celery",),
+        concurrency: int = 1,
+        env: Optional[Dict[str, str]] = None,
+        extra: Sequence[str] = (),
+        exporter: Optional[Exporter] = None,
+        broker_url: Optional[str] = None,
+    ) -> Worker:
         """`celery worker -E` with a unique node name. With `exporter`, waits until the
         exporter reports it up (its heartbeats arrive)."""
         hostname = f"w-{uuid.uuid4().hex[:12]}@host"
-        argv = [executable("celery"), "-A", "it_worker_app", "worker", "-E", "-n", hostname,
-                "-c", str(concurrency), "-Q", ",".join(queues), "--without-gossip",
-                "--without-mingle", "--loglevel", "INFO", *extra]
+        argv = [
+            executable("celery"),
+            "-A",
+            "it_worker_app",
+            "worker",
+            "-E",
+            "-n",
+            hostname,
+            "-c",
+            str(concurrency),
+            "-Q",
+            ",".join(queues),
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+            *extra,
+        ]
         title = f"worker-{len(self.workers) + 1}"
         worker_env = clean_env(
             IT_BROKER_URL=broker_url or self.broker_url,
@@ -503,7 +563,10 @@ class Rig:
         if exporter is not None:
             exporter.wait_for(
                 lambda m: proc.running and m.get_value("celery_worker_up", hostname=hostname) == 1.0,
-                30, what=f"{title} ({hostname}) to show up in /metrics", contains=hostname)
+                30,
+                what=f"{title} ({hostname}) to show up in /metrics",
+                contains=hostname,
+            )
             if not proc.running:
                 raise AssertionError(f"{title} exited:\n{proc.log_text(4000)}")
         return worker
@@ -514,8 +577,12 @@ class Rig:
     def producer(self) -> Celery:
         if self._producer is None:
             app = Celery(f"it-producer-{self.id}", broker=self.broker_url, set_as_current=False)
-            app.conf.update(task_send_sent_event=True, broker_connection_retry_on_startup=True,
-                            task_ignore_result=True, broker_transport_options=dict(self.transport_options))
+            app.conf.update(
+                task_send_sent_event=True,
+                broker_connection_retry_on_startup=True,
+                task_ignore_result=True,
+                broker_transport_options=dict(self.transport_options),
+            )
             self._producer = app
         return self._producer
 
@@ -532,9 +599,14 @@ class Rig:
         self.send("it.prime")
         self.truth.wait({("it.prime", "celery", "succeeded"): 1})
         exporter.wait_for(
-            lambda m: (m.get_value("celery_exporter_events_total", type="task-sent") or 0) >= 1
-            and sum(m.select("celery_task_succeeded_total", name="it.prime").values()) == 1,
-            15, what="the primer task to be counted", contains="it.prime")
+            lambda m: (
+                (m.get_value("celery_exporter_events_total", type="task-sent") or 0) >= 1
+                and sum(m.select("celery_task_succeeded_total", name="it.prime").values()) == 1
+            ),
+            15,
+            what="the primer task to be counted",
+            contains="it.prime",
+        )
 
     # -- teardown --
 
@@ -582,13 +654,29 @@ class RedisServer:
     def start(self) -> Proc:
         self.starts += 1
         title = f"{self.title_prefix}-{self.starts}"
-        argv = [shutil.which("redis-server") or "redis-server", *self.listen_args(), "--bind", HOST,
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.tmp)]
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            *self.listen_args(),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.tmp),
+        ]
         self.proc = Proc(title, argv, self.tmp / f"{title}.log", clean_env())
         client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5, **self.client_args())
         try:
-            wait_for(lambda: client.ping(), 10, what=f"{title} on port {self.port} to answer PING",
-                     describe=lambda: self.proc.log_text(2000))
+            wait_for(
+                lambda: client.ping(),
+                10,
+                what=f"{title} on port {self.port} to answer PING",
+                describe=lambda: self.proc.log_text(2000),
+            )
         finally:
             client.close()
         return self.proc
@@ -609,19 +697,72 @@ def make_certs(tmp: Path, client: bool = False) -> Dict[str, Path]:
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], cwd=tmp, check=True, capture_output=True, timeout=60)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-        "-days", "2", "-subj", "/CN=celery-exporter-it-ca")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=celery-exporter-it-ca",
+    )
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
     (tmp / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
     paths = {name: tmp / name for name in ("ca.crt", "ca.key", "server.crt", "server.key")}
     if client:
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
-            "-subj", "/CN=prometheus")
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=prometheus",
+        )
         (tmp / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-        run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "client.crt", "-days", "2", "-extfile", "client.ext")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        )
         paths.update({"client.crt": tmp / "client.crt", "client.key": tmp / "client.key"})
     return paths
 
@@ -641,8 +782,20 @@ class TlsRedisServer(RedisServer):
         return f"rediss://{HOST}:{self.port}/0"
 
     def listen_args(self) -> List[str]:
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.cert),
-                "--tls-key-file", str(self.key), "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.cert),
+            "--tls-key-file",
+            str(self.key),
+            "--tls-ca-cert-file",
+            str(self.ca),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def client_args(self) -> Dict[str, object]:
         return {"ssl": True, "ssl_ca_certs": str(self.ca)}
@@ -665,15 +818,20 @@ class RedisSentinel:
 
     def start(self) -> Proc:
         conf = self.tmp / "sentinel.conf"  # Sentinel rewrites its config file: it must be writable
-        conf.write_text(f"port {self.port}\nbind {HOST}\ndir {self.tmp}\n"
-                        f"sentinel monitor {self.MASTER} {HOST} {self.master.port} 1\n")
+        conf.write_text(
+            f"port {self.port}\nbind {HOST}\ndir {self.tmp}\n"
+            f"sentinel monitor {self.MASTER} {HOST} {self.master.port} 1\n"
+        )
         argv = [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"]
         self.proc = Proc("redis-sentinel", argv, self.tmp / "redis-sentinel.log", clean_env())
         client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5, decode_responses=True)
         try:
-            wait_for(lambda: client.execute_command("SENTINEL", "get-master-addr-by-name", self.MASTER),
-                     10, what=f"the sentinel on port {self.port} to know {self.MASTER}",
-                     describe=lambda: self.proc.log_text(2000))
+            wait_for(
+                lambda: client.execute_command("SENTINEL", "get-master-addr-by-name", self.MASTER),
+                10,
+                what=f"the sentinel on port {self.port} to know {self.MASTER}",
+                describe=lambda: self.proc.log_text(2000),
+            )
         finally:
             client.close()
         return self.proc

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -51,13 +50,24 @@ def test_entries_come_from_the_database_and_follow_its_changes(make_rig, tmp_pat
     (project / "mysite" / "__init__.py").write_text("")
     (project / "mysite" / "settings.py").write_text(SETTINGS)
     (project / "mysite" / "celery.py").write_text(CELERY)
-    env = {"IT_DJANGO_DB": str(tmp_path / "db.sqlite3"), "IT_BROKER_URL": rig.broker_url,
-           "DJANGO_SETTINGS_MODULE": "mysite.settings", "PYTHONPATH": str(project)}
+    env = {
+        "IT_DJANGO_DB": str(tmp_path / "db.sqlite3"),
+        "IT_BROKER_URL": rig.broker_url,
+        "DJANGO_SETTINGS_MODULE": "mysite.settings",
+        "PYTHONPATH": str(project),
+    }
     full_env = clean_env(**env)
-    migrate = subprocess.run([sys.executable, "-m", "django", "migrate", "-v", "0"], env=full_env,
-                             capture_output=True, text=True, timeout=180)
+    migrate = subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "-v", "0"],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert migrate.returncode == 0, migrate.stderr
-    django(full_env, """
+    django(
+        full_env,
+        """
         from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
         every, _ = IntervalSchedule.objects.get_or_create(every=30, period=IntervalSchedule.SECONDS)
         PeriodicTask.objects.create(name="sync", task="app.sync", interval=every)
@@ -65,21 +75,33 @@ def test_entries_come_from_the_database_and_follow_its_changes(make_rig, tmp_pat
                                                          day_of_month="*", month_of_year="*")
         PeriodicTask.objects.create(name="nightly", task="reports.nightly", crontab=cron)
         PeriodicTask.objects.create(name="paused", task="app.paused", interval=every, enabled=False)
-    """)
+    """,
+    )
     exporter = rig.start_exporter("-A", "mysite", "--schedule-refresh-interval", "1s", "--no-inspect", env=env)
-    m = exporter.wait_for(lambda m: entries(m) == {("sync", "app.sync"), ("nightly", "reports.nightly")}, 20,
-                          what="the two enabled entries", contains="beat")
+    m = exporter.wait_for(
+        lambda m: entries(m) == {("sync", "app.sync"), ("nightly", "reports.nightly")},
+        20,
+        what="the two enabled entries",
+        contains="beat",
+    )
     assert m.get_value("celery_beat_schedule_interval_seconds", entry="sync", task="app.sync") == 30
     assert m.get_value("celery_beat_schedule_interval_seconds", entry="nightly", task="reports.nightly") == 86400
 
-    django(full_env, """
+    django(
+        full_env,
+        """
         from django_celery_beat.models import IntervalSchedule, PeriodicTask
         PeriodicTask.objects.filter(name="sync").update(enabled=False)
         minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
         PeriodicTask.objects.create(name="minutely", task="app.minutely", interval=minute)
-    """)
-    m = exporter.wait_for(lambda m: entries(m) == {("minutely", "app.minutely"), ("nightly", "reports.nightly")},
-                          20, what="the schedule change to be followed", contains="beat")
+    """,
+    )
+    m = exporter.wait_for(
+        lambda m: entries(m) == {("minutely", "app.minutely"), ("nightly", "reports.nightly")},
+        20,
+        what="the schedule change to be followed",
+        contains="beat",
+    )
     assert m.get_value("celery_beat_schedule_interval_seconds", entry="minutely", task="app.minutely") == 60
     assert m.get_value("celery_exporter_beat_schedule_read_errors_total") == 0
     assert m.get_value("celery_exporter_queue_poll_errors_total", reason="schedule") is None  # not the poller's

@@ -51,27 +51,40 @@ def test_wrong_redis_password_is_retried_until_it_works_and_never_shown(make_rig
     rig = make_rig(url)
     rig.procs.append(server.proc)
     exporter = rig.start_exporter(wait_ready=False)
-    exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_reconnects_total") == 1, 15,
-                      what="the failed login to count as an outage", contains="celery_exporter_broker")
+    exporter.wait_for(
+        lambda m: m.get_value("celery_exporter_broker_reconnects_total") == 1,
+        15,
+        what="the failed login to count as an outage",
+        contains="celery_exporter_broker",
+    )
     serving_but_not_ready(exporter)
     # the operator fixes the broker side: the exporter gets in on its own, in the same outage
     admin.config_set("requirepass", right)
-    m = exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_connected") == 1, 40,
-                          what="the exporter to log in once the password matches", contains="celery_exporter_broker")
+    m = exporter.wait_for(
+        lambda m: m.get_value("celery_exporter_broker_connected") == 1,
+        40,
+        what="the exporter to log in once the password matches",
+        contains="celery_exporter_broker",
+    )
     assert m.get_value("celery_exporter_broker_reconnects_total") == 1
     assert exporter.get("/-/ready")[0] == 200
     log = exporter_log(exporter)
     warnings = [line for line in log.splitlines() if OUTAGE_LINE in line]
     assert len(warnings) == 1, warnings
-    assert "AuthenticationError" in warnings[0] or "invalid password" in warnings[0].lower() \
-        or "WRONGPASS" in warnings[0], warnings[0]
+    assert (
+        "AuthenticationError" in warnings[0] or "invalid password" in warnings[0].lower() or "WRONGPASS" in warnings[0]
+    ), warnings[0]
     assert "reconnected to" in log
     assert right not in log
     assert right not in exporter.get("/")[2]
     assert right not in exporter.get("/metrics")[2]
     # nor in --help, with the URL in the environment
-    help_text = subprocess.run([executable("celery-exporter"), "--help"], capture_output=True, text=True,
-                               env=clean_env(CELERY_BROKER_URL=url, CELERY_EXPORTER_BROKER_URL=url)).stdout
+    help_text = subprocess.run(
+        [executable("celery-exporter"), "--help"],
+        capture_output=True,
+        text=True,
+        env=clean_env(CELERY_BROKER_URL=url, CELERY_EXPORTER_BROKER_URL=url),
+    ).stdout
     assert "--broker-url" in help_text and right not in help_text
     admin.close()
 
@@ -82,14 +95,22 @@ def test_wrong_rabbitmq_credentials_then_the_user_appears(make_rig):
     user, password = f"it-{rig.id}", f"pw-{uuid.uuid4().hex[:12]}"
     url = f"amqp://{user}:{password}@{HOST}:{AMQP_PORT}/{vhost}"
     exporter = rig.start_exporter(broker_url=url, wait_ready=False)
-    exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_reconnects_total") == 1, 20,
-                      what="the refused login to count as an outage", contains="celery_exporter_broker")
+    exporter.wait_for(
+        lambda m: m.get_value("celery_exporter_broker_reconnects_total") == 1,
+        20,
+        what="the refused login to count as an outage",
+        contains="celery_exporter_broker",
+    )
     serving_but_not_ready(exporter)
     rabbitmqctl("add_user", user, password)
     try:
         rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-        m = exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_connected") == 1, 45,
-                              what="the exporter to log in once the user exists", contains="celery_exporter_broker")
+        m = exporter.wait_for(
+            lambda m: m.get_value("celery_exporter_broker_connected") == 1,
+            45,
+            what="the exporter to log in once the user exists",
+            contains="celery_exporter_broker",
+        )
         assert m.get_value("celery_exporter_broker_reconnects_total") == 1
         # and it hears the workers of that vhost
         worker = rig.start_worker(exporter=exporter)
@@ -104,8 +125,12 @@ def test_wrong_rabbitmq_credentials_then_the_user_appears(make_rig):
 def test_a_name_that_does_not_resolve(make_rig):
     rig = make_rig("redis://celery-broker.invalid:6379/0")
     exporter = rig.start_exporter(wait_ready=False)
-    m = exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_reconnects_total") == 1, 20,
-                          what="the DNS failure to count as an outage", contains="celery_exporter_broker")
+    exporter.wait_for(
+        lambda m: m.get_value("celery_exporter_broker_reconnects_total") == 1,
+        20,
+        what="the DNS failure to count as an outage",
+        contains="celery_exporter_broker",
+    )
     serving_but_not_ready(exporter)
     lines = [line for line in exporter.proc.log_text().splitlines() if OUTAGE_LINE in line]
     assert len(lines) == 1 and "celery-broker.invalid" in lines[0], lines
@@ -134,9 +159,15 @@ def test_connection_cut_mid_stream(make_rig, tmp_path, broker):
     else:  # the broker closes every connection of the vhost (the worker reconnects as well)
         vhost = rig.broker_url.rsplit("/", 1)[1]
         rabbitmqctl("close_all_connections", "-p", vhost, "test: connection cut")
-    m = exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_reconnects_total") == 1
-                          and m.get_value("celery_exporter_broker_connected") == 1, 40,
-                          what="one outage, and connected again", contains="celery_exporter_broker")
+    m = exporter.wait_for(
+        lambda m: (
+            m.get_value("celery_exporter_broker_reconnects_total") == 1
+            and m.get_value("celery_exporter_broker_connected") == 1
+        ),
+        40,
+        what="one outage, and connected again",
+        contains="celery_exporter_broker",
+    )
     # counting resumes, exactly (wait for the worker to be back too)
     wait_for(lambda: rig.producer.control.inspect(timeout=1).ping(), 40, what="the worker to be back")
     for i in range(4):
@@ -165,14 +196,23 @@ def test_redis_drops_the_subscriber_for_a_full_output_buffer(make_rig, tmp_path)
         with rig.producer.events.default_dispatcher(hostname="flood@host") as dispatcher:
             for i in range(3000):  # ~8 KiB each, 24 MiB: beyond what the sockets buffer and the 64 KiB limit
                 dispatcher.send("worker-heartbeat", freq=2.0, active=0, processed=i, padding="x" * 8000)
-        wait_for(lambda: "output buffer limits" in server.proc.log_text(), 10,
-                 what="Redis to drop the frozen subscriber", describe=lambda: server.proc.log_text(3000))
+        wait_for(
+            lambda: "output buffer limits" in server.proc.log_text(),
+            10,
+            what="Redis to drop the frozen subscriber",
+            describe=lambda: server.proc.log_text(3000),
+        )
     finally:
         exporter.proc.signal(signal.SIGCONT)
-    m = exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_reconnects_total") == 1
-                          and m.get_value("celery_exporter_broker_connected") == 1, 30,
-                          what="the dropped subscription to count as an outage and be restored",
-                          contains="celery_exporter_broker")
+    m = exporter.wait_for(
+        lambda m: (
+            m.get_value("celery_exporter_broker_reconnects_total") == 1
+            and m.get_value("celery_exporter_broker_connected") == 1
+        ),
+        30,
+        what="the dropped subscription to count as an outage and be restored",
+        contains="celery_exporter_broker",
+    )
     before = succeeded(m)
     for i in range(3):
         rig.send("it.succeed", [i])
@@ -199,8 +239,12 @@ def test_broker_down_longer_than_the_backoff_cap(make_rig, tmp_path):
     server.start()
     rig.procs.append(server.proc)
     back = time.monotonic()
-    m = exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_connected") == 1, 35,
-                          what="reconnected within the 30 s cap", contains="celery_exporter_broker")
+    m = exporter.wait_for(
+        lambda m: m.get_value("celery_exporter_broker_connected") == 1,
+        35,
+        what="reconnected within the 30 s cap",
+        contains="celery_exporter_broker",
+    )
     assert time.monotonic() - back < 35
     assert m.get_value("celery_exporter_broker_reconnects_total") == 1
     log = exporter.proc.log_text()

@@ -29,8 +29,15 @@ def publish(url: str, messages) -> None:
 
 
 def event(etype, **fields):
-    return {"type": etype, "timestamp": time.time(), "hostname": "evil@host", "utcoffset": 0, "pid": 1,
-            "clock": 1, **fields}
+    return {
+        "type": etype,
+        "timestamp": time.time(),
+        "hostname": "evil@host",
+        "utcoffset": 0,
+        "pid": 1,
+        "clock": 1,
+        **fields,
+    }
 
 
 @pytest.mark.parametrize("broker", BROKERS)
@@ -45,7 +52,7 @@ def test_hostile_events_are_counted_and_refused_never_fatal(make_rig, broker):
         ({"type": "worker-heartbeat"}, dict(serializer="pickle")),  # not an accepted content type
         ([1, 2, "three", None], dict(serializer="json")),
         ("just a string", dict(serializer="json")),
-        ([event("task-received")], dict(serializer="json")),                      # no uuid, no name
+        ([event("task-received")], dict(serializer="json")),  # no uuid, no name
         ([event("task-received", uuid="h1", name=None)], dict(serializer="json")),
         ([event("task-received", uuid="h2", name="n" * 1_000_000)], dict(serializer="json")),
         ([event("task-received", uuid="h3", name="ctrl\x00\x07name")], dict(serializer="json")),
@@ -57,19 +64,35 @@ def test_hostile_events_are_counted_and_refused_never_fatal(make_rig, broker):
     ]
     publish(rig.broker_url, garbage)
     quoted = 'odd "quoted" \\ name'
-    exporter.wait_for(lambda m: quoted in m.label_values("celery_task_received_total", "name"), 15,
-                      what="the task with quotes in its name to be counted", contains="received")
+    exporter.wait_for(
+        lambda m: quoted in m.label_values("celery_task_received_total", "name"),
+        15,
+        what="the task with quotes in its name to be counted",
+        contains="received",
+    )
     # a flood of unique task names and worker names, far past --max-series
-    flood = [([event("task-received", uuid=f"f{i}", name=f"flood.task.{i}") for i in range(j, j + 50)],
-              dict(serializer="json")) for j in range(0, 3000, 50)]
-    flood += [([event("worker-heartbeat", hostname=f"churn-{i}@host", freq=2.0, active=0, processed=0)],
-               dict(serializer="json", routing_key="worker.heartbeat")) for i in range(500)]
+    flood = [
+        (
+            [event("task-received", uuid=f"f{i}", name=f"flood.task.{i}") for i in range(j, j + 50)],
+            dict(serializer="json"),
+        )
+        for j in range(0, 3000, 50)
+    ]
+    flood += [
+        (
+            [event("worker-heartbeat", hostname=f"churn-{i}@host", freq=2.0, active=0, processed=0)],
+            dict(serializer="json", routing_key="worker.heartbeat"),
+        )
+        for i in range(500)
+    ]
     publish(rig.broker_url, flood)
 
     def settled(m: Metrics) -> bool:
-        return (m.get_value("celery_exporter_events_dropped_total", reason="series_limit") or 0) > 0 \
-            and (m.get_value("celery_exporter_events_dropped_total", reason="undecodable") or 0) >= 3 \
+        return (
+            (m.get_value("celery_exporter_events_dropped_total", reason="series_limit") or 0) > 0
+            and (m.get_value("celery_exporter_events_dropped_total", reason="undecodable") or 0) >= 3
             and (m.get_value("celery_exporter_series_refused_total", kind="worker") or 0) > 0
+        )
 
     m = exporter.wait_for(settled, 30, what="the garbage to be counted", contains="celery_exporter_")
     series = sum(m.select("celery_exporter_series").values())
@@ -91,9 +114,14 @@ def test_hostile_events_are_counted_and_refused_never_fatal(make_rig, broker):
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     before = m.get_value("celery_worker_last_heartbeat_timestamp_seconds", hostname=worker.hostname)
-    exporter.wait_for(lambda m: (m.get_value("celery_worker_last_heartbeat_timestamp_seconds",
-                                             hostname=worker.hostname) or 0) > before, 15,
-                      what="the real worker's next heartbeat", contains=worker.hostname)
+    exporter.wait_for(
+        lambda m: (
+            (m.get_value("celery_worker_last_heartbeat_timestamp_seconds", hostname=worker.hostname) or 0) > before
+        ),
+        15,
+        what="the real worker's next heartbeat",
+        contains=worker.hostname,
+    )
     assert exporter.proc.running
     log = exporter.proc.log_text()
     assert log.count("reason=undecodable") == 1  # logged once per reason, however many

@@ -36,18 +36,36 @@ class Prometheus:
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
         config = tmp / "prometheus.yml"
-        config.write_text(json.dumps({  # JSON is YAML
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rules)],
-            "scrape_configs": [{"job_name": "celery-exporter",
-                                "static_configs": [{"targets": [f"{HOST}:{exporter_port}"]}]}],
-        }))
+        config.write_text(
+            json.dumps(
+                {  # JSON is YAML
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(rules)],
+                    "scrape_configs": [
+                        {"job_name": "celery-exporter", "static_configs": [{"targets": [f"{HOST}:{exporter_port}"]}]}
+                    ],
+                }
+            )
+        )
         (tmp / "tsdb").mkdir()
-        self.proc = Proc("prometheus", [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                                        f"--web.listen-address={HOST}:{self.port}", "--log.level=warn"],
-                         tmp / "prometheus.log", clean_env())
-        wait_for(lambda: http_get(self.base + "/-/ready")[0] == 200, 30, what="Prometheus to be ready",
-                 describe=lambda: self.proc.log_text(3000))
+        self.proc = Proc(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address={HOST}:{self.port}",
+                "--log.level=warn",
+            ],
+            tmp / "prometheus.log",
+            clean_env(),
+        )
+        wait_for(
+            lambda: http_get(self.base + "/-/ready")[0] == 200,
+            30,
+            what="Prometheus to be ready",
+            describe=lambda: self.proc.log_text(3000),
+        )
 
     def api(self, path: str, **params) -> dict:
         status, _, body = http_get(f"{self.base}/api/v1/{path}?{urllib.parse.urlencode(params, doseq=True)}")
@@ -60,8 +78,11 @@ class Prometheus:
         return self.api("query", query=expr)["result"]
 
     def firing(self, alertname: str) -> List[Dict[str, str]]:
-        return [a["labels"] for a in self.api("alerts")["alerts"]
-                if a["labels"].get("alertname") == alertname and a["state"] == "firing"]
+        return [
+            a["labels"]
+            for a in self.api("alerts")["alerts"]
+            if a["labels"].get("alertname") == alertname and a["state"] == "firing"
+        ]
 
 
 def grafana_expand(expr: str) -> str:
@@ -91,7 +112,7 @@ def variable_queries() -> Dict[str, tuple]:
         for var in board["templating"]["list"]:
             if var["type"] != "query":
                 continue
-            inner = var["definition"][len("label_values("):-1]
+            inner = var["definition"][len("label_values(") : -1]
             selector, label = inner.rsplit(",", 1)
             out[f"{board['title']} / ${var['name']}"] = (grafana_expand(selector.strip()), label.strip())
     return out
@@ -127,8 +148,12 @@ def app_env(rig: Rig) -> Dict[str, str]:
 
 def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_path):
     rules = tmp_path / "rules.yml"
-    tuned = subprocess.run([sys.executable, str(ROOT / "alerts" / "tune.py"), "--for", "CeleryWorkerLost=5s"],
-                           capture_output=True, text=True, check=True)
+    tuned = subprocess.run(
+        [sys.executable, str(ROOT / "alerts" / "tune.py"), "--for", "CeleryWorkerLost=5s"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rules.write_text(tuned.stdout)
 
     rig = make_rig("redis")
@@ -157,8 +182,13 @@ def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_pat
                     del pending[key]
             return not pending
 
-        wait_for(all_answer, 90, interval=1, what="every dashboard query to return data",
-                 describe=lambda: "no data yet:\n" + "\n".join(f"{k}: {v}" for k, v in pending.items()))
+        wait_for(
+            all_answer,
+            90,
+            interval=1,
+            what="every dashboard query to return data",
+            describe=lambda: "no data yet:\n" + "\n".join(f"{k}: {v}" for k, v in pending.items()),
+        )
         assert load.error is None, load.error
 
         for key, (selector, label) in variable_queries().items():
@@ -169,8 +199,7 @@ def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_pat
         up = {r["metric"]["hostname"]: float(r["value"][1]) for r in prometheus.query("celery_worker_up")}
         assert up == {doomed.hostname: 1.0, survivor.hostname: 1.0}
         assert prometheus.query('up{job="celery-exporter"}')[0]["value"][1] == "1"
-        exceptions = {r["metric"]["exception"] for r in
-                      prometheus.query("celery_task_exceptions_total")}
+        exceptions = {r["metric"]["exception"] for r in prometheus.query("celery_task_exceptions_total")}
         assert {"ValueError", "KeyError"} <= exceptions, exceptions
     finally:
         load.stop.set()
@@ -185,11 +214,23 @@ def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_pat
         assert all(a["hostname"] == doomed.hostname for a in firing), f"wrong worker paged: {firing}"
         return firing
 
-    firing = wait_for(lost_alert, 90, interval=1, what="CeleryWorkerLost to fire for the killed worker",
-                      describe=lambda: json.dumps(prometheus.api("alerts"), indent=1)[:3000])
+    firing = wait_for(
+        lost_alert,
+        90,
+        interval=1,
+        what="CeleryWorkerLost to fire for the killed worker",
+        describe=lambda: json.dumps(prometheus.api("alerts"), indent=1)[:3000],
+    )
     elapsed = time.monotonic() - killed_at
-    assert firing == [{"alertname": "CeleryWorkerLost", "hostname": doomed.hostname, "instance": f"{HOST}:{exporter.port}",
-                       "job": "celery-exporter", "severity": "critical"}]
+    assert firing == [
+        {
+            "alertname": "CeleryWorkerLost",
+            "hostname": doomed.hostname,
+            "instance": f"{HOST}:{exporter.port}",
+            "job": "celery-exporter",
+            "severity": "critical",
+        }
+    ]
     # up turns 0 after the 30 s default worker timeout, then 5 s of for:, plus scrape/eval steps
     assert 30 <= elapsed < 60, elapsed
     # the killed worker's series is still there (worker TTL 15 min), the survivor is up

@@ -22,8 +22,11 @@ POLL = ("--queue-poll-interval", "0.5s", "--queue-poll-timeout", "1s")
 
 def producer(rig: Rig, transport_options: Optional[dict] = None) -> Celery:
     app = Celery(f"it-queues-{rig.id}", broker=rig.broker_url, set_as_current=False)
-    app.conf.update(task_ignore_result=True, broker_connection_retry_on_startup=True,
-                    broker_transport_options=transport_options or {})
+    app.conf.update(
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options or {},
+    )
     return app
 
 
@@ -38,9 +41,13 @@ def lengths(m: Metrics, queues: Sequence[str]) -> Dict[str, Optional[float]]:
 
 
 def wait_lengths(exporter: Exporter, expected: Dict[str, float], timeout: float = 15) -> Metrics:
-    return exporter.wait_for(lambda m: lengths(m, list(expected)) == expected, timeout,
-                             what=f"queue lengths {expected}", contains="queue",
-                             explain=lambda m: f"lengths: {lengths(m, list(expected))}")
+    return exporter.wait_for(
+        lambda m: lengths(m, list(expected)) == expected,
+        timeout,
+        what=f"queue lengths {expected}",
+        contains="queue",
+        explain=lambda m: f"lengths: {lengths(m, list(expected))}",
+    )
 
 
 REDIS_VARIANTS = {
@@ -57,9 +64,9 @@ def test_redis_lengths_sum_every_priority_list(make_rig, variant):
     rig = make_rig("redis")
     app = producer(rig, options)
     try:
-        for priority in range(10):       # qa: 1 + 2 + ... + 10 = 55 messages over priorities 0..9
+        for priority in range(10):  # qa: 1 + 2 + ... + 10 = 55 messages over priorities 0..9
             publish(app, "qa", priority + 1, priority=priority)
-        publish(app, "qb", 7)            # qb: 7 at the default priority
+        publish(app, "qb", 7)  # qb: 7 at the default priority
     finally:
         app.close()
 
@@ -75,14 +82,18 @@ def test_redis_lengths_sum_every_priority_list(make_rig, variant):
     assert all(k.startswith(prefix) for k in keys), keys
     assert len([k for k in keys if "qa" in k]) == (10 if variant != "defaults" else 4), keys
 
-    extra = [arg for k, v in options.items()
-             for arg in ("--transport-option", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
+    extra = [
+        arg
+        for k, v in options.items()
+        for arg in ("--transport-option", f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+    ]
     # qc is only named: it has no list at all and must read 0, not be an error
     exporter = rig.start_exporter("-Q", "qa", "-Q", "qb,qc", "--no-inspect", *POLL, *extra)
     m = wait_lengths(exporter, {"qa": 55.0, "qb": 7.0, "qc": 0.0})
     assert m.get_value("celery_exporter_queue_poll_success") == 1
-    assert m.select("celery_exporter_queue_poll_errors_total") and \
-        all(v == 0 for v in m.select("celery_exporter_queue_poll_errors_total").values())
+    assert m.select("celery_exporter_queue_poll_errors_total") and all(
+        v == 0 for v in m.select("celery_exporter_queue_poll_errors_total").values()
+    )
     # Redis cannot tell consumers: no consumer series rather than a made-up 0
     assert m.select("celery_queue_active_consumers") == {}
 
@@ -92,9 +103,14 @@ def test_redis_lengths_sum_every_priority_list(make_rig, variant):
     wait_lengths(exporter, {"qa": 0.0, "qb": 0.0, "qc": 0.0}, timeout=60)
     # ...and its events reach the exporter through the same (prefixed) PUB/SUB topics
     m = exporter.wait_for(
-        lambda m: sum(m.select("celery_task_succeeded_total", name="it.succeed").values()) == 62
-        and m.get_value("celery_worker_up", hostname=worker.hostname) == 1,
-        30, what="all 62 tasks counted from the worker's events", contains="it.succeed")
+        lambda m: (
+            sum(m.select("celery_task_succeeded_total", name="it.succeed").values()) == 62
+            and m.get_value("celery_worker_up", hostname=worker.hostname) == 1
+        ),
+        30,
+        what="all 62 tasks counted from the worker's events",
+        contains="it.succeed",
+    )
     assert m.get_value("celery_exporter_events_dropped_total", reason="undecodable") == 0
 
 
@@ -115,9 +131,14 @@ def test_rabbitmq_ready_messages_and_consumers(make_rig):
     # One worker on qa only: qa drains and shows its consumer; qb is untouched.
     rig.start_worker(queues=("qa",), concurrency=1)
     m = exporter.wait_for(
-        lambda m: lengths(m, ["qa", "qb"]) == {"qa": 0.0, "qb": 4.0}
-        and m.get_value("celery_queue_active_consumers", queue_name="qa") == 1,
-        60, what="qa drained by its one consumer", contains="queue")
+        lambda m: (
+            lengths(m, ["qa", "qb"]) == {"qa": 0.0, "qb": 4.0}
+            and m.get_value("celery_queue_active_consumers", queue_name="qa") == 1
+        ),
+        60,
+        what="qa drained by its one consumer",
+        contains="queue",
+    )
     assert m.get_value("celery_queue_active_consumers", queue_name="qb") == 0
     # the missing queue's 404 closed a channel: polling goes on regardless
     assert m.get_value("celery_queue_length", queue_name="qmissing") == 0
@@ -153,23 +174,35 @@ def test_broker_outage_keeps_the_last_lengths_and_never_blocks_a_scrape(make_rig
     #    --queue-poll-timeout; scrapes answer from memory meanwhile.
     server.proc.signal(signal.SIGSTOP)
     try:
-        m = exporter.wait_for(lambda m: m.get_value("celery_exporter_queue_poll_success") == 0, 15,
-                              what="poll_success 0 while Redis hangs", contains="poll")
+        m = exporter.wait_for(
+            lambda m: m.get_value("celery_exporter_queue_poll_success") == 0,
+            15,
+            what="poll_success 0 while Redis hangs",
+            contains="poll",
+        )
         assert lengths(m, ["qa"]) == {"qa": 5.0}, "the last good value stays visible"
         assert (m.get_value("celery_exporter_queue_poll_errors_total", reason="broker") or 0) >= 1
         hung = scrape_times(exporter, 20)
         assert max(hung) < 0.5, f"scrapes while the broker hangs took up to {max(hung):.3f} s"
     finally:
         server.proc.signal(signal.SIGCONT)
-    exporter.wait_for(lambda m: m.get_value("celery_exporter_queue_poll_success") == 1, 15,
-                      what="polls to succeed again after SIGCONT", contains="poll")
+    exporter.wait_for(
+        lambda m: m.get_value("celery_exporter_queue_poll_success") == 1,
+        15,
+        what="polls to succeed again after SIGCONT",
+        contains="poll",
+    )
 
     # 2. Redis goes away entirely (connection refused).
     assert server.stop() == 0
     rig.procs.remove(server.proc)
     old_proc = server.proc
-    m = exporter.wait_for(lambda m: m.get_value("celery_exporter_queue_poll_success") == 0, 15,
-                          what="poll_success 0 with Redis down", contains="poll")
+    m = exporter.wait_for(
+        lambda m: m.get_value("celery_exporter_queue_poll_success") == 0,
+        15,
+        what="poll_success 0 with Redis down",
+        contains="poll",
+    )
     assert lengths(m, ["qa"]) == {"qa": 5.0}
     down_success = m.get_value("celery_exporter_queue_poll_last_success_timestamp_seconds")
     down = scrape_times(exporter, 20)
@@ -197,9 +230,14 @@ def test_queues_are_discovered_from_task_sent_and_inspect(make_rig):
     rig.start_worker(queues=("celery", "idle"), exporter=exporter)
     rig.prime(exporter)  # it.prime through "celery" with task-sent
     m = exporter.wait_for(
-        lambda m: lengths(m, ["celery", "idle"]) == {"celery": 0.0, "idle": 0.0}
-        and m.get_value("celery_queue_active_workers", queue_name="idle") == 1,
-        20, what="celery and idle polled", contains="queue")
+        lambda m: (
+            lengths(m, ["celery", "idle"]) == {"celery": 0.0, "idle": 0.0}
+            and m.get_value("celery_queue_active_workers", queue_name="idle") == 1
+        ),
+        20,
+        what="celery and idle polled",
+        contains="queue",
+    )
     assert m.get_value("celery_queue_active_processes", queue_name="idle") == 1
     assert "unknown" not in m.label_values("celery_queue_length", "queue_name")
 
@@ -213,8 +251,9 @@ def test_sentinel_events_and_queue_lengths(make_rig, tmp_path):
     rig = make_rig(sentinel.url)
     rig.procs.extend([master.proc, sentinel.proc])
     rig.transport_options = {"master_name": RedisSentinel.MASTER}
-    exporter = rig.start_exporter("--transport-option", f"master_name={RedisSentinel.MASTER}",
-                                  "-Q", "held", "--no-inspect", *POLL)
+    exporter = rig.start_exporter(
+        "--transport-option", f"master_name={RedisSentinel.MASTER}", "-Q", "held", "--no-inspect", *POLL
+    )
     worker = rig.start_worker(exporter=exporter)  # heartbeats arrive through the sentinel's master
     rig.prime(exporter)
     for i in range(4):
@@ -234,9 +273,16 @@ def test_tls_redis_events_and_queue_lengths(make_rig, tmp_path):
     rig = make_rig(server.url)
     rig.procs.append(server.proc)
     use_ssl = {"ssl_cert_reqs": "required", "ssl_ca_certs": str(server.ca)}
-    exporter = rig.start_exporter("--broker-ssl-option", "ssl_cert_reqs=required",
-                                  "--broker-ssl-option", f"ssl_ca_certs={server.ca}",
-                                  "-Q", "held", "--no-inspect", *POLL)
+    exporter = rig.start_exporter(
+        "--broker-ssl-option",
+        "ssl_cert_reqs=required",
+        "--broker-ssl-option",
+        f"ssl_ca_certs={server.ca}",
+        "-Q",
+        "held",
+        "--no-inspect",
+        *POLL,
+    )
     worker = rig.start_worker(exporter=exporter, env={"IT_BROKER_USE_SSL": json.dumps(use_ssl)})
     rig.producer.conf.broker_use_ssl = use_ssl
     rig.prime(exporter)
@@ -247,11 +293,23 @@ def test_tls_redis_events_and_queue_lengths(make_rig, tmp_path):
     assert m.get_value("celery_task_succeeded_total", name="it.prime", queue_name="celery") == 1
 
     # The server certificate itself is not a CA: verification fails, and the exporter says so.
-    wrong = rig.start_exporter("--broker-ssl-option", "ssl_cert_reqs=required",
-                               "--broker-ssl-option", f"ssl_ca_certs={server.cert}",
-                               "-Q", "held", "--no-inspect", *POLL, wait_ready=False)
-    m = wrong.wait_for(lambda m: (m.get_value("celery_exporter_queue_poll_errors_total", reason="broker") or 0) >= 1,
-                       15, what="the poll to fail certificate verification", contains="celery_exporter")
+    wrong = rig.start_exporter(
+        "--broker-ssl-option",
+        "ssl_cert_reqs=required",
+        "--broker-ssl-option",
+        f"ssl_ca_certs={server.cert}",
+        "-Q",
+        "held",
+        "--no-inspect",
+        *POLL,
+        wait_ready=False,
+    )
+    m = wrong.wait_for(
+        lambda m: (m.get_value("celery_exporter_queue_poll_errors_total", reason="broker") or 0) >= 1,
+        15,
+        what="the poll to fail certificate verification",
+        contains="celery_exporter",
+    )
     assert m.get_value("celery_exporter_broker_connected") == 0
     assert wrong.get("/-/ready")[0] == 503
     assert "CERTIFICATE_VERIFY_FAILED" in wrong.proc.log_text()

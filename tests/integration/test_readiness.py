@@ -21,9 +21,21 @@ def test_ready_only_once_subscribed_to_events(tmp_path):
     try:
         for attempt in range(3):
             port = free_port()
-            proc = Proc(f"exporter-{attempt}", [executable("celery-exporter"), "--broker-url", server.url,
-                                                "--listen-address", HOST, "--port", str(port), "--no-inspect"],
-                        tmp_path / f"exporter-{attempt}.log", clean_env())
+            proc = Proc(
+                f"exporter-{attempt}",
+                [
+                    executable("celery-exporter"),
+                    "--broker-url",
+                    server.url,
+                    "--listen-address",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "--no-inspect",
+                ],
+                tmp_path / f"exporter-{attempt}.log",
+                clean_env(),
+            )
             try:
                 deadline = time.monotonic() + 20
                 while True:  # poll as fast as possible: the gap used to be 1-7 ms

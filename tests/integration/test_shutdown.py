@@ -4,8 +4,8 @@ connected to Redis or RabbitMQ or retrying a broker that is down."""
 from __future__ import annotations
 
 import signal
-import threading
 import subprocess
+import threading
 import time
 
 import pytest
@@ -20,8 +20,12 @@ def test_sigterm_exits_0_within_2_seconds(make_rig, broker):
     if broker == "unreachable":
         rig = make_rig(f"redis://{HOST}:{free_port()}/0")  # nothing listens there
         exporter = rig.start_exporter(wait_ready=False)
-        exporter.wait_for(lambda m: m.get_value("celery_exporter_broker_reconnects_total") >= 1, 10,
-                          what="a failed connect", contains="celery_exporter_broker")
+        exporter.wait_for(
+            lambda m: m.get_value("celery_exporter_broker_reconnects_total") >= 1,
+            10,
+            what="a failed connect",
+            contains="celery_exporter_broker",
+        )
         assert exporter.get("/-/ready")[0] == 503
     else:
         rig = make_rig(broker)
@@ -30,7 +34,10 @@ def test_sigterm_exits_0_within_2_seconds(make_rig, broker):
         rig.send("it.succeed", [1])
         exporter.wait_for(  # under whatever queue label (no primer here)
             lambda m: sum(m.select("celery_task_succeeded_total", name="it.succeed").values()) == 1,
-            15, what="a task counted", contains="it.succeed")
+            15,
+            what="a task counted",
+            contains="it.succeed",
+        )
         assert exporter.get("/-/ready")[0] == 200
         assert worker.proc.running
 
@@ -69,12 +76,14 @@ def _broker_clients(rig, broker):
     """Connections of this test's Redis DB or RabbitMQ vhost, as the broker lists them."""
     if broker == "redis":
         db = rig.broker_url.rsplit("/", 1)[1]
-        listing = subprocess.run(["redis-cli", "-h", HOST, "client", "list"], capture_output=True, text=True,
-                                 check=True).stdout
+        listing = subprocess.run(
+            ["redis-cli", "-h", HOST, "client", "list"], capture_output=True, text=True, check=True
+        ).stdout
         return [line for line in listing.splitlines() if f" db={db} " in line and "cmd=client" not in line]
     vhost = rig.broker_url.rsplit("/", 1)[1]
-    listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "vhost", "name"], capture_output=True,
-                             text=True, check=True).stdout
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "vhost", "name"], capture_output=True, text=True, check=True
+    ).stdout
     return [line for line in listing.splitlines() if line.split("\t")[0] == vhost]
 
 
@@ -84,8 +93,15 @@ def test_stop_joins_every_thread_and_each_closes_its_broker_connection(make_rig,
     from celery_exporter.settings import Settings
 
     rig = make_rig(broker)
-    settings = Settings(broker_url=rig.broker_url, listen_address=HOST, port=free_port(), queues=("celery",),
-                        queue_poll_interval=0.2, inspect_interval=0.2, inspect_timeout=0.2)
+    settings = Settings(
+        broker_url=rig.broker_url,
+        listen_address=HOST,
+        port=free_port(),
+        queues=("celery",),
+        queue_poll_interval=0.2,
+        inspect_interval=0.2,
+        inspect_timeout=0.2,
+    )
     exporter = Exporter(settings)
     before = set(threading.enumerate())
     exporter.start()
@@ -93,8 +109,15 @@ def test_stop_joins_every_thread_and_each_closes_its_broker_connection(make_rig,
         names = {t.name for t in exporter.threads}
         assert names == {"event-receiver", "queue-poller", "inspector"}  # no sweeper: it rides on the tick
         # the receiver's connection, the poller's and the inspector's are all open
-        wait_for(lambda: exporter.store.exporter.connected and exporter.store.snapshot(0).queues.poll_success
-                 and exporter.inspector.backend._connection is not None, 20, what="every thread to connect")
+        wait_for(
+            lambda: (
+                exporter.store.exporter.connected
+                and exporter.store.snapshot(0).queues.poll_success
+                and exporter.inspector.backend._connection is not None
+            ),
+            20,
+            what="every thread to connect",
+        )
         assert len(_broker_clients(rig, broker)) >= 3
     finally:
         started = time.monotonic()
@@ -102,5 +125,10 @@ def test_stop_joins_every_thread_and_each_closes_its_broker_connection(make_rig,
         elapsed = time.monotonic() - started
     assert elapsed < 2.0
     assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
-    wait_for(lambda: not _broker_clients(rig, broker), 10, interval=0.2, what="every broker connection closed",
-             describe=lambda: str(_broker_clients(rig, broker)))
+    wait_for(
+        lambda: not _broker_clients(rig, broker),
+        10,
+        interval=0.2,
+        what="every broker connection closed",
+        describe=lambda: str(_broker_clients(rig, broker)),
+    )

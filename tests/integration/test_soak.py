@@ -85,8 +85,19 @@ def test_memory_is_flat_under_worker_and_task_churn(make_rig, tmp_path):
     server.start()
     rig = make_rig(server.url)
     rig.procs.append(server.proc)
-    exporter = rig.start_exporter("--worker-timeout", "1s", "--worker-ttl", "4s", "--series-ttl", "8s",
-                                  "--sweep-interval", "1s", "--no-inspect", "--log-level", "INFO")
+    exporter = rig.start_exporter(
+        "--worker-timeout",
+        "1s",
+        "--worker-ttl",
+        "4s",
+        "--series-ttl",
+        "8s",
+        "--sweep-interval",
+        "1s",
+        "--no-inspect",
+        "--log-level",
+        "INFO",
+    )
     pid = exporter.proc.pid
     load = Load(server.url, SECONDS)
     load.start()
@@ -94,9 +105,14 @@ def test_memory_is_flat_under_worker_and_task_churn(make_rig, tmp_path):
     start = time.monotonic()
     while load.is_alive():
         m = exporter.metrics()
-        samples.append((time.monotonic() - start, rss_mib(pid),
-                        m.get_value("celery_exporter_series", kind="worker"),
-                        m.get_value("celery_exporter_series", kind="task")))
+        samples.append(
+            (
+                time.monotonic() - start,
+                rss_mib(pid),
+                m.get_value("celery_exporter_series", kind="worker"),
+                m.get_value("celery_exporter_series", kind="task"),
+            )
+        )
         time.sleep(1)
     load.join()
     assert load.error is None, load.error
@@ -106,14 +122,16 @@ def test_memory_is_flat_under_worker_and_task_churn(make_rig, tmp_path):
     warm = [s for s in samples if s[0] >= 20]  # after every TTL has turned over a few times
     assert len(warm) >= 10, samples
     first_third = warm[: len(warm) // 3]
-    last_third = warm[-(len(warm) // 3):]
+    last_third = warm[-(len(warm) // 3) :]
     early_peak = max(s[1] for s in first_third)
     late_peak = max(s[1] for s in last_third)
-    print(f"soak {SECONDS:.0f} s at {RATE} events/s: {load.workers} worker names, {load.events} events; "
-          f"RSS {samples[0][1]:.1f} MiB at start, peak {early_peak:.1f} MiB early vs {late_peak:.1f} MiB late; "
-          f"worker series max {max(s[2] for s in warm):.0f}, task series max {max(s[3] for s in warm):.0f}; "
-          f"expired: workers {m.get_value('celery_exporter_series_expired_total', kind='worker'):.0f}, "
-          f"tasks {m.get_value('celery_exporter_series_expired_total', kind='task'):.0f}")
+    print(
+        f"soak {SECONDS:.0f} s at {RATE} events/s: {load.workers} worker names, {load.events} events; "
+        f"RSS {samples[0][1]:.1f} MiB at start, peak {early_peak:.1f} MiB early vs {late_peak:.1f} MiB late; "
+        f"worker series max {max(s[2] for s in warm):.0f}, task series max {max(s[3] for s in warm):.0f}; "
+        f"expired: workers {m.get_value('celery_exporter_series_expired_total', kind='worker'):.0f}, "
+        f"tasks {m.get_value('celery_exporter_series_expired_total', kind='task'):.0f}"
+    )
     assert load.workers >= 0.9 * SECONDS / WORKER_LIFE
     # bounded series: only what lived within its TTL (+ the sweep interval) is kept
     assert max(s[2] for s in warm) <= (4 + 1) / WORKER_LIFE + 2

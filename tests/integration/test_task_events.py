@@ -64,16 +64,18 @@ class MixedRun:
                 continue
             t = {o: truth.get(name, queue, o) for o in ("started", "succeeded", "failed", "retried", "rejected")}
             sent = published + t["retried"]  # each retry is published again by the worker
-            expected[(name, queue)] = full(dict(
-                sent=sent,
-                received=sent,
-                started=t["started"],
-                succeeded=t["succeeded"],
-                failed=t["failed"] + t["rejected"],
-                retried=t["retried"],
-                rejected=t["rejected"],
-                revoked=1 if name == "it.never" else 0,
-            ))
+            expected[(name, queue)] = full(
+                dict(
+                    sent=sent,
+                    received=sent,
+                    started=t["started"],
+                    succeeded=t["succeeded"],
+                    failed=t["failed"] + t["rejected"],
+                    retried=t["retried"],
+                    rejected=t["rejected"],
+                    revoked=1 if name == "it.never" else 0,
+                )
+            )
         return expected
 
     def settle(self) -> Metrics:
@@ -84,9 +86,12 @@ class MixedRun:
             expected = counter_samples({k: full(v) for k, v in PLAN.items()})
             try:
                 self.settled = self.exporter.wait_for(
-                    lambda m: not mismatches(expected, m), 30,
-                    what="the task counters to reach the expected values", contains="celery_task_",
-                    explain=lambda m: "mismatches:\n" + "\n".join(mismatches(expected, m)))
+                    lambda m: not mismatches(expected, m),
+                    30,
+                    what="the task counters to reach the expected values",
+                    contains="celery_task_",
+                    explain=lambda m: "mismatches:\n" + "\n".join(mismatches(expected, m)),
+                )
             except AssertionError as exc:
                 self.settle_error = exc
                 raise
@@ -144,14 +149,16 @@ def mixed(request, tmp_path_factory, redis_dbs, truth_db) -> MixedRun:
     rig.producer.control.revoke(never.id)
 
     run = MixedRun(factory, rig, exporter, worker)
-    rig.truth.wait({
-        ("it.succeed", "celery", "succeeded"): 3,
-        ("it.succeed", "q2", "succeeded"): 2,
-        ("it.fail", "celery", "failed"): 2,
-        ("it.retry", "celery", "succeeded"): 1,
-        ("it.later", "celery", "succeeded"): 1,
-        ("it.reject", "celery", "rejected"): 1,
-    })
+    rig.truth.wait(
+        {
+            ("it.succeed", "celery", "succeeded"): 3,
+            ("it.succeed", "q2", "succeeded"): 2,
+            ("it.fail", "celery", "failed"): 2,
+            ("it.retry", "celery", "succeeded"): 1,
+            ("it.later", "celery", "succeeded"): 1,
+            ("it.reject", "celery", "rejected"): 1,
+        }
+    )
     return run
 
 
@@ -168,11 +175,15 @@ def test_workload_counters_equal_ground_truth(mixed: MixedRun):
 
     # Exactly the expected label sets (and the primer's): real queue names, no 'unknown'.
     for state in STATES:
-        label_sets = {(dict(lbl)["name"], dict(lbl)["queue_name"]) for lbl in m.select(f"celery_task_{state}_total")
-                      if dict(lbl)["name"] != "it.prime"}
+        label_sets = {
+            (dict(lbl)["name"], dict(lbl)["queue_name"])
+            for lbl in m.select(f"celery_task_{state}_total")
+            if dict(lbl)["name"] != "it.prime"
+        }
         assert label_sets == set(PLAN), state
-    assert "unknown" not in {dict(lbl)["queue_name"] for lbl in m.select("celery_task_sent_total")
-                             if dict(lbl)["name"] != "it.prime"}
+    assert "unknown" not in {
+        dict(lbl)["queue_name"] for lbl in m.select("celery_task_sent_total") if dict(lbl)["name"] != "it.prime"
+    }
 
     # Exceptions by class: failures and retries.
     for (name, queue, exc), n in EXCEPTIONS.items():
@@ -228,18 +239,32 @@ def test_workload_counters_equal_ground_truth(mixed: MixedRun):
     accepted = totals["started"]
     wm = mixed.exporter.wait_for(
         lambda m: m.get_value("celery_worker_tasks_processed_total", hostname=worker.hostname) == accepted,
-        15, what=f"celery_worker_tasks_processed_total to reach {accepted}", contains=worker.hostname)
+        15,
+        what=f"celery_worker_tasks_processed_total to reach {accepted}",
+        contains=worker.hostname,
+    )
     assert wm.get_value("celery_worker_up", hostname=worker.hostname) == 1
     assert wm.get_value("celery_worker_tasks_active", hostname=worker.hostname) == 0
     assert wm.get_value("celery_worker_heartbeat_interval_seconds", hostname=worker.hostname) == 2.0
-    assert wm.get_value("celery_worker_info", hostname=worker.hostname, sw_ident="py-celery",
-                        sw_ver=celery.__version__, sw_sys="Linux") == 1
+    assert (
+        wm.get_value(
+            "celery_worker_info",
+            hostname=worker.hostname,
+            sw_ident="py-celery",
+            sw_ver=celery.__version__,
+            sw_sys="Linux",
+        )
+        == 1
+    )
 
     # 3. Stable: two more heartbeats later, nothing was counted twice.
     hb = wm.get_value("celery_worker_last_heartbeat_timestamp_seconds", hostname=worker.hostname)
     later = mixed.exporter.wait_for(
         lambda m: m.get_value("celery_worker_last_heartbeat_timestamp_seconds", hostname=worker.hostname) > hb + 3,
-        15, what="two more heartbeats", contains=worker.hostname)
+        15,
+        what="two more heartbeats",
+        contains=worker.hostname,
+    )
     assert not mismatches(expected, later)
     for state, n in totals.items():
         assert later.get_value("celery_exporter_events_total", type=f"task-{state}") == n, state
@@ -260,35 +285,56 @@ def test_first_task_takes_the_queue_of_its_late_task_sent(make_rig):
         result = quiet.send_task("it.succeed", args=[1], queue="celery")
         rig.truth.wait({("it.succeed", "celery", "succeeded"): 1})
         with rig.producer.events.default_dispatcher() as dispatcher:
-            dispatcher.send("task-sent", uuid=result.id, root_id=result.id, parent_id=None,
-                                name="it.succeed", args="(1,)", kwargs="{}", retries=0, eta=None,
-                                expires=None, queue="celery", exchange="", routing_key="celery")
+            dispatcher.send(
+                "task-sent",
+                uuid=result.id,
+                root_id=result.id,
+                parent_id=None,
+                name="it.succeed",
+                args="(1,)",
+                kwargs="{}",
+                retries=0,
+                eta=None,
+                expires=None,
+                queue="celery",
+                exchange="",
+                routing_key="celery",
+            )
     finally:
         quiet.close()
     m = exporter.wait_for(
-        lambda m: sum(m.select("celery_task_sent_total", name="it.succeed").values()) == 1
-        and sum(m.select("celery_task_succeeded_total", name="it.succeed").values()) == 1,
-        15, what="the task counted", contains="it.succeed")
+        lambda m: (
+            sum(m.select("celery_task_sent_total", name="it.succeed").values()) == 1
+            and sum(m.select("celery_task_succeeded_total", name="it.succeed").values()) == 1
+        ),
+        15,
+        what="the task counted",
+        contains="it.succeed",
+    )
     assert m.get_value("celery_exporter_events_total", type="task-sent") == 1
     assert worker.proc.running
     for state in ("sent", "received", "started", "succeeded"):
         assert m.select(f"celery_task_{state}_total", name="it.succeed") == {
-            frozenset(dict(name="it.succeed", queue_name="celery").items()): 1.0}, state
+            frozenset(dict(name="it.succeed", queue_name="celery").items()): 1.0
+        }, state
 
 
 def test_reject_exception_class(mixed: MixedRun):
     m = mixed.settle()
     assert m.select("celery_task_exceptions_total", name="it.reject") == {
-        frozenset(dict(name="it.reject", queue_name="celery", exception="Reject").items()): 1.0}
+        frozenset(dict(name="it.reject", queue_name="celery", exception="Reject").items()): 1.0
+    }
 
 
 def wait_queue_metrics(mixed: MixedRun) -> Metrics:
     """Wait until the poller reported both queues (and, on RabbitMQ, their consumers)."""
+
     def polled(m: Metrics) -> bool:
         ok = all(m.get_value("celery_queue_length", queue_name=q) == 0 for q in ("celery", "q2"))
         if mixed.rig.kind == "rabbitmq":
             ok = ok and all(m.get_value("celery_queue_active_consumers", queue_name=q) == 1 for q in ("celery", "q2"))
         return ok and all(m.get_value("celery_queue_active_workers", queue_name=q) == 1 for q in ("celery", "q2"))
+
     return mixed.exporter.wait_for(polled, 15, what="queue metrics of celery and q2", contains="queue")
 
 
@@ -318,10 +364,18 @@ def scrape_all_kinds(mixed: MixedRun) -> str:
     status, headers, body = mixed.exporter.get("/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    for family in ("celery_task_rejected_total", "celery_task_revoked_total", "celery_task_retried_total",
-                   "celery_task_runtime_seconds_bucket", "celery_worker_up", "celery_task_exceptions_total",
-                   "celery_queue_length", "celery_queue_active_workers", "celery_queue_active_processes",
-                   "celery_exporter_events_total"):
+    for family in (
+        "celery_task_rejected_total",
+        "celery_task_revoked_total",
+        "celery_task_retried_total",
+        "celery_task_runtime_seconds_bucket",
+        "celery_worker_up",
+        "celery_task_exceptions_total",
+        "celery_queue_length",
+        "celery_queue_active_workers",
+        "celery_queue_active_processes",
+        "celery_exporter_events_total",
+    ):
         assert f"\n{family}" in body, family
     return body
 
@@ -334,7 +388,8 @@ def test_metrics_pass_promtool_check(mixed: MixedRun):
 def test_openmetrics_exposition_parses(mixed: MixedRun):
     settled = mixed.settle()
     status, headers, body = mixed.exporter.get(
-        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
     assert status == 200
     assert headers["Content-Type"].startswith("application/openmetrics-text"), headers["Content-Type"]
     assert body.endswith("# EOF\n")

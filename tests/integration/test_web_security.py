@@ -24,9 +24,24 @@ def start(tmp: Path, config: str, *extra: str) -> Tuple[Proc, int]:
     path = tmp / "web.yml"
     path.write_text(config)
     port = free_port()
-    proc = Proc("exporter", [executable("celery-exporter"), "--broker-url", "redis://127.0.0.1:6379/15",
-                             "--listen-address", HOST, "--port", str(port), "--no-inspect",
-                             "--web-config-file", str(path), *extra], tmp / "exporter.log", clean_env())
+    proc = Proc(
+        "exporter",
+        [
+            executable("celery-exporter"),
+            "--broker-url",
+            "redis://127.0.0.1:6379/15",
+            "--listen-address",
+            HOST,
+            "--port",
+            str(port),
+            "--no-inspect",
+            "--web-config-file",
+            str(path),
+            *extra,
+        ],
+        tmp / "exporter.log",
+        clean_env(),
+    )
     return proc, port
 
 
@@ -57,7 +72,9 @@ def client_context(certs, with_cert: bool = True) -> ssl.SSLContext:
 def test_tls_with_client_certificates_and_basic_auth(tmp_path):
     certs = make_certs(tmp_path, client=True)
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
-    proc, port = start(tmp_path, f"""
+    proc, port = start(
+        tmp_path,
+        f"""
 tls_server_config:
   cert_file: server.crt          # relative to the config file
   key_file: server.key
@@ -65,11 +82,16 @@ tls_server_config:
   client_ca_file: ca.crt
 basic_auth_users:
   prometheus: {hashed}
-""")
+""",
+    )
     try:
         good = client_context(certs)
-        wait_for(lambda: request(port, "/-/healthy", good)[0] == 200, 20, what="the exporter to serve https",
-                 describe=proc.log_text)
+        wait_for(
+            lambda: request(port, "/-/healthy", good)[0] == 200,
+            20,
+            what="the exporter to serve https",
+            describe=proc.log_text,
+        )
         # the right certificate and credentials
         status, _, body = request(port, "/metrics", good, ("prometheus", PASSWORD))
         assert status == 200 and "celery_exporter_build_info{" in body
@@ -103,17 +125,25 @@ basic_auth_users:
 def test_health_endpoints_can_require_credentials_too(tmp_path):
     certs = make_certs(tmp_path)
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
-    proc, port = start(tmp_path, f"""
+    proc, port = start(
+        tmp_path,
+        f"""
 tls_server_config:
-  cert_file: {certs['server.crt']}
-  key_file: {certs['server.key']}
+  cert_file: {certs["server.crt"]}
+  key_file: {certs["server.key"]}
 basic_auth_users:
   prometheus: {hashed}
-""", "--no-web-health-open")
+""",
+        "--no-web-health-open",
+    )
     try:
         context = ssl.create_default_context(cafile=str(certs["ca.crt"]))
-        wait_for(lambda: request(port, "/-/healthy", context, ("prometheus", PASSWORD))[0] == 200, 20,
-                 what="the exporter to serve https", describe=proc.log_text)
+        wait_for(
+            lambda: request(port, "/-/healthy", context, ("prometheus", PASSWORD))[0] == 200,
+            20,
+            what="the exporter to serve https",
+            describe=proc.log_text,
+        )
         assert request(port, "/-/healthy", context)[0] == 401
         assert request(port, "/-/ready", context)[0] == 401
         assert request(port, "/metrics", context, ("prometheus", PASSWORD))[0] == 200

@@ -28,8 +28,12 @@ def test_sigkilled_worker_goes_down_and_stays_listed(make_rig, broker):
     brief = rig.start_exporter("--worker-ttl", f"{short_ttl:g}s")  # same events, shorter TTL
     victim = rig.start_worker(exporter=exporter)
     control = rig.start_worker(exporter=exporter)  # stays alive: liveness is per worker
-    brief.wait_for(lambda m: m.get_value("celery_worker_up", hostname=victim.hostname) == 1, 10,
-                   what="the second exporter to see the worker", contains=victim.hostname)
+    brief.wait_for(
+        lambda m: m.get_value("celery_worker_up", hostname=victim.hostname) == 1,
+        10,
+        what="the second exporter to see the worker",
+        contains=victim.hostname,
+    )
 
     m = exporter.metrics()
     freq = m.get_value("celery_worker_heartbeat_interval_seconds", hostname=victim.hostname)
@@ -50,8 +54,9 @@ def test_sigkilled_worker_goes_down_and_stays_listed(make_rig, broker):
             seen["last_up"] = m
         return up == 0.0
 
-    m = exporter.wait_for(down, timeout + 5, what="the killed worker to show up 0",
-                          contains=victim.hostname, interval=0.05)
+    m = exporter.wait_for(
+        down, timeout + 5, what="the killed worker to show up 0", contains=victim.hostname, interval=0.05
+    )
     went_down = m.after
     print(f"killed -> up 0 after {went_down - killed_at:.2f} s (effective timeout {timeout:g} s)")
 
@@ -85,8 +90,13 @@ def test_sigkilled_worker_goes_down_and_stays_listed(make_rig, broker):
         assert m.after - hb > short_ttl - 0.05, f"dropped {m.after - hb:.2f} s after its last heartbeat"
         return True
 
-    m = brief.wait_for(short_ttl_dropped_it, short_ttl + 5, what="the short-TTL exporter to drop the worker",
-                       contains="celery_worker_up", interval=0.05)
+    m = brief.wait_for(
+        short_ttl_dropped_it,
+        short_ttl + 5,
+        what="the short-TTL exporter to drop the worker",
+        contains="celery_worker_up",
+        interval=0.05,
+    )
     print(f"short-TTL exporter dropped it {m.after - hb:.2f} s after its last heartbeat (TTL {short_ttl:g} s)")
     assert not any(victim.hostname in str(labels) for (_, labels) in m)
     assert m.get_value("celery_worker_up", hostname=control.hostname) == 1
@@ -108,8 +118,9 @@ def test_sigtermed_worker_leaves_at_once(make_rig, broker):
     def gone(m: Metrics) -> bool:
         return not any(worker.hostname in str(labels) for (_, labels) in m)
 
-    m = exporter.wait_for(gone, WORKER_TIMEOUT, what="the stopped worker's series to disappear",
-                          contains=worker.hostname, interval=0.05)
+    m = exporter.wait_for(
+        gone, WORKER_TIMEOUT, what="the stopped worker's series to disappear", contains=worker.hostname, interval=0.05
+    )
     elapsed = time.time() - stopped_at
     print(f"SIGTERM -> series gone after {elapsed:.2f} s")
     # Well before the worker timeout: it left on worker-offline, not on heartbeat age.
@@ -153,9 +164,14 @@ def test_worker_in_another_time_zone(make_rig, broker):
 
     labels = dict(name="it.sleep", queue_name="celery")
     m = exporter.wait_for(
-        lambda m: m.get_value("celery_task_succeeded_total", **labels) == 1
-        and m.get_value("celery_task_queue_wait_seconds_count", **labels) == 1,
-        15, what="it.sleep to be counted", contains="it.sleep")
+        lambda m: (
+            m.get_value("celery_task_succeeded_total", **labels) == 1
+            and m.get_value("celery_task_queue_wait_seconds_count", **labels) == 1
+        ),
+        15,
+        what="it.sleep to be counted",
+        contains="it.sleep",
+    )
     assert m.get_value("celery_task_sent_total", **labels) == 1
     assert m.get_value("celery_task_runtime_seconds_count", **labels) == 1
     assert 0.15 <= m.get_value("celery_task_runtime_seconds_sum", **labels) <= 5

@@ -76,6 +76,7 @@ def rig():
 
 # -- event factories: the payloads Celery 5.x really sends (see the reference sheet) ------
 
+
 def _common(etype, hostname, ts, **fields):
     event = {"type": etype, "hostname": hostname, "utcoffset": 0, "pid": 100, "clock": 1, "timestamp": ts}
     event.update(fields)
@@ -83,14 +84,41 @@ def _common(etype, hostname, ts, **fields):
 
 
 def sent(uuid, name="app.add", queue="celery", ts=T0, retries=0, eta=None, **kw):
-    return _common("task-sent", "gen42@client", ts, uuid=uuid, root_id=uuid, parent_id=None, name=name,
-                   args="()", kwargs="{}", retries=retries, eta=eta, expires=None, queue=queue,
-                   exchange="", routing_key=queue, **kw)
+    return _common(
+        "task-sent",
+        "gen42@client",
+        ts,
+        uuid=uuid,
+        root_id=uuid,
+        parent_id=None,
+        name=name,
+        args="()",
+        kwargs="{}",
+        retries=retries,
+        eta=eta,
+        expires=None,
+        queue=queue,
+        exchange="",
+        routing_key=queue,
+        **kw,
+    )
 
 
 def received(uuid, name="app.add", host="w1@h", ts=T0, retries=0, eta=None):
-    return _common("task-received", host, ts, uuid=uuid, name=name, args="()", kwargs="{}",
-                   root_id=uuid, parent_id=None, retries=retries, eta=eta, expires=None)
+    return _common(
+        "task-received",
+        host,
+        ts,
+        uuid=uuid,
+        name=name,
+        args="()",
+        kwargs="{}",
+        root_id=uuid,
+        parent_id=None,
+        retries=retries,
+        eta=eta,
+        expires=None,
+    )
 
 
 def started(uuid, host="w1@h", ts=T0):
@@ -118,5 +146,15 @@ def rejected(uuid, host="w1@h", ts=T0, requeue=False):
 
 
 def heartbeat(host="w1@h", ts=T0, freq=2.0, active=0, processed=0, etype="worker-heartbeat"):
-    return _common(etype, host, ts, freq=freq, active=active, processed=processed, loadavg=[0.1, 0.1, 0.1],
-                   sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux")
+    return _common(
+        etype,
+        host,
+        ts,
+        freq=freq,
+        active=active,
+        processed=processed,
+        loadavg=[0.1, 0.1, 0.1],
+        sw_ident="py-celery",
+        sw_ver="5.7.0",
+        sw_sys="Linux",
+    )

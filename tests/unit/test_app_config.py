@@ -7,7 +7,7 @@ import pytest
 
 from .test_receiver_web_cli import run_cli
 
-APP = '''
+APP = """
 import ssl
 from celery import Celery
 from kombu import Queue
@@ -18,7 +18,7 @@ app.conf.task_queues = [Queue("default"), Queue("emails"), Queue("reports")]
 app.conf.event_serializer = "pickle"
 app.conf.event_exchange = "proj-events"
 app.conf.broker_use_ssl = {"ssl_cert_reqs": "required", "ssl_ca_certs": "/etc/ssl/ca.pem"}
-'''
+"""
 
 
 @pytest.fixture
@@ -46,8 +46,12 @@ def test_settings_come_from_the_app(project, capsys, monkeypatch):
 
 
 def test_flags_and_environment_override_the_app(project, capsys, monkeypatch):
-    code, _, s = run_cli([f"--app={project}.celery:app", "-Q", "only", "--transport-option", "global_keyprefix=x:"],
-                         capsys, monkeypatch, env={"CELERY_EXPORTER_BROKER_URL": "amqp://guest:guest@rabbit//"})
+    code, _, s = run_cli(
+        [f"--app={project}.celery:app", "-Q", "only", "--transport-option", "global_keyprefix=x:"],
+        capsys,
+        monkeypatch,
+        env={"CELERY_EXPORTER_BROKER_URL": "amqp://guest:guest@rabbit//"},
+    )
     assert code == 0
     assert s.broker_url == "amqp://guest:guest@rabbit//"
     assert s.queues == ("only",)
@@ -55,12 +59,15 @@ def test_flags_and_environment_override_the_app(project, capsys, monkeypatch):
     assert s.events_exchange == "proj-events"  # not given: still from the app
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("no_such_project_xyz", "ModuleNotFoundError"),
-    ("json:dumps", "is not a Celery app"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("no_such_project_xyz", "ModuleNotFoundError"),
+        ("json:dumps", "is not a Celery app"),
+    ],
+)
 def test_an_app_that_cannot_be_loaded_is_one_line_and_exit_2(spec, message, capsys, monkeypatch):
     code, out, settings = run_cli(["--app", spec], capsys, monkeypatch)
     assert code == 2 and settings is None
-    line, = out.err.strip().splitlines()
+    (line,) = out.err.strip().splitlines()
     assert "'--app'" in line and message in line and "Traceback" not in out.err

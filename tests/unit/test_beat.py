@@ -96,7 +96,8 @@ def test_a_failed_schedule_read_is_counted_in_its_own_metric_and_keeps_the_entri
     assert rig.value("celery_exporter_beat_schedule_read_errors_total") == 1
     assert rig.value("celery_beat_schedule_info", entry="tick", task="app.tick", schedule="every 60s") == 1
     assert not rig.family("celery_exporter_queue_poll_errors_total").get(
-        ("celery_exporter_queue_poll_errors_total", frozenset({("reason", "schedule")})))
+        ("celery_exporter_queue_poll_errors_total", frozenset({("reason", "schedule")}))
+    )
     refresher.poll_once()  # back, and every entry was disabled
     assert rig.family("celery_beat_schedule_info") == {}
     assert rig.value("celery_exporter_beat_schedule_read_errors_total") == 1

@@ -5,17 +5,17 @@ import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
-from pathlib import Path
 
 from celery_exporter import cli
 from celery_exporter.receiver import Receiver, mask_url
 from celery_exporter.settings import Settings
 from celery_exporter.web import Web
 
-from .conftest import T0, Rig, heartbeat, received, started, succeeded
+from .conftest import Rig, heartbeat, received, started, succeeded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,9 +60,17 @@ def test_mask_url_hides_passwords():
 
 # -- HTTP ---------------------------------------------------------------------------------
 
+
 def call(app, path, headers=None):
-    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "QUERY_STRING": "", "SERVER_NAME": "x",
-               "SERVER_PORT": "1", "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http"}
+    environ = {
+        "PATH_INFO": path,
+        "REQUEST_METHOD": "GET",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "1",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
     for k, v in (headers or {}).items():
         environ["HTTP_" + k.upper().replace("-", "_")] = v
     result = {}
@@ -76,8 +84,13 @@ def call(app, path, headers=None):
 
 
 def web_for(rig, **settings):
-    return Web(Settings(broker_url="amqp://guest:hunter2@rabbit//", **settings), rig.store, rig.collector,
-               rig.process_registry, rig.clock)
+    return Web(
+        Settings(broker_url="amqp://guest:hunter2@rabbit//", **settings),
+        rig.store,
+        rig.collector,
+        rig.process_registry,
+        rig.clock,
+    )
 
 
 def test_health_and_readiness(rig):
@@ -140,6 +153,7 @@ def test_status_page_masks_the_password_and_hints_at_missing_task_events(rig):
 
 # -- command line -------------------------------------------------------------------------
 
+
 def run_cli(argv, capsys, monkeypatch, env=None):
     for k, v in (env or {}).items():
         monkeypatch.setenv(k, v)
@@ -153,17 +167,20 @@ def run_cli(argv, capsys, monkeypatch, env=None):
     return exc.value.code, out, captured.get("settings")
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["--port", "http"], "--port"),
-    (["--worker-timeout", "soon"], "--worker-timeout"),
-    (["--worker-ttl", "10s"], "--worker-ttl"),
-    (["--runtime-buckets", "1,0.5"], "--runtime-buckets"),
-    (["--transport-option", "novalue"], "--transport-option"),
-    (["--broker-url", "nosuch://host"], "--broker-url"),
-    (["--log-format", "xml"], "--log-format"),
-    (["--max-series", "0"], "--max-series"),
-    (["--frobnicate"], "--frobnicate"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--port", "http"], "--port"),
+        (["--worker-timeout", "soon"], "--worker-timeout"),
+        (["--worker-ttl", "10s"], "--worker-ttl"),
+        (["--runtime-buckets", "1,0.5"], "--runtime-buckets"),
+        (["--transport-option", "novalue"], "--transport-option"),
+        (["--broker-url", "nosuch://host"], "--broker-url"),
+        (["--log-format", "xml"], "--log-format"),
+        (["--max-series", "0"], "--max-series"),
+        (["--frobnicate"], "--frobnicate"),
+    ],
+)
 def test_bad_flags_give_one_line_naming_the_flag_and_exit_2(argv, flag, capsys, monkeypatch):
     code, out, settings = run_cli(argv, capsys, monkeypatch)
     assert code == 2 and settings is None
@@ -174,11 +191,26 @@ def test_bad_flags_give_one_line_naming_the_flag_and_exit_2(argv, flag, capsys, 
 
 def test_options_come_from_flags_and_environment(capsys, monkeypatch):
     code, _, s = run_cli(
-        ["--transport-option", "global_keyprefix=prod:", "--transport-option", "priority_steps=[0,5,9]",
-         "--worker-ttl", "1h", "--runtime-buckets", "0.1,1,10", "--broker-ssl-option", "cert_reqs=2"],
-        capsys, monkeypatch,
-        env={"CELERY_BROKER_URL": "amqp://u:p@rabbit//", "CELERY_EXPORTER_PORT": "9999",
-             "CELERY_EXPORTER_TASK_HOSTNAME_LABEL": "true", "CELERY_EXPORTER_WORKER_TIMEOUT": "45"},
+        [
+            "--transport-option",
+            "global_keyprefix=prod:",
+            "--transport-option",
+            "priority_steps=[0,5,9]",
+            "--worker-ttl",
+            "1h",
+            "--runtime-buckets",
+            "0.1,1,10",
+            "--broker-ssl-option",
+            "cert_reqs=2",
+        ],
+        capsys,
+        monkeypatch,
+        env={
+            "CELERY_BROKER_URL": "amqp://u:p@rabbit//",
+            "CELERY_EXPORTER_PORT": "9999",
+            "CELERY_EXPORTER_TASK_HOSTNAME_LABEL": "true",
+            "CELERY_EXPORTER_WORKER_TIMEOUT": "45",
+        },
     )
     assert code == 0
     assert s.broker_url == "amqp://u:p@rabbit//"
@@ -190,8 +222,12 @@ def test_options_come_from_flags_and_environment(capsys, monkeypatch):
 
 
 def test_exporter_specific_broker_variable_wins(capsys, monkeypatch):
-    _, _, s = run_cli([], capsys, monkeypatch, env={"CELERY_BROKER_URL": "redis://a:6379/0",
-                                                    "CELERY_EXPORTER_BROKER_URL": "redis://b:6379/1"})
+    _, _, s = run_cli(
+        [],
+        capsys,
+        monkeypatch,
+        env={"CELERY_BROKER_URL": "redis://a:6379/0", "CELERY_EXPORTER_BROKER_URL": "redis://b:6379/1"},
+    )
     assert s.broker_url == "redis://b:6379/1"
 
 
@@ -203,11 +239,12 @@ def test_help_lists_every_option_with_its_environment_variable(capsys, monkeypat
             continue
         assert f"--{param.name.replace('_', '-')}" in out.out or param.opts[0] in out.out
         assert param.envvar, param.name
-        for var in ([param.envvar] if isinstance(param.envvar, str) else param.envvar):
+        for var in [param.envvar] if isinstance(param.envvar, str) else param.envvar:
             assert var in out.out.replace("\n", " ").replace("  ", " ") or var in out.out
 
 
 # -- invariants between defaults and shipped alerts -----------------------------------------
+
 
 def test_worker_ttl_outlives_timeout_plus_every_alert_on_worker_up():
     def seconds(text):
@@ -215,8 +252,12 @@ def test_worker_ttl_outlives_timeout_plus_every_alert_on_worker_up():
         return float(text[:-1]) * units[text[-1]]
 
     defaults = Settings()
-    rules = [rule for path in (ROOT / "alerts").glob("*.yml")
-             for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+    rules = [
+        rule
+        for path in (ROOT / "alerts").glob("*.yml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
     reading_up = [r for r in rules if "celery_worker_up" in r["expr"]]
     assert reading_up, "no shipped alert reads celery_worker_up"
     for rule in reading_up:

@@ -3,7 +3,7 @@
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import T0, Rig, heartbeat, received, sent, started, succeeded
+from .conftest import T0, Rig, heartbeat, received, started, succeeded
 
 
 def test_task_series_expire_after_the_series_ttl():
@@ -75,7 +75,8 @@ def test_hostile_events_never_crash_and_the_exposition_still_parses(rig):
     assert rig.value("celery_exporter_events_total", type="other") == 1  # bogus types share one label
 
 
-@pytest.mark.parametrize("reason", ["undecodable", "bad_message", "bad_field", "unknown_task",
-                                    "duplicate", "series_limit", "handler_error"])
+@pytest.mark.parametrize(
+    "reason", ["undecodable", "bad_message", "bad_field", "unknown_task", "duplicate", "series_limit", "handler_error"]
+)
 def test_every_drop_reason_is_exported_from_the_start(rig, reason):
     assert rig.value("celery_exporter_events_dropped_total", reason=reason) == 0

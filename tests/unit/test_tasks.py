@@ -17,11 +17,21 @@ def counters(rig, **labels):
 
 
 def test_a_successful_task_gives_exact_samples(rig):
-    rig.feed(sent("u1", ts=T0), received("u1", ts=T0 + 0.2), started("u1", ts=T0 + 0.5),
-             succeeded("u1", ts=T0 + 1.0, runtime=0.42))
+    rig.feed(
+        sent("u1", ts=T0),
+        received("u1", ts=T0 + 0.2),
+        started("u1", ts=T0 + 0.5),
+        succeeded("u1", ts=T0 + 1.0, runtime=0.42),
+    )
     assert counters(rig, **L) == {
-        "sent": 1, "received": 1, "started": 1, "succeeded": 1,
-        "failed": 0, "retried": 0, "rejected": 0, "revoked": 0,
+        "sent": 1,
+        "received": 1,
+        "started": 1,
+        "succeeded": 1,
+        "failed": 0,
+        "retried": 0,
+        "rejected": 0,
+        "revoked": 0,
     }
     assert rig.value("celery_task_runtime_seconds_count", **L) == 1
     assert rig.value("celery_task_runtime_seconds_sum", **L) == pytest.approx(0.42)
@@ -48,9 +58,11 @@ def test_failure_counts_exception_class(rig):
 
 def test_duplicate_terminal_events_count_once(rig):
     # Celery 5.7 sends two task-failed for one hard time limit.
-    pool_failure = dict(exception="ExceptionWithTraceback()",
-                        traceback="Traceback (most recent call last):\n  ...\n"
-                                  "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n")
+    pool_failure = dict(
+        exception="ExceptionWithTraceback()",
+        traceback="Traceback (most recent call last):\n  ...\n"
+        "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n",
+    )
     rig.feed(sent("u1"), received("u1"), started("u1"), failed("u1", **pool_failure), failed("u1", **pool_failure))
     assert counters(rig, **L)["failed"] == 1
     assert rig.value("celery_task_exceptions_total", exception="TimeLimitExceeded", **L) == 1
@@ -66,14 +78,24 @@ def test_reject_after_failure_is_counted_under_the_same_labels(rig):
 def test_retries_reuse_the_uuid_and_arrive_out_of_order(rig):
     # Observed: the retry's task-sent and task-received arrive before the old attempt's task-retried.
     rig.feed(
-        sent("u1", ts=T0), received("u1", ts=T0 + 0.1), started("u1", ts=T0 + 0.2),
-        sent("u1", retries=1, ts=T0 + 0.3), received("u1", retries=1, ts=T0 + 0.31),
+        sent("u1", ts=T0),
+        received("u1", ts=T0 + 0.1),
+        started("u1", ts=T0 + 0.2),
+        sent("u1", retries=1, ts=T0 + 0.3),
+        received("u1", retries=1, ts=T0 + 0.31),
         retried("u1", ts=T0 + 0.3),
-        started("u1", ts=T0 + 0.5), succeeded("u1", ts=T0 + 0.6, runtime=0.1),
+        started("u1", ts=T0 + 0.5),
+        succeeded("u1", ts=T0 + 0.6, runtime=0.1),
     )
     assert counters(rig, **L) == {
-        "sent": 2, "received": 2, "started": 2, "succeeded": 1,
-        "failed": 0, "retried": 1, "rejected": 0, "revoked": 0,
+        "sent": 2,
+        "received": 2,
+        "started": 2,
+        "succeeded": 1,
+        "failed": 0,
+        "retried": 1,
+        "rejected": 0,
+        "revoked": 0,
     }
     assert rig.value("celery_task_exceptions_total", exception="Retry", **L) == 1
     # one queue wait per attempt: 0.2 (first) + 0.2 (second, from its own task-sent)
@@ -86,11 +108,13 @@ def test_a_late_task_started_of_the_attempt_before_a_retry_is_its_own(rig):
     attempt's task-started (still in the worker's event buffer). That start belongs to the
     previous attempt: both attempts get their own waits, none is clamped to 0."""
     rig.feed(
-        sent("u1", ts=T0), received("u1", ts=T0 + 0.1),
+        sent("u1", ts=T0),
+        received("u1", ts=T0 + 0.1),
         sent("u1", retries=1, ts=T0 + 0.3),
-        started("u1", ts=T0 + 0.2),            # attempt 0's start, arriving late
+        started("u1", ts=T0 + 0.2),  # attempt 0's start, arriving late
         retried("u1", ts=T0 + 0.35),
-        received("u1", retries=1, ts=T0 + 0.4), started("u1", ts=T0 + 0.6),
+        received("u1", retries=1, ts=T0 + 0.4),
+        started("u1", ts=T0 + 0.6),
         succeeded("u1", ts=T0 + 0.7, runtime=0.1),
     )
     c = counters(rig, **L)
@@ -104,19 +128,22 @@ def test_a_late_task_started_of_the_attempt_before_a_retry_is_its_own(rig):
 
 
 def _final(rig):
-    return {k: v for k, v in rig.samples().items()
-            if k[0].startswith("celery_task_")}
+    return {k: v for k, v in rig.samples().items() if k[0].startswith("celery_task_")}
 
 
 def test_any_arrival_order_gives_the_same_samples():
-    events = [sent("u2", ts=T0), received("u2", ts=T0 + 0.2), started("u2", ts=T0 + 0.5),
-              succeeded("u2", ts=T0 + 1.0, runtime=0.4)]
+    events = [
+        sent("u2", ts=T0),
+        received("u2", ts=T0 + 0.2),
+        started("u2", ts=T0 + 0.5),
+        succeeded("u2", ts=T0 + 1.0, runtime=0.4),
+    ]
     results = []
     for order in itertools.permutations(events):
         rig = Rig()
         rig.feed(sent("u1"))  # task-sent events are known to flow
         rig.feed(*order)
-        rig.advance(5)        # let any hold run out
+        rig.advance(5)  # let any hold run out
         results.append(_final(rig))
     assert all(r == results[0] for r in results)
     assert results[0][("celery_task_succeeded_total", frozenset(L.items()))] == 1
@@ -142,7 +169,8 @@ def test_before_any_task_sent_a_task_waits_for_its_late_task_sent(rig):
     c = counters(rig, name="app.add", queue_name="q2")
     assert (c["sent"], c["received"], c["started"], c["succeeded"]) == (1, 1, 1, 1)
     assert rig.family("celery_task_received_total") == {
-        ("celery_task_received_total", frozenset(dict(name="app.add", queue_name="q2").items())): 1}
+        ("celery_task_received_total", frozenset(dict(name="app.add", queue_name="q2").items())): 1
+    }
 
 
 def test_without_task_sent_events_queue_is_unknown_after_the_hold_then_at_once(rig):
@@ -193,8 +221,12 @@ def test_revoked_before_receipt_counts_under_task_sent_labels(rig):
 def test_eta_is_subtracted_from_waits(rig):
     eta = "2027-01-15T08:00:10+00:00"
     eta_ts = parse_eta(eta)
-    rig.feed(sent("u1", ts=eta_ts - 10, eta=eta), received("u1", ts=eta_ts - 9.9, eta=eta),
-             started("u1", ts=eta_ts + 0.25), succeeded("u1", ts=eta_ts + 0.3))
+    rig.feed(
+        sent("u1", ts=eta_ts - 10, eta=eta),
+        received("u1", ts=eta_ts - 9.9, eta=eta),
+        started("u1", ts=eta_ts + 0.25),
+        succeeded("u1", ts=eta_ts + 0.3),
+    )
     assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.25)
     assert rig.value("celery_task_prefetch_wait_seconds_sum", **L) == pytest.approx(0.25)
 
@@ -207,8 +239,12 @@ def test_clock_skew_is_clamped_at_zero(rig):
 
 def test_timezone_fields_do_not_shift_durations(rig):
     # A Berlin worker says utcoffset=-1; timestamps are epoch seconds and stay as they are.
-    events = [sent("u1", ts=T0), received("u1", ts=T0 + 0.1), started("u1", ts=T0 + 0.2),
-              succeeded("u1", ts=T0 + 0.3, runtime=0.1)]
+    events = [
+        sent("u1", ts=T0),
+        received("u1", ts=T0 + 0.1),
+        started("u1", ts=T0 + 0.2),
+        succeeded("u1", ts=T0 + 0.3, runtime=0.1),
+    ]
     for e in events[1:]:
         e["utcoffset"] = -1
     rig.feed(*events)
@@ -232,9 +268,11 @@ def test_hostname_label_is_opt_in():
 
 
 def test_custom_and_cancelled_events_are_counted_only_as_events(rig):
-    rig.feed(received("u1"),
-             {"type": "task-progress", "uuid": "u1", "hostname": "w1@h", "timestamp": T0, "pct": 5},
-             {"type": "task-cancelled", "uuid": "u1", "hostname": "w1@h", "timestamp": T0})
+    rig.feed(
+        received("u1"),
+        {"type": "task-progress", "uuid": "u1", "hostname": "w1@h", "timestamp": T0, "pct": 5},
+        {"type": "task-cancelled", "uuid": "u1", "hostname": "w1@h", "timestamp": T0},
+    )
     rig.settle()
     assert rig.value("celery_exporter_events_total", type="other") == 1
     assert rig.value("celery_exporter_events_total", type="task-cancelled") == 1
@@ -257,35 +295,52 @@ def test_finished_tasks_are_forgotten_and_the_uuid_map_is_bounded():
 
 # -- pure helpers ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("event,expected", [
-    ({"exception": "ValueError('boom')"}, "ValueError"),
-    ({"exception": "mymod.errors.Custom('x')"}, "Custom"),
-    ({"exception": "ExceptionWithTraceback()",
-      "traceback": "Traceback:\n  File x\nbilliard.exceptions.WorkerLostError: Worker exited\n\n"}, "WorkerLostError"),
-    ({"exception": "NotRegistered('app.nope')"}, "NotRegistered"),
-    ({"exception": "reject requeue=False: it.reject rejects",
-      "traceback": "Traceback (most recent call last):\n  File x\ncelery.exceptions.Reject: ('it.reject rejects', False)\n"},
-     "Reject"),
-    ({"exception": "reject requeue=False: no traceback"}, "Reject"),
-    ({"exception": "Retry(Retry(...), TimeoutError('upstream timed out'), 0.5)"}, "TimeoutError"),
-    ({"exception": "Retry('Retry in 5s')"}, "Retry"),
-    ({"exception": "KeyError('not yet')"}, "KeyError"),
-    ({"exception": "<object at 0x1>", "traceback": "Traceback...\n  File x\n    raise Weird()\n"}, "unknown"),
-    ({"exception": "<object at 0x1>"}, "unknown"),
-    ({"exception": None}, "unknown"),
-    ({}, "unknown"),
-])
+
+@pytest.mark.parametrize(
+    "event,expected",
+    [
+        ({"exception": "ValueError('boom')"}, "ValueError"),
+        ({"exception": "mymod.errors.Custom('x')"}, "Custom"),
+        (
+            {
+                "exception": "ExceptionWithTraceback()",
+                "traceback": "Traceback:\n  File x\nbilliard.exceptions.WorkerLostError: Worker exited\n\n",
+            },
+            "WorkerLostError",
+        ),
+        ({"exception": "NotRegistered('app.nope')"}, "NotRegistered"),
+        (
+            {
+                "exception": "reject requeue=False: it.reject rejects",
+                "traceback": "Traceback (most recent call last):\n  File x\n"
+                "celery.exceptions.Reject: ('it.reject rejects', False)\n",
+            },
+            "Reject",
+        ),
+        ({"exception": "reject requeue=False: no traceback"}, "Reject"),
+        ({"exception": "Retry(Retry(...), TimeoutError('upstream timed out'), 0.5)"}, "TimeoutError"),
+        ({"exception": "Retry('Retry in 5s')"}, "Retry"),
+        ({"exception": "KeyError('not yet')"}, "KeyError"),
+        ({"exception": "<object at 0x1>", "traceback": "Traceback...\n  File x\n    raise Weird()\n"}, "unknown"),
+        ({"exception": "<object at 0x1>"}, "unknown"),
+        ({"exception": None}, "unknown"),
+        ({}, "unknown"),
+    ],
+)
 def test_exception_class(event, expected):
     assert exception_class(event) == expected
 
 
-@pytest.mark.parametrize("event,expected", [
-    ({"queue": "q1", "exchange": "", "routing_key": "q1"}, "q1"),
-    ({"queue": None, "exchange": "", "routing_key": "q3"}, "q3"),
-    ({"queue": None, "exchange": "celery_delayed_27", "routing_key": "0." * 27 + "1.default"}, "default"),
-    ({"queue": None, "exchange": "tasks", "routing_key": "x.y"}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "event,expected",
+    [
+        ({"queue": "q1", "exchange": "", "routing_key": "q1"}, "q1"),
+        ({"queue": None, "exchange": "", "routing_key": "q3"}, "q3"),
+        ({"queue": None, "exchange": "celery_delayed_27", "routing_key": "0." * 27 + "1.default"}, "default"),
+        ({"queue": None, "exchange": "tasks", "routing_key": "x.y"}, None),
+        ({}, None),
+    ],
+)
 def test_queue_from_sent(event, expected):
     assert queue_from_sent(event) == expected
 

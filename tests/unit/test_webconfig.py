@@ -19,17 +19,23 @@ def write(tmp_path, text):
     return str(path)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("basic_auth_users: [a, b]\n", "basic_auth_users must map"),
-    ("basic_auth_users:\n  alice: plaintext\n", "basic_auth_users.alice: not a bcrypt hash"),
-    ("basic_auth_users:\n  alice: $2y$10$tooshort\n", "basic_auth_users.alice: not a valid bcrypt hash"),
-    ("basic_auth_user:\n  alice: x\n", "unknown key 'basic_auth_user'"),
-    ("tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n", "tls_server_config.cert_file: no such file"),
-    ("tls_server_config:\n  certfile: x\n", "unknown key tls_server_config.certfile"),
-    ("tls_server_config: [1]\n", "tls_server_config must be a mapping"),
-    ("- just\n- a list\n", "expected a mapping"),
-    ("basic_auth_users: {a: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("basic_auth_users: [a, b]\n", "basic_auth_users must map"),
+        ("basic_auth_users:\n  alice: plaintext\n", "basic_auth_users.alice: not a bcrypt hash"),
+        ("basic_auth_users:\n  alice: $2y$10$tooshort\n", "basic_auth_users.alice: not a valid bcrypt hash"),
+        ("basic_auth_user:\n  alice: x\n", "unknown key 'basic_auth_user'"),
+        (
+            "tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n",
+            "tls_server_config.cert_file: no such file",
+        ),
+        ("tls_server_config:\n  certfile: x\n", "unknown key tls_server_config.certfile"),
+        ("tls_server_config: [1]\n", "tls_server_config must be a mapping"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("basic_auth_users: {a: [\n", "not valid YAML"),
+    ],
+)
 def test_unusable_config_is_refused_with_the_key_named(tmp_path, text, message):
     with pytest.raises(WebConfigError, match=message.replace("[", r"\[").replace("$", r"\$")) as exc:
         load(write(tmp_path, text))
@@ -42,10 +48,11 @@ def test_a_missing_file_is_refused(tmp_path):
 
 
 def test_a_bad_web_config_is_a_cli_error_naming_the_flag(tmp_path, capsys, monkeypatch):
-    code, out, settings = run_cli(["--web-config-file", write(tmp_path, "basic_auth_users:\n  a: nothash\n")],
-                                  capsys, monkeypatch)
+    code, out, settings = run_cli(
+        ["--web-config-file", write(tmp_path, "basic_auth_users:\n  a: nothash\n")], capsys, monkeypatch
+    )
     assert code == 2 and settings is None
-    line, = out.err.strip().splitlines()
+    (line,) = out.err.strip().splitlines()
     assert "--web-config-file" in line and "not a bcrypt hash" in line
 
 

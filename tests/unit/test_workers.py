@@ -6,9 +6,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celery_exporter.clock import Clock
 from celery_exporter.collector import CeleryCollector
+from celery_exporter.handlers import Handler
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
-from celery_exporter.handlers import Handler
 from celery_exporter.web import Web
 
 from .conftest import T0, Rig, heartbeat
@@ -64,8 +64,17 @@ def test_timeout_follows_a_long_heartbeat_interval(rig):
 
 def test_wakeup_heartbeat_keeps_freq_and_counts(rig):
     rig.feed(heartbeat(active=2, processed=9))
-    rig.feed({"type": "worker-heartbeat", "hostname": "w1@h", "timestamp": T0, "freq": 5.0,
-              "sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux"})
+    rig.feed(
+        {
+            "type": "worker-heartbeat",
+            "hostname": "w1@h",
+            "timestamp": T0,
+            "freq": 5.0,
+            "sw_ident": "py-celery",
+            "sw_ver": "5.7.0",
+            "sw_sys": "Linux",
+        }
+    )
     assert rig.value("celery_worker_heartbeat_interval_seconds", hostname="w1@h") == 2.0
     assert rig.value("celery_worker_tasks_active", hostname="w1@h") == 2
     assert rig.value("celery_worker_tasks_processed_total", hostname="w1@h") == 9
@@ -89,20 +98,29 @@ def test_freezegun_drives_the_default_clock():
     collector = CeleryCollector(store, settings, Clock())
     with freeze_time("2027-03-01 12:00:00") as frozen:
         handler.handle(heartbeat(), Clock().now())
-        values = lambda: {s.labels["hostname"]: s.value  # noqa: E731
-                          for f in text_string_to_metric_families(collector.render())
-                          if f.name == "celery_worker_up" for s in f.samples}
+
+        def values():
+            return {
+                s.labels["hostname"]: s.value
+                for f in text_string_to_metric_families(collector.render())
+                if f.name == "celery_worker_up"
+                for s in f.samples
+            }
+
         assert values() == {"w1@h": 1.0}
         frozen.tick(45)
         assert values() == {"w1@h": 0.0}
 
 
-@pytest.mark.parametrize("bad", [
-    {"type": "worker-heartbeat", "timestamp": T0},                       # no hostname
-    {"type": "worker-heartbeat", "hostname": "w@h", "timestamp": "now"},  # wrong type
-    {"type": "worker-heartbeat", "hostname": "w\n@h", "timestamp": T0},  # control character
-    {"type": "worker-heartbeat", "hostname": "w" * 1000, "timestamp": T0},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "worker-heartbeat", "timestamp": T0},  # no hostname
+        {"type": "worker-heartbeat", "hostname": "w@h", "timestamp": "now"},  # wrong type
+        {"type": "worker-heartbeat", "hostname": "w\n@h", "timestamp": T0},  # control character
+        {"type": "worker-heartbeat", "hostname": "w" * 1000, "timestamp": T0},
+    ],
+)
 def test_malformed_worker_events_are_dropped_and_counted(rig, bad):
     rig.feed(bad)
     assert rig.family("celery_worker_up") == {}
