@@ -19,7 +19,9 @@ import time
 from typing import Any, Dict, Iterable, Optional, Protocol, Sequence, Tuple, cast
 
 from celery import Celery
+from celery.app.control import Control
 from kombu.connection import Connection
+from kombu.pidbox import Mailbox
 
 from celery_exporter.clock import Clock
 from celery_exporter.periodic import Periodic
@@ -51,6 +53,21 @@ class Backend(Protocol):
     def inspect(self, expected_replies: int) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, int]]: ...
 
     def close(self) -> None: ...
+
+
+class _OwnChannelMailbox(Mailbox):
+    """Celery's remote-control mailbox, publishing on the channel of the connection it is
+    given instead of a producer from kombu's process-wide pool: Celery's pool would keep
+    connections of its own open, which no one closes on stop (and closing them would close
+    them for every app in the process with the same broker URL)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["producer_pool"] = None
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # kombu's Mailbox is unannotated
+
+
+class _Control(Control):  # type: ignore[misc]  # Celery's class is untyped (Any)
+    Mailbox = _OwnChannelMailbox
 
 
 class KombuBackend:
@@ -93,14 +110,6 @@ class KombuBackend:
             except Exception:  # already broken; nothing to release
                 log.debug("error closing the poller connection", exc_info=True)
             self._connection = None
-        if self._app is not None:
-            # inspect's broadcast publishes through the app's connection pool, which keeps
-            # connections of its own: close them too (a new app is made on the next inspect)
-            try:
-                self._app.pool.force_close_all()
-            except Exception:  # already broken; nothing to release
-                log.debug("error closing the inspect app's connections", exc_info=True)
-            self._app = None
 
     def queue_depths(self, queues: Iterable[str]) -> Dict[str, QueueDepth]:
         try:
@@ -158,7 +167,7 @@ class KombuBackend:
     def inspect(self, expected_replies: int) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, int]]:
         """worker -> queues it consumes, worker -> pool processes (broadcast + replies)."""
         if self._app is None:
-            app = Celery("celery-exporter", broker=self.settings.broker_url, set_as_current=False)
+            app = Celery("celery-exporter", broker=self.settings.broker_url, set_as_current=False, control=_Control)
             app.conf.broker_transport_options = dict(self.settings.transport_options)
             if self.settings.broker_ssl is not None:
                 app.conf.broker_use_ssl = self.settings.broker_ssl
