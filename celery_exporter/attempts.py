@@ -39,6 +39,13 @@ def learn(record: TaskRecord, event: TaskEvent) -> None:
             if record.queue is None:
                 record.queue = event.queue
         else:
+            if record.received_ts is not None and event.retries == record.attempt:
+                # Received again for the same attempt: the broker redelivered it. A new
+                # attempt under the same retries: its own start and prefetch wait; the
+                # queue wait (publish -> first start) is observed once, whichever start.
+                event.redelivery = True
+                record.started_ts = None
+                record.waits_observed &= QUEUE_WAIT_BIT
             record.received_ts = ts
             record.worker = event.hostname
             if record.labels is None:

@@ -20,6 +20,14 @@ TASK_STATES = (
 STATE_INDEX = {state: i for i, state in enumerate(TASK_STATES)}
 EVENT_STATE = {"task-" + state: i for i, state in enumerate(TASK_STATES)}
 
+# Per-label-set counters that no single event gives: a running task whose worker was lost,
+# and a task id received again. They follow the event states in the store's counter list,
+# and are rendered like them (celery_task_<counter>_total, created at 0 with the label set).
+DERIVED_COUNTERS = ("interrupted", "redelivered")
+TASK_COUNTERS = TASK_STATES + DERIVED_COUNTERS
+INTERRUPTED = len(TASK_STATES)
+REDELIVERED = INTERRUPTED + 1
+
 # Terminal task events: counted at most once per task uuid (Celery 5.7 sends two
 # task-failed for one hard time limit; redeliveries can repeat task-revoked).
 TERMINAL_EVENTS = frozenset({"task-succeeded", "task-failed", "task-revoked"})
@@ -40,7 +48,21 @@ TASK_COUNTER_HELP = {
     "retried": "Task attempts that raised Retry (task-retried events).",
     "rejected": "Tasks rejected by a worker (task-rejected events).",
     "revoked": "Tasks revoked, expired or terminated (task-revoked events, at most once per task id).",
+    "interrupted": "Tasks that were running on a worker when it was lost (no heartbeat for the worker timeout, "
+    "no worker-offline, or restarted under the same name); once per task id.",
+    "redelivered": "Tasks received again under a task id already received for the same attempt "
+    "(a broker redelivery: acks_late after a lost worker, Redis' visibility timeout, a requeue).",
 }
+
+# Tasks in flight, from the uuid map: started and not ended, on workers not known to be down.
+TASK_RUNNING = (
+    "celery_task_running",
+    "Tasks started and not ended (succeeded, failed, retried, rejected, revoked), on workers that are not down.",
+)
+TASK_RUNNING_OLDEST = (
+    "celery_task_running_oldest_start_timestamp_seconds",
+    "When the longest-running task of this label set started (exporter clock at task-started); absent while none runs.",
+)
 
 TASK_LABELS = ("name", "queue_name")
 HOSTNAME_LABEL = "hostname"

@@ -26,6 +26,7 @@ from celery_exporter.store import Snapshot, Store
 from celery_exporter.store.budget import KINDS
 from celery_exporter.store.own import ExporterSnapshot
 from celery_exporter.store.queues import QueueSnapshot
+from celery_exporter.store.running import RunningSnapshot
 from celery_exporter.store.tasks import TaskRow, TaskSnapshot
 from celery_exporter.store.workers import WorkerSnapshot
 
@@ -117,6 +118,7 @@ class CeleryCollector:
             return families[-1]
 
         self._tasks(snap.tasks, new)
+        self._running(snap.running, snap.tasks.rows, new)
         if snap.schedule.entries:
             self._beat(snap, new)
         self._workers(snap.workers, new)
@@ -144,7 +146,7 @@ class CeleryCollector:
     def _tasks(self, snap: TaskSnapshot, new: NewFamily) -> None:
         rows = snap.rows
         labels = self._task_labels(rows)
-        for index, state in enumerate(catalogue.TASK_STATES):
+        for index, state in enumerate(catalogue.TASK_COUNTERS):
             family = new(f"celery_task_{state}", COUNTER, catalogue.TASK_COUNTER_HELP[state])
             name = family.sample_name
             family.lines = [f"{name}{{{text}}} {row.counts[index]}" for text, row in zip(labels, rows)]
@@ -174,6 +176,26 @@ class CeleryCollector:
         names = self.task_label_names + [catalogue.EXCEPTION_LABEL]
         for exc in snap.exceptions:
             family.add(labels_text(names, exc.key + (exc.exception,)), exc.total)
+
+    def _running(self, snap: RunningSnapshot, rows: List[TaskRow], new: NewFamily) -> None:
+        """Running tasks per label set: 0 for every live label set without a run (so a
+        dashboard's sum never has gaps), plus label sets that only have runs (their
+        counters expired while a task ran longer than --series-ttl)."""
+        running = new(catalogue.TASK_RUNNING[0], GAUGE, catalogue.TASK_RUNNING[1])
+        oldest = new(catalogue.TASK_RUNNING_OLDEST[0], GAUGE, catalogue.TASK_RUNNING_OLDEST[1])
+        by_key = {r.key: r for r in snap.rows}
+        cache = self._label_cache
+        names = self.task_label_names
+        for row in rows:
+            run = by_key.pop(row.key, None)
+            text = cache.get(row.key) or labels_text(names, row.key)
+            running.add(text, run.running if run is not None else 0)
+            if run is not None:
+                oldest.add(text, run.oldest_start)
+        for key, run in sorted(by_key.items()):
+            text = labels_text(names, key)
+            running.add(text, run.running)
+            oldest.add(text, run.oldest_start)
 
     def _beat(self, snap: Snapshot, new: NewFamily) -> None:
         entries = snap.schedule.entries

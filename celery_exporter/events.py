@@ -140,6 +140,7 @@ class TaskEvent:
         "queue",
         "runtime",
         "exception",
+        "redelivery",
     )
 
     def __init__(
@@ -167,6 +168,8 @@ class TaskEvent:
         self.queue = queue
         self.runtime = runtime
         self.exception = exception
+        # set by attempts.learn on a task-received for an attempt that was received before
+        self.redelivery = False
 
     def __repr__(self) -> str:
         return f"TaskEvent({self.type} {self.uuid} name={self.name!r} at {self.timestamp})"

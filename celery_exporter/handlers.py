@@ -12,11 +12,18 @@ the message arrived, and tick(now) about every half second. An event goes throug
 
 Handling is order-independent per task uuid: events that arrive before the task's name
 (and, when task-sent events are flowing, before its queue) are held on the task's record.
+
+Tasks in flight: task-started starts a run in the store's running set (unless the task
+already ended); its terminal event, task-retried and task-rejected end it, as does its
+worker's worker-offline. On the tick, the runs of workers declared lost (store.take_lost_runs)
+and, at a worker-online, those of a worker that restarted under its name, are counted as
+interrupted, once per task id. A task id received again for the same attempt is counted as
+redelivered.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from celery_exporter import attempts, catalogue
 from celery_exporter.drops import Drops
@@ -24,10 +31,14 @@ from celery_exporter.events import TaskEvent, Validator, WorkerEvent
 from celery_exporter.labels import LabelResolver
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
+from celery_exporter.store.running import Taken
 from celery_exporter.store.tasks import TaskKey
 from celery_exporter.tasks import TaskRecord, TaskTracker
 
 TERMINAL = catalogue.TERMINAL_EVENTS
+# events after which a task is no longer running (a rejected task may be requeued: then a
+# new receipt and start follow)
+ENDS_RUN = TERMINAL | {"task-retried", "task-rejected"}
 
 
 class Handler:
@@ -49,9 +60,11 @@ class Handler:
             self._worker_event(event, now)
 
     def tick(self, now: float) -> None:
-        """Release held events whose wait ran out; forget finished tasks."""
+        """Release held events whose wait ran out; forget finished tasks; count the runs
+        of workers declared lost as interrupted."""
         self.labels.release_due(now)
         self.tracker.forget_finished(now)
+        self._interrupted(self.store.take_lost_runs(now, self.store.exporter.connected_since), now)
         self.store.exporter.set_tracker_stats(len(self.tracker), self.tracker.evicted)
 
     # -- tasks --------------------------------------------------------------------------
@@ -61,8 +74,11 @@ class Handler:
         record = self.tracker.get(event.uuid)
         if record is None:
             record, evicted = self.tracker.create(event.uuid)
-            if evicted is not None and evicted.pending:
-                self.drop("unknown_task", "task id evicted from a full uuid map", len(evicted.pending))
+            if evicted is not None:
+                if evicted.pending:
+                    self.drop("unknown_task", "task id evicted from a full uuid map", len(evicted.pending))
+                if evicted.running:  # counted as evicted by the tracker, never as interrupted
+                    self.store.running.end(evicted.uuid)
         attempts.learn(record, event)
         if record.labels is None:
             self.labels.resolve(record, event, now)
@@ -79,6 +95,9 @@ class Handler:
                 return
             record.done |= bit
             self.tracker.finish(record, now)
+        if record.running and etype in ENDS_RUN:
+            record.running = False
+            self.store.running.end(record.uuid)
         assert record.labels is not None  # LabelResolver fixed them before emitting
         key: TaskKey = record.labels
         if self.with_hostname:
@@ -88,13 +107,32 @@ class Handler:
             return
         if event.exception is not None:  # task-failed, task-retried
             self.store.tasks.exception(key, event.exception, now)
+        if etype == "task-started" and not record.done:  # a terminal event that came first ended it
+            record.running = True
+            self.store.running.start(record.uuid, event.hostname or record.worker or "", key, now)
+        if event.redelivery:
+            self.store.tasks.observe(key, catalogue.REDELIVERED, now)
+
+    def _interrupted(self, taken: Iterable[Taken], now: float) -> None:
+        """Count runs cut off by their worker's loss, once per task id. (The record keeps
+        `running` set: it may run again elsewhere, and ending a run that is gone is a no-op.)"""
+        for uuid, key in taken:
+            record = self.tracker.peek(uuid)
+            if record is not None:
+                if record.interrupted:
+                    continue
+                record.interrupted = True
+            self.store.tasks.observe(key, catalogue.INTERRUPTED, now)
 
     # -- workers ------------------------------------------------------------------------
 
     def _worker_event(self, event: WorkerEvent, now: float) -> None:
         if event.type == "worker-offline":
             self.store.workers.offline(event.hostname)
+            self.store.running.left(event.hostname)  # a warm shutdown: what still runs is not lost
             return
+        if event.type == "worker-online":
+            self._interrupted(self.store.take_restarted_runs(event.hostname, event.processed), now)
         self.store.workers.heartbeat(
             event.hostname,
             now,

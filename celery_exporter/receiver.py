@@ -203,7 +203,7 @@ class Receiver(threading.Thread):
             self._upkeep(self.clock.now())
 
     def _connected(self) -> None:
-        self.store.exporter.set_connected(True)
+        self.store.exporter.set_connected(True, self.clock.now())
         url = mask_url(self.settings.broker_url)
         if self._outage_since is None:
             log.info("receiving events from %s", url)

@@ -51,6 +51,8 @@ class TaskRecord:
         "hold_until",
         "finished",
         "previous",
+        "running",
+        "interrupted",
     )
 
     def __init__(self, uuid: str):
@@ -72,6 +74,8 @@ class TaskRecord:
         self.finished = False
         # the attempt before a retry, whose task-started can arrive after the next attempt's task-sent
         self.previous: Optional[Attempt] = None
+        self.running = False  # a run of it is in the store's running set
+        self.interrupted = False  # counted as interrupted (once per task id)
 
 
 class TaskTracker:
@@ -91,6 +95,10 @@ class TaskTracker:
         if record is not None:
             self._records.move_to_end(uuid)
         return record
+
+    def peek(self, uuid: str) -> Optional[TaskRecord]:
+        """The record, without counting as a use (the eviction order stays)."""
+        return self._records.get(uuid)
 
     def create(self, uuid: str) -> Tuple[TaskRecord, Optional[TaskRecord]]:
         """A new record; returns it and the record evicted to make room, if any."""

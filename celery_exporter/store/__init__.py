@@ -7,6 +7,7 @@
 | `queues` | queue lengths, poll state, the inspect map | queue poller, inspector |
 | `exporter` | events received and dropped, broker connection, uuid-map size | event thread |
 | `schedule` | beat schedule entries and the reader's errors | beat-schedule thread |
+| `running` | tasks in flight: task id -> worker, label set, start | event thread |
 | `series` | the --max-series budget shared by tasks, exceptions and workers | (the parts above) |
 
 Writers call one method of one part per change; each takes the shared lock. A scrape takes
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Set
+from typing import List, Optional, Set
 
 from celery_exporter.liveness import Liveness
 from celery_exporter.settings import Settings
 from celery_exporter.store.budget import SeriesBudget, SeriesSnapshot
 from celery_exporter.store.own import ExporterSnapshot, ExporterState
 from celery_exporter.store.queues import QueueSnapshot, QueueStore
+from celery_exporter.store.running import RunningSnapshot, RunningStore, Taken
 from celery_exporter.store.schedule import ScheduleSnapshot, ScheduleState
 from celery_exporter.store.tasks import TaskSeriesStore, TaskSnapshot
 from celery_exporter.store.workers import WorkerSnapshot, WorkerStore
@@ -44,6 +46,7 @@ class Snapshot:
     exporter: ExporterSnapshot
     series: SeriesSnapshot
     schedule: ScheduleSnapshot
+    running: RunningSnapshot
 
 
 class Store:
@@ -56,6 +59,7 @@ class Store:
         self.queues = QueueStore(self.lock, settings.series_ttl)
         self.exporter = ExporterState(self.lock)
         self.schedule = ScheduleState(self.lock, settings.beat_entries, settings.beat_database_app is not None)
+        self.running = RunningStore(self.lock)
 
     def queue_names(self, now: float) -> Set[str]:
         """Queues discovered so far and not expired: those of live task label sets (from
@@ -66,9 +70,40 @@ class Store:
     def sweep(self, now: float) -> int:
         """Remove label sets past their TTL. Returns how many were removed."""
         with self.lock:
-            removed = self.tasks.sweep_locked(now) + self.workers.sweep_locked(now)
+            gone = self.workers.sweep_locked(now)
+            for host in gone:
+                self.running.drop_host_locked(host)
+            removed = self.tasks.sweep_locked(now) + len(gone)
             self.queues.sweep_locked(now)
             return removed
+
+    def take_lost_runs(self, now: float, connected_since: Optional[float]) -> List[Taken]:
+        """The runs on workers declared lost at `now`: down by the liveness rule while the
+        event stream was up for longer than their timeout (so their heartbeats would have
+        arrived). A broker outage of the exporter's own declares nobody lost. Runs displaced
+        from a worker that kept heartbeating for two timeouts since are forgotten."""
+        taken: List[Taken] = []
+        with self.lock:
+            for host in self.running.hosts_locked():
+                worker = self.workers.get_locked(host)
+                if worker is None:  # no heartbeat known (yet): it cannot be told lost
+                    self.running.forget_displaced_locked(host, now - 2 * self.liveness.worker_timeout)
+                    continue
+                timeout = self.liveness.timeout(worker.freq)
+                if self.liveness.is_up(worker.last_seen, worker.freq, now):
+                    self.running.forget_displaced_locked(host, now - 2 * timeout)
+                elif connected_since is not None and now - connected_since > timeout:
+                    taken.extend(self.running.take_locked(host))
+        return taken
+
+    def take_restarted_runs(self, hostname: str, processed: Optional[int]) -> List[Taken]:
+        """A worker-online whose `processed` count is below the last one heard: a new
+        process under the same name, so the old one's runs were cut off."""
+        with self.lock:
+            worker = self.workers.get_locked(hostname)
+            if worker is None or processed is None or worker.processed is None or processed >= worker.processed:
+                return []
+            return self.running.take_locked(hostname)
 
     def snapshot(self, now: float) -> Snapshot:
         with self.lock:
@@ -81,4 +116,5 @@ class Store:
                 exporter=self.exporter.snapshot_locked(),
                 series=self.budget.snapshot(),
                 schedule=self.schedule.snapshot_locked(),
+                running=self.running.snapshot_locked(workers.down_hosts),
             )

@@ -27,6 +27,8 @@ class ExporterState:
         self._events: Dict[str, int] = {}
         self._dropped: Dict[str, int] = dict.fromkeys(catalogue.DROP_REASONS, 0)
         self._connected = False
+        # exporter clock when the event stream last got connected; None while it is not
+        self.connected_since: Optional[float] = None
         self._reconnects = 0
         self._last_event: Optional[float] = None
         self._tasks_tracked = 0
@@ -41,7 +43,12 @@ class ExporterState:
         with self._lock:
             self._dropped[reason] += n
 
-    def set_connected(self, connected: bool) -> None:
+    def set_connected(self, connected: bool, now: Optional[float] = None) -> None:
+        """Set by the event thread; `now` (when connected) starts connected_since."""
+        if connected and not self._connected:
+            self.connected_since = now
+        elif not connected:
+            self.connected_since = None
         self._connected = connected  # one attribute store: readers need no lock
 
     @property

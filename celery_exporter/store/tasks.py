@@ -16,7 +16,7 @@ from celery_exporter import catalogue
 from celery_exporter.settings import Settings
 from celery_exporter.store.budget import SeriesBudget
 
-N_STATES = len(catalogue.TASK_STATES)
+N_STATES = len(catalogue.TASK_COUNTERS)  # the event states, then the derived counters
 N_HISTOGRAMS = len(catalogue.HISTOGRAMS)
 # state index -> position in TaskSeries.last_seen
 LAST_SEEN_INDEX = {catalogue.STATE_INDEX[state]: i for i, (state, _, _) in enumerate(catalogue.LAST_SEEN)}
@@ -44,7 +44,7 @@ class TaskRow(NamedTuple):
     """One task label set as a scrape sees it (copies)."""
 
     key: TaskKey
-    counts: List[int]  # by catalogue.TASK_STATES
+    counts: List[int]  # by catalogue.TASK_COUNTERS
     hist_counts: List[Optional[List[int]]]  # by catalogue.HISTOGRAMS: per-bucket (not cumulative) counts, or None
     hist_sums: List[float]
     last_seen: List[Optional[float]]  # by catalogue.LAST_SEEN
@@ -84,7 +84,7 @@ class TaskSeriesStore:
     # -- writers (take the lock) --------------------------------------------------------
 
     def observe(self, key: TaskKey, state: int, now: float, observations: Sequence[Observation] = ()) -> bool:
-        """Count one task event of `state` (index into TASK_STATES) for `key`, and observe
+        """Count one task event of `state` (index into TASK_COUNTERS) for `key`, and observe
         (histogram index, seconds) pairs. False if the label set was refused (--max-series)."""
         with self._lock:
             series = self._series.get(key)

@@ -52,6 +52,10 @@ class WorkerSnapshot:
     def up_hosts(self) -> Set[str]:
         return {w.hostname for w in self.workers if w.up}
 
+    @property
+    def down_hosts(self) -> Set[str]:
+        return {w.hostname for w in self.workers if not w.up}
+
 
 class WorkerStore:
     def __init__(self, lock: threading.Lock, liveness: Liveness, budget: SeriesBudget):
@@ -110,12 +114,16 @@ class WorkerStore:
     def up_hosts_locked(self, now: float) -> Set[str]:
         return {host for host, r in self._workers.items() if self._up(r, now)}
 
-    def sweep_locked(self, now: float) -> int:
+    def get_locked(self, hostname: str) -> Optional[WorkerRecord]:
+        return self._workers.get(hostname)
+
+    def sweep_locked(self, now: float) -> List[str]:
+        """Remove workers past --worker-ttl; returns their hostnames."""
         dead = [h for h, r in self._workers.items() if not self.liveness.is_kept(r.last_seen, now)]
         for host in dead:
             del self._workers[host]
         self._budget.release("worker", len(dead), expired=True)
-        return len(dead)
+        return dead
 
     def snapshot_locked(self, now: float) -> WorkerSnapshot:
         return WorkerSnapshot(

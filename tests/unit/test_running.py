@@ -1,0 +1,279 @@
+"""Tasks in flight: the running gauge, the oldest start, and tasks interrupted when their
+worker is lost or redelivered afterwards, in every order the events can come in."""
+
+import pytest
+
+from .conftest import T0, Rig, failed, heartbeat, received, rejected, retried, revoked, sent, started, succeeded
+
+L = {"name": "app.add", "queue_name": "celery"}
+TIMEOUT = 30.0  # Settings().worker_timeout; with freq=2 the effective timeout stays 30 s
+
+
+def connected_rig(**overrides) -> Rig:
+    rig = Rig(**overrides)
+    rig.store.exporter.set_connected(True, rig.clock.now())
+    return rig
+
+
+@pytest.fixture
+def rig():
+    return connected_rig()
+
+
+def running(rig, **labels):
+    return rig.value("celery_task_running", **(labels or L))
+
+
+def oldest(rig, **labels):
+    return rig.value("celery_task_running_oldest_start_timestamp_seconds", **(labels or L))
+
+
+def interrupted(rig, **labels):
+    return rig.value("celery_task_interrupted_total", **(labels or L))
+
+
+def redelivered(rig, **labels):
+    return rig.value("celery_task_redelivered_total", **(labels or L))
+
+
+def begin(rig, uuid, host="w1@h"):
+    rig.feed(sent(uuid), received(uuid, host=host), started(uuid, host=host))
+
+
+def keep_alive(rig, seconds, *hosts, step=2.0):
+    """Advance the clock by `seconds`, with heartbeats from `hosts` every `step`."""
+    elapsed = 0.0
+    while elapsed < seconds:
+        dt = min(step, seconds - elapsed)
+        rig.advance(dt)
+        elapsed += dt
+        rig.feed(*(heartbeat(host=h, ts=rig.clock.now()) for h in hosts))
+
+
+def test_a_started_task_runs_until_it_ends_with_its_start_time():
+    rig = connected_rig()
+    rig.feed(heartbeat())
+    begin(rig, "a")
+    rig.clock.advance(5)
+    begin(rig, "b")
+    assert running(rig) == 2
+    assert oldest(rig) == T0  # the exporter's clock when a's task-started arrived
+    rig.feed(succeeded("a"))
+    assert running(rig) == 1
+    assert oldest(rig) == T0 + 5
+    rig.feed(failed("b"))
+    assert running(rig) == 0  # still shown, as 0, for the label set
+    assert oldest(rig) is None
+    assert interrupted(rig) == 0 and redelivered(rig) == 0
+
+
+@pytest.mark.parametrize("end", [succeeded, failed, revoked, retried, rejected])
+def test_every_end_of_a_run_leaves_the_gauge(rig, end):
+    begin(rig, "a")
+    assert running(rig) == 1
+    rig.feed(end("a"))
+    assert running(rig) == 0
+
+
+def test_task_started_before_task_received_runs_from_the_started_arrival(rig):
+    rig.feed(started("a"))  # no name yet: held
+    rig.clock.advance(1)
+    rig.feed(received("a"))
+    rig.settle()  # no task-sent flowing before: the fallback queue label after the hold
+    assert rig.value("celery_task_running", name="app.add", queue_name="unknown") == 1
+    assert rig.value("celery_task_running_oldest_start_timestamp_seconds", name="app.add", queue_name="unknown") == T0
+
+
+def test_a_terminal_event_before_task_started_leaves_nothing_running(rig):
+    rig.feed(sent("a"), received("a"), succeeded("a"), started("a"))
+    assert running(rig) == 0
+    assert rig.value("celery_task_succeeded_total", **L) == 1
+
+
+def test_a_retry_ends_the_run_and_the_next_attempt_runs_again(rig):
+    begin(rig, "a")
+    rig.feed(retried("a"))
+    assert running(rig) == 0
+    rig.clock.advance(3)
+    rig.feed(sent("a", retries=1), received("a", retries=1), started("a"))
+    assert running(rig) == 1
+    assert oldest(rig) == T0 + 3
+    assert redelivered(rig) == 0  # a retry is a new attempt, not a redelivery
+    rig.feed(succeeded("a"))
+    assert running(rig) == 0
+
+
+def test_lost_worker_interrupts_its_running_tasks_once_and_spares_the_survivor(rig):
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    for uuid in ("a", "b", "c"):
+        begin(rig, uuid)
+    begin(rig, "s", host="w2@h")
+    rig.feed(sent("p"), received("p"))  # prefetched on w1, never started
+    keep_alive(rig, TIMEOUT, "w2@h")
+    assert interrupted(rig) == 0 and running(rig) == 4  # w1's heartbeat is exactly TIMEOUT old: still up
+    keep_alive(rig, 1, "w2@h")
+    assert rig.value("celery_worker_up", hostname="w1@h") == 0
+    assert interrupted(rig) == 3  # a, b, c; not the prefetched p
+    assert running(rig) == 1  # s on the survivor, untouched
+    keep_alive(rig, 60, "w2@h")
+    assert interrupted(rig) == 3  # counted once, not on every tick
+    rig.feed(heartbeat())  # w1 comes back (a partition, not a kill)
+    rig.feed(succeeded("a"))  # and reports a's end after all
+    assert interrupted(rig) == 3
+    assert rig.value("celery_task_succeeded_total", **L) == 1
+    assert running(rig) == 1
+
+
+def test_a_down_worker_runs_nothing_before_it_is_declared_lost(rig):
+    rig.feed(heartbeat())
+    begin(rig, "a")
+    rig.store.exporter.set_connected(False)  # the exporter's own outage: heartbeats stop arriving
+    rig.advance(TIMEOUT + 5)
+    assert rig.value("celery_worker_up", hostname="w1@h") == 0
+    assert running(rig) == 0  # only workers not down count
+    assert interrupted(rig) == 0  # but nobody is declared lost while we could not hear them
+    rig.store.exporter.set_connected(True, rig.clock.now())
+    rig.feed(heartbeat(ts=rig.clock.now()))  # the worker was fine all along
+    assert running(rig) == 1
+    rig.advance(TIMEOUT + 1)
+    assert interrupted(rig) == 1  # now silent for a whole timeout while connected: lost
+
+
+def test_redelivered_after_loss_is_counted_and_tracked_as_a_new_attempt(rig):
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    begin(rig, "a")
+    keep_alive(rig, TIMEOUT + 1, "w2@h")
+    assert interrupted(rig) == 1 and running(rig) == 0
+    t = rig.clock.now()
+    rig.feed(
+        received("a", host="w2@h", ts=t),
+        started("a", host="w2@h", ts=t + 0.25),
+    )
+    assert redelivered(rig) == 1
+    assert rig.value("celery_task_received_total", **L) == 2
+    assert running(rig) == 1 and oldest(rig) == t
+    # the new attempt's prefetch wait is its own (0.25 s), observed once per attempt
+    assert rig.value("celery_task_prefetch_wait_seconds_count", **L) == 2
+    assert rig.value("celery_task_prefetch_wait_seconds_sum", **L) == pytest.approx(0.25)
+    assert rig.value("celery_task_queue_wait_seconds_count", **L) == 1  # publish -> first start, once
+    rig.feed(succeeded("a", host="w2@h"))
+    assert rig.value("celery_task_succeeded_total", **L) == 1 and running(rig) == 0
+    assert interrupted(rig) == 1
+
+
+def test_prefetched_task_of_a_lost_worker_is_not_interrupted_but_redelivered(rig):
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    rig.feed(sent("p"), received("p"))
+    keep_alive(rig, TIMEOUT + 1, "w2@h")
+    assert interrupted(rig) == 0
+    rig.feed(received("p", host="w2@h"), started("p", host="w2@h"), succeeded("p", host="w2@h"))
+    assert redelivered(rig) == 1
+    assert rig.value("celery_task_succeeded_total", **L) == 1
+
+
+def test_redelivered_elsewhere_before_the_loss_still_counts_as_interrupted(rig):
+    """RabbitMQ hands a killed consumer's unacked messages to another one at once, before the
+    dead worker's heartbeats are overdue: the first run was still cut off by the death."""
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    begin(rig, "a")
+    rig.feed(received("a", host="w2@h"), started("a", host="w2@h"))
+    assert redelivered(rig) == 1 and running(rig) == 1
+    rig.feed(succeeded("a", host="w2@h"))  # the copy even finished before w1 is declared lost
+    keep_alive(rig, TIMEOUT + 1, "w2@h")
+    assert interrupted(rig) == 1
+    assert running(rig) == 0
+    assert rig.value("celery_task_succeeded_total", **L) == 1
+
+
+def test_redelivered_elsewhere_while_the_first_worker_lives_is_not_interrupted(rig):
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    begin(rig, "a")
+    rig.feed(received("a", host="w2@h"), started("a", host="w2@h"))  # w1's connection blipped
+    keep_alive(rig, 3 * TIMEOUT, "w1@h", "w2@h")
+    assert interrupted(rig) == 0
+    assert running(rig) == 1  # the copy on w2
+    keep_alive(rig, TIMEOUT + 1, "w2@h")  # w1 lost much later: its displaced run was forgotten
+    assert rig.value("celery_worker_up", hostname="w1@h") == 0
+    assert interrupted(rig) == 0
+
+
+def test_worker_offline_ends_its_runs_without_interrupting_them(rig):
+    rig.feed(heartbeat())
+    begin(rig, "a")
+    rig.feed(heartbeat(etype="worker-offline"))
+    assert running(rig) == 0
+    rig.advance(TIMEOUT * 3)
+    assert interrupted(rig) == 0
+
+
+def test_restart_under_the_same_name_interrupts_at_once(rig):
+    rig.feed(heartbeat(processed=7))
+    begin(rig, "a")
+    begin(rig, "b")
+    rig.advance(3)
+    rig.feed(heartbeat(etype="worker-online", processed=0, ts=rig.clock.now()))  # a new process
+    assert interrupted(rig) == 2
+    assert running(rig) == 0
+    rig.advance(TIMEOUT * 2)  # and the fresh process stays up: nothing is counted again
+    assert interrupted(rig) == 2
+
+
+def test_worker_online_of_the_same_process_interrupts_nothing(rig):
+    rig.feed(heartbeat(processed=7))
+    begin(rig, "a")
+    rig.feed(heartbeat(etype="worker-online", processed=9))  # consumer restart after a broker blip
+    assert interrupted(rig) == 0 and running(rig) == 1
+
+
+def test_evicted_running_task_leaves_the_gauge_and_is_never_interrupted():
+    rig = connected_rig(max_tasks=2)
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    begin(rig, "a")
+    rig.feed(sent("x"), sent("y"))  # the uuid map holds 2: a is evicted
+    assert running(rig) == 0
+    rig.advance(0.5)  # the tick publishes the uuid map's figures
+    assert rig.value("celery_exporter_tasks_evicted_total") == 1
+    keep_alive(rig, TIMEOUT + 1, "w2@h")
+    assert interrupted(rig) == 0
+
+
+def test_a_worker_without_heartbeats_runs_its_tasks_and_loses_none(rig):
+    begin(rig, "a")  # w1 never heartbeats (--without-heartbeat): it cannot be told lost
+    rig.advance(TIMEOUT * 3)
+    assert running(rig) == 1
+    assert interrupted(rig) == 0
+
+
+def test_a_swept_worker_takes_nothing_with_it():
+    rig = connected_rig()
+    rig.feed(heartbeat())
+    begin(rig, "a")
+    rig.store.exporter.set_connected(False)  # never declared lost: we could not hear it
+    rig.advance(rig.settings.worker_ttl + 1)
+    rig.store.sweep(rig.clock.now())
+    assert len(rig.store.running) == 0
+    assert running(rig) == 0
+
+
+def test_running_carries_the_hostname_label_when_asked():
+    rig = connected_rig(task_hostname_label=True)
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    begin(rig, "a")
+    begin(rig, "b", host="w2@h")
+    assert rig.value("celery_task_running", hostname="w1@h", **L) == 1
+    assert rig.value("celery_task_running", hostname="w2@h", **L) == 1
+    keep_alive(rig, TIMEOUT + 1, "w2@h")
+    assert rig.value("celery_task_interrupted_total", hostname="w1@h", **L) == 1
+    assert rig.value("celery_task_interrupted_total", hostname="w2@h", **L) == 0
+
+
+def test_running_memory_follows_the_uuid_map(rig):
+    rig.feed(heartbeat())
+    for i in range(50):
+        begin(rig, f"t{i}")
+    assert len(rig.store.running) == 50
+    for i in range(50):
+        rig.feed(succeeded(f"t{i}"))
+    assert len(rig.store.running) == 0
+    rig.advance(rig.settings.finished_grace_seconds + 1)
+    assert len(rig.handler.tracker) == 0
