@@ -115,3 +115,24 @@ def reject(self):
     record(self, "started")
     record(self, "rejected")
     raise Reject("it.reject rejects", requeue=False)
+
+
+def _hold(task, seconds):
+    """Record the real start (epoch seconds) and the attempt, then sleep: a task in flight."""
+    queue = (task.request.delivery_info or {}).get("routing_key") or "?"
+    truth().rpush(f"{TRUTH_PREFIX}:starts:{task.name}:{queue}", repr(time.time()))
+    record(task, "started")
+    time.sleep(seconds)
+    record(task, "succeeded")
+    return seconds
+
+
+@app.task(bind=True, name="it.hold")
+def hold(self, seconds):
+    return _hold(self, seconds)
+
+
+@app.task(bind=True, name="it.hold_late", acks_late=True)
+def hold_late(self, seconds):
+    """Acknowledged after it ran: a worker that dies running it leaves it to the broker."""
+    return _hold(self, seconds)

@@ -382,9 +382,15 @@ class Truth:
     def value(self, key: str) -> Optional[str]:
         return self.client.get(f"{self.prefix}:{key}")
 
+    def starts(self, task: str, queue: str) -> List[float]:
+        """Real start times (epoch seconds) that it.hold / it.hold_late recorded."""
+        return [float(v) for v in self.client.lrange(f"{self.prefix}:starts:{task}:{queue}", 0, -1)]
+
     def snapshot(self) -> Dict[str, int]:
         out = {}
         for key in self.client.scan_iter(f"{self.prefix}:*"):
+            if self.client.type(key) != "string":  # the start-time lists of it.hold
+                continue
             value = self.client.get(key)
             out[key[len(self.prefix) + 1 :]] = int(value) if value and value.lstrip("-").isdigit() else value
         return out
@@ -524,10 +530,12 @@ class Rig:
         extra: Sequence[str] = (),
         exporter: Optional[Exporter] = None,
         broker_url: Optional[str] = None,
+        hostname: Optional[str] = None,
     ) -> Worker:
-        """`celery worker -E` with a unique node name. With `exporter`, waits until the
-        exporter reports it up (its heartbeats arrive)."""
-        hostname = f"w-{uuid.uuid4().hex[:12]}@host"
+        """`celery worker -E` with a unique node name (or `hostname`, to restart a worker
+        under its old name). With `exporter`, waits until the exporter reports it up (its
+        heartbeats arrive)."""
+        hostname = hostname or f"w-{uuid.uuid4().hex[:12]}@host"
         argv = [
             executable("celery"),
             "-A",
