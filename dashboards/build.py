@@ -280,6 +280,37 @@ def overview() -> dict:
     lay = Layout()
     lay.row("Tasks")
     lay.add(
+        stat(
+            "Tasks running",
+            "Tasks started and not yet ended (from task events), on workers that are not down.",
+            f"sum(celery_task_running{{{JOB}}})",
+        ),
+        8,
+        4,
+    )
+    lay.add(
+        stat(
+            "Interrupted (last 1h)",
+            "Tasks that were running on a worker when it was lost (SIGKILL, OOM, lost node). "
+            "Without acks_late such a task is gone for good; with it, the broker delivers it again.",
+            f"round(sum(increase(celery_task_interrupted_total{{{JOB}}}[1h])))",
+            thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
+        ),
+        8,
+        4,
+    )
+    lay.add(
+        stat(
+            "Redelivered (last 1h)",
+            "Tasks a worker received again under a task id it had already received: broker "
+            "redeliveries (acks_late after a lost worker, Redis' visibility timeout, a requeue).",
+            f"round(sum(increase(celery_task_redelivered_total{{{JOB}}}[1h])))",
+            thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 1}],
+        ),
+        8,
+        4,
+    )
+    lay.add(
         timeseries(
             "Task events by state",
             "Tasks per second, by the event that counted them, all task names and queues of the selected jobs.",
@@ -336,8 +367,9 @@ def overview() -> dict:
     )
     lay.add(
         stat(
-            "Tasks running",
-            "Tasks the workers' pools are executing, from their last heartbeats.",
+            "Tasks active (heartbeats)",
+            "Tasks the workers' pools are executing, from their last heartbeats (sampled every "
+            "heartbeat; Tasks running above counts from task events).",
             f"sum(celery_worker_tasks_active{{{JOB}}})",
         ),
         4,
@@ -521,6 +553,50 @@ def tasks() -> dict:
         ),
         12,
     )
+    lay.row("Tasks in flight")
+    lay.add(
+        timeseries(
+            "Running tasks",
+            "Tasks started and not yet ended (succeeded, failed, retried, rejected, revoked), "
+            "per task name, on workers that are not down; from task events.",
+            [target(f"sum by (name) (celery_task_running{{{TASK}}})", "{{name}}")],
+        ),
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Longest running task",
+            "Age of the longest-running task of each name: seconds since it started (exporter "
+            "clock). No line while none runs; a line that only rises is a stuck task.",
+            [
+                target(
+                    f"time() - min by (name) (celery_task_running_oldest_start_timestamp_seconds{{{TASK}}})",
+                    "{{name}}",
+                )
+            ],
+            unit="s",
+        ),
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Interrupted and redelivered",
+            "Tasks per rate interval. Interrupted: running on a worker when it was lost (SIGKILL, "
+            "OOM); without acks_late such a task is gone for good. Redelivered: received again "
+            "under the same task id (acks_late after a lost worker, visibility timeout, requeue).",
+            targets(
+                (
+                    f"sum by (name) (increase(celery_task_interrupted_total{{{TASK}}}[{RATE}]))",
+                    "{{name}} interrupted",
+                ),
+                (
+                    f"sum by (name) (increase(celery_task_redelivered_total{{{TASK}}}[{RATE}]))",
+                    "{{name}} redelivered",
+                ),
+            ),
+        ),
+        8,
+    )
     lay.row("Runtime")
     lay.add(
         timeseries(
@@ -574,7 +650,7 @@ def tasks() -> dict:
     lay.row("Freshness")
     lay.add(
         table(
-            "Time since the last success",
+            "Time since the last success, by queue",
             "Seconds since each task name and queue last succeeded "
             "(exporter clock). A scheduled task that stopped running shows here first.",
             f"time() - max by (name, queue_name) (celery_task_last_succeeded_timestamp_seconds{{{TASK}}})",
@@ -642,7 +718,7 @@ def tasks() -> dict:
     return dashboard(
         "celery-exporter-tasks",
         "Celery / Tasks",
-        "Per task name and queue: rates, failure ratio, runtime percentiles, exceptions, waits.",
+        "Per task name and queue: rates, tasks in flight, failure ratio, runtime percentiles, exceptions, waits.",
         lay,
         variables(
             variable_query("queue", "Queue", f"celery_task_received_total{{{JOB}}}", "queue_name"),

@@ -75,6 +75,10 @@ def exported_names():
         received("u2"),
         started("u2"),
         failed("u2"),
+        # still running: celery_task_running_oldest_start_timestamp_seconds exists only now
+        sent("u3"),
+        received("u3"),
+        started("u3"),
     )
     rig.store.queues.set_worker_queues({"w1@h": ["celery"]}, {"w1@h": 2}, rig.clock.now())
     rig.store.queues.poll_succeeded({"celery": (3, 1)}, 0.01, rig.clock.now())
@@ -104,5 +108,19 @@ def test_panels_use_only_metrics_the_exporter_exports():
         "celery_queue_length",
         "celery_task_exceptions_total",
         "celery_exporter_broker_connected",
+        "celery_task_running",
+        "celery_task_running_oldest_start_timestamp_seconds",
+        "celery_task_interrupted_total",
+        "celery_task_redelivered_total",
     ):
         assert family in used, family
+
+
+@pytest.mark.parametrize("path", BOARDS, ids=lambda p: p.name)
+def test_panel_titles_and_ref_ids_are_unique(path):
+    """tests/integration/test_prometheus_e2e.py names each query board / title / refId: a
+    repeated name would hide one query from it."""
+    board = load(path)
+    keys = [(p["title"], t["refId"]) for p in board["panels"] for t in p.get("targets", [])]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    assert not repeated, repeated
