@@ -2,7 +2,8 @@
 scraping the real exporter, with its default flags, while real workers process tasks:
 every dashboard query and template variable returns data, and CeleryWorkerLost goes to
 firing for a SIGKILLed worker (its `for:` shortened through alerts/tune.py, the
-documented override) and for no other worker."""
+documented override) and for no other worker, and CeleryTasksInterrupted for the task name it
+was running."""
 
 from __future__ import annotations
 
@@ -137,6 +138,8 @@ class Load(threading.Thread):
                     self.rig.send("it.fail")
                 if i % 10 == 0:
                     self.rig.send("it.retry")
+                if i % 12 == 1:  # 4 s every 3 s: a task is always running (the in-flight panels)
+                    self.rig.send("it.hold", [4])
         except Exception as exc:  # shown by the test
             self.error = exc
 
@@ -205,7 +208,17 @@ def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_pat
         load.stop.set()
         load.join(5)
 
-    # 2. SIGKILL one worker (its whole process group: no worker-offline is sent).
+    # 2. SIGKILL one worker (its whole process group: no worker-offline is sent) while it runs
+    #    two tasks of q2, which only it consumes.
+    rig.send("it.hold", [300], queue="q2")
+    rig.send("it.hold", [300], queue="q2")
+    rig.truth.wait({("it.hold", "q2", "started"): 2})
+    exporter.wait_for(
+        lambda m: m.get_value("celery_task_running", name="it.hold", queue_name="q2") == 2,
+        20,
+        what="the doomed worker's two it.hold tasks to run",
+        contains="it.hold",
+    )
     killed_at = time.monotonic()
     doomed.proc.signal_group(signal.SIGKILL)
 
@@ -237,4 +250,21 @@ def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_pat
     up = {r["metric"]["hostname"]: float(r["value"][1]) for r in prometheus.query("celery_worker_up")}
     assert up == {doomed.hostname: 0.0, survivor.hostname: 1.0}
     assert prometheus.firing("CeleryNoWorkerUp") == []
+
+    # 3. CeleryTasksInterrupted (for: 0m) fires for the task name the lost worker was running.
+    interrupted = wait_for(
+        lambda: prometheus.firing("CeleryTasksInterrupted"),
+        30,
+        interval=1,
+        what="CeleryTasksInterrupted to fire",
+        describe=lambda: json.dumps(prometheus.query("celery_task_interrupted_total"), indent=1)[:3000],
+    )
+    assert interrupted == [
+        {"alertname": "CeleryTasksInterrupted", "job": "celery-exporter", "name": "it.hold", "severity": "warning"}
+    ]
+    counted = {
+        r["metric"]["queue_name"]: float(r["value"][1])
+        for r in prometheus.query('celery_task_interrupted_total{name="it.hold"}')
+    }
+    assert counted == {"q2": 2.0, "celery": 0.0}, counted
     print(f"{len(results)} dashboard queries answered; CeleryWorkerLost fired {elapsed:.1f} s after SIGKILL")
