@@ -46,9 +46,11 @@ class Entry:
             return after + every
         last = self.schedule.maybe_make_aware(dt.datetime.fromtimestamp(after, tz=dt.timezone.utc))
         now = self.schedule.now()
-        # now + (time from now to the occurrence after `last`): to the millisecond, so that two
-        # scrapes a moment apart agree (crontab and solar times are whole seconds anyway)
-        return float(round(now.timestamp() + self.schedule.remaining_estimate(last).total_seconds(), 3))
+        # now + (time from now to the occurrence after `last`), where remaining_estimate reads
+        # the clock again itself: to the whole second, so that the two readings (which a busy
+        # process can put milliseconds apart) and two scrapes a moment apart agree. Crontab
+        # times are whole seconds, and a solar event needs no finer.
+        return float(round(now.timestamp() + self.schedule.remaining_estimate(last).total_seconds()))
 
     def due_and_interval(self, after: float) -> Tuple[float, float]:
         """The first run due after `after`, and the seconds between runs: constant for plain
