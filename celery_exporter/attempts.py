@@ -40,10 +40,12 @@ def learn(record: TaskRecord, event: TaskEvent) -> None:
                 record.queue = event.queue
         else:
             if record.received_ts is not None and event.retries == record.attempt:
-                # Received again for the same attempt: the broker redelivered it. A new
-                # attempt under the same retries: its own start and prefetch wait; the
-                # queue wait (publish -> first start) is observed once, whichever start.
-                event.redelivery = True
+                # Received again for the same attempt: a new attempt under the same retries,
+                # with its own start and prefetch wait; the queue wait (publish -> first
+                # start) is observed once, whichever start. Under the same task name it is
+                # the broker redelivering the message; under another, Task.replace(), which
+                # publishes the replacement under the replaced task's id.
+                event.redelivery = event.name == record.name
                 record.started_ts = None
                 record.waits_observed &= QUEUE_WAIT_BIT
             record.received_ts = ts
@@ -54,6 +56,7 @@ def learn(record: TaskRecord, event: TaskEvent) -> None:
         previous = record.previous
         if previous is not None and _late_start_of_previous_attempt(record, previous, ts):
             previous.started_ts = ts
+            event.previous_attempt = True
         else:
             record.started_ts = ts
         if record.worker is None:

@@ -141,6 +141,7 @@ class TaskEvent:
         "runtime",
         "exception",
         "redelivery",
+        "previous_attempt",
     )
 
     def __init__(
@@ -168,8 +169,10 @@ class TaskEvent:
         self.queue = queue
         self.runtime = runtime
         self.exception = exception
-        # set by attempts.learn on a task-received for an attempt that was received before
+        # set by attempts.learn: a task-received for an attempt that was received before;
+        # a task-started of the attempt before a retry, arriving late
         self.redelivery = False
+        self.previous_attempt = False
 
     def __repr__(self) -> str:
         return f"TaskEvent({self.type} {self.uuid} name={self.name!r} at {self.timestamp})"

@@ -15,7 +15,8 @@ Handling is order-independent per task uuid: events that arrive before the task'
 
 Tasks in flight: task-started starts a run in the store's running set (unless the task
 already ended); its terminal event, task-retried and task-rejected end it, as does its
-worker's worker-offline. On the tick, the runs of workers declared lost (store.take_lost_runs)
+worker's worker-offline, or a heartbeat of its worker that says nothing runs (its end event was
+lost). On the tick, the runs of workers declared lost (store.take_lost_runs)
 and, at a worker-online, those of a worker that restarted under its name, are counted as
 interrupted, once per task id. A task id received again for the same attempt is counted as
 redelivered.
@@ -23,7 +24,7 @@ redelivered.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from celery_exporter import attempts, catalogue
 from celery_exporter.drops import Drops
@@ -39,6 +40,10 @@ TERMINAL = catalogue.TERMINAL_EVENTS
 # events after which a task is no longer running (a rejected task may be requeued: then a
 # new receipt and start follow)
 ENDS_RUN = TERMINAL | {"task-retried", "task-rejected"}
+# A gap this long between two ticks (normally 0.5 s apart) means the event thread was stalled
+# (CPU throttling, a suspended process): the heartbeats of that time are still unread, so
+# nobody is declared lost until a whole worker timeout has passed since.
+STALL_SECONDS = 5.0
 
 
 class Handler:
@@ -49,6 +54,8 @@ class Handler:
         self.tracker = TaskTracker(settings.max_tasks, settings.finished_grace_seconds)
         self.labels = LabelResolver(self.tracker, store.queues, settings, self.drop, self._emit)
         self.with_hostname = settings.task_hostname_label
+        self._last_tick: Optional[float] = None
+        self._resumed: Optional[float] = None  # when the last stall ended
 
     # -- entry points -------------------------------------------------------------------
 
@@ -64,7 +71,13 @@ class Handler:
         of workers declared lost as interrupted."""
         self.labels.release_due(now)
         self.tracker.forget_finished(now)
-        self._interrupted(self.store.take_lost_runs(now, self.store.exporter.connected_since), now)
+        if self._last_tick is not None and now - self._last_tick > STALL_SECONDS:
+            self._resumed = now
+        self._last_tick = now
+        listening = self.store.exporter.connected_since
+        if listening is not None and self._resumed is not None:
+            listening = max(listening, self._resumed)
+        self._interrupted(self.store.take_lost_runs(now, listening), now)
         self.store.exporter.set_tracker_stats(len(self.tracker), self.tracker.evicted)
 
     # -- tasks --------------------------------------------------------------------------
@@ -77,8 +90,8 @@ class Handler:
             if evicted is not None:
                 if evicted.pending:
                     self.drop("unknown_task", "task id evicted from a full uuid map", len(evicted.pending))
-                if evicted.running:  # counted as evicted by the tracker, never as interrupted
-                    self.store.running.end(evicted.uuid)
+                if evicted.ran:  # counted as evicted by the tracker, never as interrupted
+                    self.store.running.forget(evicted.uuid)
         attempts.learn(record, event)
         if record.labels is None:
             self.labels.resolve(record, event, now)
@@ -95,7 +108,7 @@ class Handler:
                 return
             record.done |= bit
             self.tracker.finish(record, now)
-        if record.running and etype in ENDS_RUN:
+        if record.running and etype in ENDS_RUN and self._ends_current_run(record, etype):
             record.running = False
             self.store.running.end(record.uuid)
         assert record.labels is not None  # LabelResolver fixed them before emitting
@@ -107,11 +120,28 @@ class Handler:
             return
         if event.exception is not None:  # task-failed, task-retried
             self.store.tasks.exception(key, event.exception, now)
-        if etype == "task-started" and not record.done:  # a terminal event that came first ended it
-            record.running = True
-            self.store.running.start(record.uuid, event.hostname or record.worker or "", key, now)
+        if etype == "task-started" and not record.done and not event.previous_attempt:
+            # (not after a terminal event that came first, nor for a retried attempt's late start)
+            record.running = record.ran = True
+            record.run_attempt = record.attempt
+            self.store.running.start(record.uuid, event.hostname or record.worker or "", key, now, event.timestamp)
         if event.redelivery:
-            self.store.tasks.observe(key, catalogue.REDELIVERED, now)
+            self._count(key, catalogue.REDELIVERED, now)
+
+    @staticmethod
+    def _ends_current_run(record: TaskRecord, etype: str) -> bool:
+        """Whether this end event ends the running attempt. A task-retried is the end of
+        attempt N when it is the (N+1)-th: a retried attempt's task-retried can come after the
+        next attempt's task-started (the pool child publishes the retry at once, the worker
+        sends task-retried from its buffer later), and must not end that one."""
+        if etype != "task-retried":
+            return True
+        record.retried_seen += 1
+        return record.retried_seen > record.run_attempt
+
+    def _count(self, key: TaskKey, counter: int, now: float) -> None:
+        if not self.store.tasks.observe(key, counter, now):
+            self.drop("series_limit", "a new label set was refused: --max-series reached")
 
     def _interrupted(self, taken: Iterable[Taken], now: float) -> None:
         """Count runs cut off by their worker's loss, once per task id. (The record keeps
@@ -122,7 +152,7 @@ class Handler:
                 if record.interrupted:
                     continue
                 record.interrupted = True
-            self.store.tasks.observe(key, catalogue.INTERRUPTED, now)
+            self._count(key, catalogue.INTERRUPTED, now)
 
     # -- workers ------------------------------------------------------------------------
 
@@ -133,6 +163,8 @@ class Handler:
             return
         if event.type == "worker-online":
             self._interrupted(self.store.take_restarted_runs(event.hostname, event.processed), now)
+        if event.active == 0:  # nothing runs there: end runs whose end events were lost
+            self.store.running.idle(event.hostname, event.timestamp)
         self.store.workers.heartbeat(
             event.hostname,
             now,

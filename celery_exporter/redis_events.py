@@ -78,6 +78,12 @@ def decode(data: Any, accept: Iterable[str]) -> Any:
         raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
+# A subscription with no message for PING_AFTER seconds is pinged; no reply at all within
+# PING_TIMEOUT seconds of the ping means the connection is dead (reconnect, counted as an outage).
+PING_AFTER = 5.0
+PING_TIMEOUT = 10.0
+
+
 class RedisEventStream:
     """The PUB/SUB subscription to one event exchange, read message by message."""
 
@@ -91,13 +97,27 @@ class RedisEventStream:
         self.topics: List[str] = channel._get_publish_topics(exchange, "*")
         self.pubsub.psubscribe(*self.topics)
         self.subscribed = False
+        self._last_reply = time.monotonic()
+        self._ping_sent: Optional[float] = None
 
     def read(self, timeout: float) -> Optional[bytes]:
         """The data of the next event message, or None when none came within `timeout`
-        (or the next reply was a subscription confirmation). Connection errors propagate."""
+        (or the next reply was a subscription confirmation or a pong). Connection errors
+        propagate, and so does silence: after PING_AFTER seconds without a message the
+        server is pinged, and without any reply PING_TIMEOUT seconds later the connection
+        counts as dead (a vanished server or a NAT that dropped the flow send no reset)."""
+        now = time.monotonic()
+        if self._ping_sent is None:
+            if now - self._last_reply >= PING_AFTER:
+                self.pubsub.ping()
+                self._ping_sent = now
+        elif now - self._ping_sent >= PING_TIMEOUT:
+            raise ConnectionError(f"the Redis server did not answer PING within {PING_TIMEOUT:g} s")
         response = self.pubsub.parse_response(block=False, timeout=timeout)
         if not response:
             return None
+        self._last_reply = time.monotonic()
+        self._ping_sent = None
         kind = response[0]
         if isinstance(kind, bytes):
             kind = kind.decode()

@@ -52,6 +52,9 @@ class TaskRecord:
         "finished",
         "previous",
         "running",
+        "ran",
+        "run_attempt",
+        "retried_seen",
         "interrupted",
     )
 
@@ -74,7 +77,10 @@ class TaskRecord:
         self.finished = False
         # the attempt before a retry, whose task-started can arrive after the next attempt's task-sent
         self.previous: Optional[Attempt] = None
-        self.running = False  # a run of it is in the store's running set
+        self.running = False  # its current run is in the store's running set
+        self.ran = False  # a run was started: the running set may hold a (displaced) run of it
+        self.run_attempt = 0  # the attempt (retries) of the latest run
+        self.retried_seen = 0  # task-retried events seen
         self.interrupted = False  # counted as interrupted (once per task id)
 
 

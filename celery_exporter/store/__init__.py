@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 from celery_exporter.liveness import Liveness
 from celery_exporter.settings import Settings
@@ -33,6 +33,9 @@ from celery_exporter.store.tasks import TaskSeriesStore, TaskSnapshot
 from celery_exporter.store.workers import WorkerSnapshot, WorkerStore
 
 __all__ = ["Snapshot", "Store"]
+
+# a worker's state for the running set, on one tick
+_ALIVE, _LOST, _UNSURE = "alive", "lost", "unsure"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,23 +80,44 @@ class Store:
             self.queues.sweep_locked(now)
             return removed
 
-    def take_lost_runs(self, now: float, connected_since: Optional[float]) -> List[Taken]:
-        """The runs on workers declared lost at `now`: down by the liveness rule while the
-        event stream was up for longer than their timeout (so their heartbeats would have
-        arrived). A broker outage of the exporter's own declares nobody lost. Runs displaced
-        from a worker that kept heartbeating for two timeouts since are forgotten."""
+    def take_lost_runs(self, now: float, listening_since: Optional[float]) -> List[Taken]:
+        """The runs (and displaced runs) on workers declared lost at `now`: down by the
+        liveness rule while the exporter was listening (connected, not stalled) for longer
+        than their timeout, so their heartbeats would have arrived. Our own outage declares
+        nobody lost. Displaced runs of a worker that is up, or unknown, two timeouts after
+        the displacement are forgotten: that worker lived on."""
         taken: List[Taken] = []
         with self.lock:
+            verdicts: Dict[str, Tuple[str, float]] = {}
+
+            def verdict(host: str) -> Tuple[str, float]:
+                known = verdicts.get(host)
+                if known is None:
+                    worker = self.workers.get_locked(host)
+                    if worker is None:  # no heartbeat known (yet): it cannot be told lost
+                        known = (_ALIVE, self.liveness.worker_timeout)
+                    else:
+                        timeout = self.liveness.timeout(worker.freq)
+                        if self.liveness.is_up(worker.last_seen, worker.freq, now):
+                            known = (_ALIVE, timeout)
+                        elif listening_since is not None and now - listening_since > timeout:
+                            known = (_LOST, timeout)
+                        else:
+                            known = (_UNSURE, timeout)
+                    verdicts[host] = known
+                return known
+
             for host in self.running.hosts_locked():
-                worker = self.workers.get_locked(host)
-                if worker is None:  # no heartbeat known (yet): it cannot be told lost
-                    self.running.forget_displaced_locked(host, now - 2 * self.liveness.worker_timeout)
-                    continue
-                timeout = self.liveness.timeout(worker.freq)
-                if self.liveness.is_up(worker.last_seen, worker.freq, now):
-                    self.running.forget_displaced_locked(host, now - 2 * timeout)
-                elif connected_since is not None and now - connected_since > timeout:
+                if verdict(host)[0] == _LOST:
                     taken.extend(self.running.take_locked(host))
+            displaced = self.running.displaced_locked()
+            for uuid, entry in list(displaced.items()):
+                state, timeout = verdict(entry.host)
+                if state == _LOST:
+                    taken.append((uuid, entry.key))
+                    del displaced[uuid]
+                elif state == _ALIVE and entry.when < now - 2 * timeout:
+                    del displaced[uuid]
         return taken
 
     def take_restarted_runs(self, hostname: str, processed: Optional[int]) -> List[Taken]:

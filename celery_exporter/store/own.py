@@ -27,8 +27,7 @@ class ExporterState:
         self._events: Dict[str, int] = {}
         self._dropped: Dict[str, int] = dict.fromkeys(catalogue.DROP_REASONS, 0)
         self._connected = False
-        # exporter clock when the event stream last got connected; None while it is not
-        self.connected_since: Optional[float] = None
+        self._connected_since: Optional[float] = None
         self._reconnects = 0
         self._last_event: Optional[float] = None
         self._tasks_tracked = 0
@@ -46,15 +45,21 @@ class ExporterState:
     def set_connected(self, connected: bool, now: Optional[float] = None) -> None:
         """Set by the event thread; `now` (when connected) starts connected_since."""
         if connected and not self._connected:
-            self.connected_since = now
+            self._connected_since = now
         elif not connected:
-            self.connected_since = None
+            self._connected_since = None
         self._connected = connected  # one attribute store: readers need no lock
 
     @property
     def connected(self) -> bool:
         """Read without the lock, for /-/ready: a bool attribute is read whole."""
         return self._connected
+
+    @property
+    def connected_since(self) -> Optional[float]:
+        """Exporter clock when the event stream last got connected; None while it is not
+        (or when set_connected was given no time). Read by the event thread, its writer."""
+        return self._connected_since
 
     def count_reconnect(self) -> None:
         with self._lock:

@@ -1,14 +1,16 @@
 """Tasks in flight: which task ids run on which worker, since when, under which label set.
 
-A run starts at task-started and ends at the task's terminal event, its retry, or when its
-worker leaves (worker-offline) or is lost. A run that is started again on another worker (a
-redelivery: the broker gave the message to another consumer once the first one's
-connection closed) is kept as *displaced* from the first worker, until that worker is known
-alive (heartbeats long after) or lost. So a task that a dead worker took with it counts as
+A run starts at task-started and ends at the task's terminal event, its retry, a heartbeat
+of its worker that says nothing runs (its end event was lost), or when its worker leaves
+(worker-offline) or is lost. A run that is started again on another worker (a redelivery:
+the broker gave the message to another consumer once the first one's connection closed) is
+kept as *displaced* from the first worker, once per task id, until that worker is known alive
+(heartbeats long after) or lost. So a task that a dead worker took with it counts as
 interrupted even when its redelivered copy already runs, or finished, elsewhere.
 
-Every run belongs to a task id in the handler's uuid map (bounded by --max-tasks): the
-handler ends the run of a record it evicts.
+Every run and displaced run belongs to a task id in the handler's uuid map (bounded by
+--max-tasks): the handler forgets both when it evicts the task's record; displaced runs are
+also bounded in time.
 """
 
 from __future__ import annotations
@@ -18,14 +20,22 @@ import threading
 from typing import Dict, List, NamedTuple, Set, Tuple
 
 TaskKey = Tuple[str, ...]  # as in store.tasks: (name, queue_name[, hostname])
-Taken = Tuple[str, TaskKey]  # (task id, label set) of a run taken from a lost worker
+Taken = Tuple[str, TaskKey]  # (task id, label set) of a run cut off by a lost worker
 
 
 class _Run:
-    __slots__ = ("key", "start")
+    __slots__ = ("key", "start", "worker_ts")
 
-    def __init__(self, key: TaskKey, start: float):
-        self.key, self.start = key, start
+    def __init__(self, key: TaskKey, start: float, worker_ts: float):
+        self.key = key
+        self.start = start  # exporter clock at task-started
+        self.worker_ts = worker_ts  # the worker's own timestamp of task-started
+
+
+class Displaced(NamedTuple):
+    host: str  # the worker the run was started on first
+    key: TaskKey
+    when: float  # exporter clock when it was started again elsewhere
 
 
 class RunningRow(NamedTuple):
@@ -44,22 +54,23 @@ class RunningStore:
         self._lock = lock
         self._hosts: Dict[str, Dict[str, _Run]] = {}  # worker -> task id -> run
         self._where: Dict[str, str] = {}  # task id -> worker of its run
-        # worker -> task id -> (label set, when it was displaced)
-        self._displaced: Dict[str, Dict[str, Tuple[TaskKey, float]]] = {}
+        self._displaced: Dict[str, Displaced] = {}  # task id -> its first run's worker
 
-    def __len__(self) -> int:
-        return len(self._where)
+    def size(self) -> Tuple[int, int]:
+        """(runs, displaced runs) held."""
+        with self._lock:
+            return len(self._where), len(self._displaced)
 
     # -- writers (take the lock) --------------------------------------------------------
 
-    def start(self, uuid: str, host: str, key: TaskKey, now: float) -> None:
+    def start(self, uuid: str, host: str, key: TaskKey, now: float, worker_ts: float) -> None:
         with self._lock:
             old = self._where.get(uuid)
             if old is not None:
                 run = self._pop_locked(uuid, old)
-                if old != host:
-                    self._displaced.setdefault(old, {})[uuid] = (run.key, now)
-            self._hosts.setdefault(host, {})[uuid] = _Run(key, now)
+                if old != host and uuid not in self._displaced:
+                    self._displaced[uuid] = Displaced(old, run.key, now)
+            self._hosts.setdefault(host, {})[uuid] = _Run(key, now, worker_ts)
             self._where[uuid] = host
 
     def end(self, uuid: str) -> None:
@@ -68,12 +79,28 @@ class RunningStore:
             if host is not None:
                 self._pop_locked(uuid, host)
 
+    def forget(self, uuid: str) -> None:
+        """The task's record was evicted: its run and displaced run go, uncounted."""
+        with self._lock:
+            host = self._where.get(uuid)
+            if host is not None:
+                self._pop_locked(uuid, host)
+            self._displaced.pop(uuid, None)
+
+    def idle(self, host: str, worker_ts: float) -> None:
+        """A heartbeat of `host`, sent at `worker_ts` (its clock), says no task runs: runs
+        it started before then have ended, though their end events never came (lost while
+        the exporter reconnected, or Celery <= 5.6 losing them after a broker reconnect)."""
+        with self._lock:
+            runs = self._hosts.get(host)
+            if runs:
+                for uuid in [u for u, run in runs.items() if run.worker_ts < worker_ts]:
+                    self._pop_locked(uuid, host)
+
     def left(self, host: str) -> None:
         """The worker shut down gracefully: its runs end, none interrupted."""
         with self._lock:
-            for uuid in self._hosts.pop(host, {}):
-                del self._where[uuid]
-            self._displaced.pop(host, None)
+            self.drop_host_locked(host)
 
     # -- with the lock held -------------------------------------------------------------
 
@@ -86,8 +113,12 @@ class RunningStore:
         return run
 
     def hosts_locked(self) -> Set[str]:
-        """Workers with runs or displaced runs."""
-        return set(self._hosts) | set(self._displaced)
+        """Workers with runs."""
+        return set(self._hosts)
+
+    def displaced_locked(self) -> Dict[str, Displaced]:
+        """Displaced runs by task id (the caller may delete entries)."""
+        return self._displaced
 
     def take_locked(self, host: str) -> List[Taken]:
         """Remove and return the runs and displaced runs of a lost worker."""
@@ -95,23 +126,16 @@ class RunningStore:
         for uuid in runs:
             del self._where[uuid]
         taken = [(uuid, run.key) for uuid, run in runs.items()]
-        taken.extend((uuid, key) for uuid, (key, _) in self._displaced.pop(host, {}).items())
+        for uuid in [u for u, d in self._displaced.items() if d.host == host]:
+            taken.append((uuid, self._displaced.pop(uuid).key))
         return taken
 
-    def forget_displaced_locked(self, host: str, before: float) -> None:
-        """The worker is alive: forget the runs displaced from it before `before`."""
-        displaced = self._displaced.get(host)
-        if displaced:
-            for uuid in [u for u, (_, when) in displaced.items() if when < before]:
-                del displaced[uuid]
-            if not displaced:
-                del self._displaced[host]
-
     def drop_host_locked(self, host: str) -> None:
-        """The worker's record was swept (past --worker-ttl): nothing about it stays."""
+        """Forget the worker's runs and displaced runs, uncounted."""
         for uuid in self._hosts.pop(host, {}):
             del self._where[uuid]
-        self._displaced.pop(host, None)
+        for uuid in [u for u, d in self._displaced.items() if d.host == host]:
+            del self._displaced[uuid]
 
     def snapshot_locked(self, down: Set[str]) -> RunningSnapshot:
         """Runs per label set on workers that are not down (unknown workers count as up:

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from celery_exporter.clock import FakeClock
 from celery_exporter.collector import CeleryCollector
 from celery_exporter.handlers import Handler
+from celery_exporter.receiver import TICK_INTERVAL
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 
@@ -37,8 +38,13 @@ class Rig:
                 self.clock.advance(dt)
 
     def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-        self.handler.tick(self.clock.now())
+        """Let `seconds` pass with the receiver's tick every TICK_INTERVAL, as it runs."""
+        target = self.clock.now() + seconds
+        while self.clock.t + TICK_INTERVAL < target:
+            self.clock.advance(TICK_INTERVAL)
+            self.handler.tick(self.clock.now())
+        self.clock.t = target  # the same float a single advance(seconds) gives
+        self.handler.tick(target)
 
     def settle(self) -> None:
         """Let held events go: a task's events wait up to sent_hold_seconds for its

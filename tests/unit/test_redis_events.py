@@ -58,3 +58,64 @@ def test_other_content_types_follow_accept_content():
 def test_garbage_is_undecodable_not_a_crash(data):
     with pytest.raises(UndecodableMessage):
         decode(data, ("json",))
+
+
+class FakePubSub:
+    """What RedisEventStream uses of redis-py's PubSub: replies are queued by the test."""
+
+    def __init__(self):
+        self.replies = []
+        self.pings = 0
+
+    def psubscribe(self, *topics):
+        self.replies.append([b"psubscribe", topics[0].encode(), 1])
+
+    def ping(self):
+        self.pings += 1
+
+    def parse_response(self, block=False, timeout=0.0):
+        return self.replies.pop(0) if self.replies else None
+
+
+class FakeChannel:
+    def __init__(self, pubsub):
+        self.subclient = pubsub
+
+    def _get_publish_topics(self, exchange, routing_key):
+        return [f"/0.{exchange}/{routing_key}"]
+
+
+class FakeConnection:
+    def __init__(self, pubsub):
+        self.default_channel = FakeChannel(pubsub)
+
+
+def test_a_silent_subscription_is_pinged_and_a_dead_one_raises(monkeypatch):
+    from celery_exporter import redis_events
+
+    now = [100.0]
+    monkeypatch.setattr(redis_events.time, "monotonic", lambda: now[0])
+    pubsub = FakePubSub()
+    stream = redis_events.RedisEventStream(FakeConnection(pubsub), "celeryev")
+    assert stream.read(0.5) is None and stream.subscribed  # the psubscribe confirmation
+    now[0] += redis_events.PING_AFTER - 0.1
+    assert stream.read(0.5) is None and pubsub.pings == 0
+    now[0] += 0.2
+    stream.read(0.5)
+    assert pubsub.pings == 1  # silent for PING_AFTER: pinged once
+    pubsub.replies.append([b"pong", b""])
+    now[0] += 1.0
+    assert stream.read(0.5) is None  # the pong counts as a reply
+    now[0] += redis_events.PING_AFTER
+    stream.read(0.5)
+    assert pubsub.pings == 2
+    now[0] += redis_events.PING_TIMEOUT - 0.1
+    assert stream.read(0.5) is None  # still waiting for the reply
+    pubsub.replies.append([b"pmessage", b"*", b"/0.celeryev/task.multi", b"{}"])
+    assert stream.read(0.5) == b"{}"  # any message is a reply: the ping is settled
+    now[0] += redis_events.PING_AFTER
+    stream.read(0.5)
+    assert pubsub.pings == 3
+    now[0] += redis_events.PING_TIMEOUT + 0.1
+    with pytest.raises(ConnectionError, match="did not answer PING"):
+        stream.read(0.5)

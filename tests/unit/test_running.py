@@ -41,13 +41,18 @@ def begin(rig, uuid, host="w1@h"):
 
 
 def keep_alive(rig, seconds, *hosts, step=2.0):
-    """Advance the clock by `seconds`, with heartbeats from `hosts` every `step`."""
+    """Advance the clock by `seconds`, with heartbeats from `hosts` every `step`, each
+    reporting as active the tasks the store has running there (as a real worker would)."""
     elapsed = 0.0
     while elapsed < seconds:
         dt = min(step, seconds - elapsed)
         rig.advance(dt)
         elapsed += dt
-        rig.feed(*(heartbeat(host=h, ts=rig.clock.now()) for h in hosts))
+        rig.feed(*(heartbeat(host=h, ts=rig.clock.now(), active=active_on(rig, h)) for h in hosts))
+
+
+def active_on(rig, host):
+    return len(rig.store.running._hosts.get(host, {}))
 
 
 def test_a_started_task_runs_until_it_ends_with_its_start_time():
@@ -117,7 +122,7 @@ def test_lost_worker_interrupts_its_running_tasks_once_and_spares_the_survivor(r
     assert running(rig) == 1  # s on the survivor, untouched
     keep_alive(rig, 60, "w2@h")
     assert interrupted(rig) == 3  # counted once, not on every tick
-    rig.feed(heartbeat())  # w1 comes back (a partition, not a kill)
+    rig.feed(heartbeat(ts=rig.clock.now(), active=1, processed=3))  # w1 comes back (a partition, not a kill)
     rig.feed(succeeded("a"))  # and reports a's end after all
     assert interrupted(rig) == 3
     assert rig.value("celery_task_succeeded_total", **L) == 1
@@ -133,7 +138,7 @@ def test_a_down_worker_runs_nothing_before_it_is_declared_lost(rig):
     assert running(rig) == 0  # only workers not down count
     assert interrupted(rig) == 0  # but nobody is declared lost while we could not hear them
     rig.store.exporter.set_connected(True, rig.clock.now())
-    rig.feed(heartbeat(ts=rig.clock.now()))  # the worker was fine all along
+    rig.feed(heartbeat(ts=rig.clock.now(), active=1))  # the worker was fine all along
     assert running(rig) == 1
     rig.advance(TIMEOUT + 1)
     assert interrupted(rig) == 1  # now silent for a whole timeout while connected: lost
@@ -192,6 +197,7 @@ def test_redelivered_elsewhere_while_the_first_worker_lives_is_not_interrupted(r
     keep_alive(rig, 3 * TIMEOUT, "w1@h", "w2@h")
     assert interrupted(rig) == 0
     assert running(rig) == 1  # the copy on w2
+    assert rig.store.running.size() == (1, 0)  # the displaced run was forgotten
     keep_alive(rig, TIMEOUT + 1, "w2@h")  # w1 lost much later: its displaced run was forgotten
     assert rig.value("celery_worker_up", hostname="w1@h") == 0
     assert interrupted(rig) == 0
@@ -251,7 +257,7 @@ def test_a_swept_worker_takes_nothing_with_it():
     rig.store.exporter.set_connected(False)  # never declared lost: we could not hear it
     rig.advance(rig.settings.worker_ttl + 1)
     rig.store.sweep(rig.clock.now())
-    assert len(rig.store.running) == 0
+    assert rig.store.running.size()[0] == 0
     assert running(rig) == 0
 
 
@@ -271,9 +277,105 @@ def test_running_memory_follows_the_uuid_map(rig):
     rig.feed(heartbeat())
     for i in range(50):
         begin(rig, f"t{i}")
-    assert len(rig.store.running) == 50
+    assert rig.store.running.size()[0] == 50
     for i in range(50):
         rig.feed(succeeded(f"t{i}"))
-    assert len(rig.store.running) == 0
+    assert rig.store.running.size()[0] == 0
     rig.advance(rig.settings.finished_grace_seconds + 1)
     assert len(rig.handler.tracker) == 0
+
+
+def test_an_idle_heartbeat_ends_runs_whose_end_event_was_lost(rig):
+    """The end events of a task can be lost (published while the exporter reconnected, or
+    Celery <= 5.6 after a broker reconnect): a heartbeat that says nothing runs ends them."""
+    rig.feed(heartbeat())
+    rig.feed(sent("a"), received("a"), started("a", ts=T0 + 1))
+    rig.clock.advance(2)
+    rig.feed(heartbeat(ts=T0 + 2, active=1))
+    assert running(rig) == 1
+    rig.feed(started("b", ts=T0 + 5))  # no name known: not running, nothing else changes
+    rig.feed(sent("c"), received("c"), started("c", ts=T0 + 5))
+    rig.feed(heartbeat(ts=T0 + 4, active=0))  # sent before c started: only a's end was lost
+    assert running(rig) == 1 and oldest(rig) == T0 + 2
+    rig.feed(heartbeat(ts=T0 + 6, active=0))
+    assert running(rig) == 0
+    assert interrupted(rig) == 0
+
+
+def test_task_replace_reuses_the_id_but_is_no_redelivery(rig):
+    """Task.replace() publishes the replacement under the replaced task's id."""
+    rig.feed(heartbeat())
+    begin(rig, "a")
+    rig.feed(sent("a", name="app.step2"), received("a", name="app.step2"), started("a"))
+    assert redelivered(rig) == 0
+    assert running(rig) == 1  # the replacement, counted under the task id's first labels
+    rig.feed(succeeded("a"))
+    assert running(rig) == 0
+
+
+def test_a_task_redelivered_twice_after_two_losses_is_interrupted_once():
+    rig = connected_rig(finished_grace_seconds=1.0)
+    rig.feed(heartbeat(), heartbeat(host="w2@h"), heartbeat(host="w3@h"))
+    begin(rig, "a")
+    rig.feed(received("a", host="w2@h"), started("a", host="w2@h"))  # w1 killed, redelivered at once
+    rig.feed(received("a", host="w3@h"), started("a", host="w3@h"))  # w2 killed too
+    rig.feed(succeeded("a", host="w3@h"))
+    rig.advance(2)  # the finished record is forgotten before the losses are known
+    assert rig.handler.tracker.peek("a") is None
+    keep_alive(rig, TIMEOUT + 1, "w3@h")
+    assert interrupted(rig) == 1
+    assert redelivered(rig) == 2
+    assert rig.store.running.size() == (0, 0)
+
+
+def test_an_evicted_task_leaves_no_displaced_run_behind():
+    rig = connected_rig(max_tasks=2)
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    begin(rig, "a")
+    rig.feed(received("a", host="w2@h"), started("a", host="w2@h"))  # displaced from w1
+    rig.feed(sent("x"), sent("y"))  # a is evicted
+    assert rig.store.running.size() == (0, 0)
+    keep_alive(rig, TIMEOUT + 1, "w2@h")
+    assert interrupted(rig) == 0
+
+
+def test_a_late_retried_of_the_previous_attempt_keeps_the_next_one_running(rig):
+    """The pool child publishes the retry at once; the next attempt can start (on another
+    worker) before the worker's buffered task-retried of the old attempt arrives."""
+    rig.feed(heartbeat(), heartbeat(host="w2@h"))
+    begin(rig, "a")
+    rig.feed(
+        sent("a", retries=1, ts=T0 + 1),
+        received("a", host="w2@h", retries=1, ts=T0 + 1),
+        started("a", host="w2@h", ts=T0 + 1.1),
+        retried("a", ts=T0 + 0.9),  # attempt 0's, late
+    )
+    assert running(rig) == 1
+    rig.feed(retried("a", host="w2@h", ts=T0 + 2))  # attempt 1's own retry
+    assert running(rig) == 0
+
+
+def test_a_late_started_of_the_previous_attempt_starts_no_run(rig):
+    rig.feed(heartbeat())
+    rig.feed(sent("a", ts=T0), received("a", ts=T0))
+    rig.feed(sent("a", retries=1, ts=T0 + 1))  # the retry, published before attempt 0's start arrives
+    rig.feed(started("a", ts=T0 + 0.5), retried("a", ts=T0 + 0.9))  # attempt 0's late events
+    assert running(rig) == 0
+    rig.feed(received("a", retries=1, ts=T0 + 1), started("a", ts=T0 + 1.2))
+    assert running(rig) == 1
+    rig.feed(succeeded("a", ts=T0 + 2))
+    assert running(rig) == 0
+
+
+def test_a_stalled_event_thread_declares_nobody_lost(rig):
+    rig.feed(heartbeat())
+    begin(rig, "a")
+    keep_alive(rig, 10, "w1@h")
+    rig.clock.advance(TIMEOUT + 10)  # one tick after 40 s: the process was frozen, heartbeats unread
+    rig.handler.tick(rig.clock.now())
+    assert interrupted(rig) == 0
+    rig.feed(heartbeat(ts=rig.clock.now(), active=1))  # the backlog is read
+    keep_alive(rig, TIMEOUT + 5, "w1@h")
+    assert interrupted(rig) == 0 and running(rig) == 1
+    rig.advance(TIMEOUT + 2)  # now really silent, with ticks every 0.5 s
+    assert interrupted(rig) == 1
