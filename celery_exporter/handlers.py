@@ -77,7 +77,7 @@ class Handler:
         listening = self.store.exporter.connected_since
         if listening is not None and self._resumed is not None:
             listening = max(listening, self._resumed)
-        self._interrupted(self.store.take_lost_runs(now, listening), now)
+        self._interrupted(self.store.take_lost_runs(now, listening, self.store.exporter.heard_at), now)
         self.store.exporter.set_tracker_stats(len(self.tracker), self.tracker.evicted)
 
     # -- tasks --------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class Receiver(threading.Thread):
         self.clock = clock
         self.stop_event = stop_event
         self._last_tick = 0.0
+        self._received: Optional[int] = None  # the connection's reply/frame count at the last tick
         self._next_sweep: Optional[float] = None
         self._handler_error_logged = False
         self._outage_since: Optional[float] = None
@@ -118,7 +119,7 @@ class Receiver(threading.Thread):
                 now = self.clock.now()
                 if data is not None:
                     self._on_data(data, accept, now)
-                self._tick(now)
+                self._tick(now, received=stream.replies)
             return True
         finally:
             stream.close()
@@ -131,12 +132,21 @@ class Receiver(threading.Thread):
             return
         self._on_body(body, now)
 
-    def _tick(self, now: float, connection: Optional[Connection] = None) -> None:
-        """About every TICK_INTERVAL: check AMQP heartbeats, and the upkeep."""
+    def _tick(self, now: float, connection: Optional[Connection] = None, received: Optional[int] = None) -> None:
+        """About every TICK_INTERVAL: check AMQP heartbeats, note whether the broker was
+        heard since the last tick (`received`: a count of replies or frames that grows with
+        anything the broker sends, pongs and AMQP heartbeats too), and the upkeep."""
         if now - self._last_tick >= TICK_INTERVAL:
             self._last_tick = now
             if connection is not None:
                 connection.heartbeat_check()
+                # py-amqp counts every frame it reads; other kombu transports: trust the connection
+                received = getattr(connection.connection, "bytes_recv", None)
+                if received is None:
+                    self.store.exporter.heard(now)
+            if received is not None and received != self._received:
+                self._received = received
+                self.store.exporter.heard(now)
             self._upkeep(now)
 
     def _upkeep(self, now: float) -> None:

@@ -99,6 +99,7 @@ class RedisEventStream:
         self.subscribed = False
         self._last_reply = time.monotonic()
         self._ping_sent: Optional[float] = None
+        self.replies = 0  # replies read: messages, pongs, confirmations
 
     def read(self, timeout: float) -> Optional[bytes]:
         """The data of the next event message, or None when none came within `timeout`
@@ -118,6 +119,7 @@ class RedisEventStream:
             return None
         self._last_reply = time.monotonic()
         self._ping_sent = None
+        self.replies += 1
         kind = response[0]
         if isinstance(kind, bytes):
             kind = kind.decode()

@@ -80,12 +80,14 @@ class Store:
             self.queues.sweep_locked(now)
             return removed
 
-    def take_lost_runs(self, now: float, listening_since: Optional[float]) -> List[Taken]:
+    def take_lost_runs(self, now: float, listening_since: Optional[float], heard_at: Optional[float]) -> List[Taken]:
         """The runs (and displaced runs) on workers declared lost at `now`: down by the
         liveness rule while the exporter was listening (connected, not stalled) for longer
-        than their timeout, so their heartbeats would have arrived. Our own outage declares
-        nobody lost. Displaced runs of a worker that is up, or unknown, two timeouts after
-        the displacement are forgotten: that worker lived on."""
+        than their timeout, and the broker was heard after their deadline (so the connection
+        was alive when their heartbeats were due; a connection that died silently proves
+        nothing until it is found dead). Our own outage declares nobody lost. Displaced runs
+        of a worker that is up, or unknown, two timeouts after the displacement are
+        forgotten: that worker lived on."""
         taken: List[Taken] = []
         with self.lock:
             verdicts: Dict[str, Tuple[str, float]] = {}
@@ -100,7 +102,12 @@ class Store:
                         timeout = self.liveness.timeout(worker.freq)
                         if self.liveness.is_up(worker.last_seen, worker.freq, now):
                             known = (_ALIVE, timeout)
-                        elif listening_since is not None and now - listening_since > timeout:
+                        elif (
+                            listening_since is not None
+                            and now - listening_since > timeout
+                            and heard_at is not None
+                            and heard_at > worker.last_seen + timeout
+                        ):
                             known = (_LOST, timeout)
                         else:
                             known = (_UNSURE, timeout)

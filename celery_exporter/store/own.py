@@ -28,6 +28,7 @@ class ExporterState:
         self._dropped: Dict[str, int] = dict.fromkeys(catalogue.DROP_REASONS, 0)
         self._connected = False
         self._connected_since: Optional[float] = None
+        self._heard: Optional[float] = None
         self._reconnects = 0
         self._last_event: Optional[float] = None
         self._tasks_tracked = 0
@@ -60,6 +61,18 @@ class ExporterState:
         """Exporter clock when the event stream last got connected; None while it is not
         (or when set_connected was given no time). Read by the event thread, its writer."""
         return self._connected_since
+
+    def heard(self, now: float) -> None:
+        """The broker sent something (a pong, an AMQP frame) on the event connection: it was
+        alive at `now`. Set by the event thread."""
+        self._heard = now
+
+    @property
+    def heard_at(self) -> Optional[float]:
+        """When the event connection last proved alive: an event or any other reply."""
+        if self._heard is None or (self._last_event is not None and self._last_event > self._heard):
+            return self._last_event
+        return self._heard
 
     def count_reconnect(self) -> None:
         with self._lock:

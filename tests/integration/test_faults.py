@@ -251,3 +251,65 @@ def test_broker_down_longer_than_the_backoff_cap(make_rig, tmp_path):
     assert len([line for line in log.splitlines() if OUTAGE_LINE in line]) == 1
     assert log.count("reconnected to") == 1
     assert scrapes >= 35
+
+
+def test_a_frozen_redis_server_is_noticed_and_takes_no_task_with_it(make_rig, tmp_path):
+    """SIGSTOP of the server: the exporter's connection stays open and silent (as with a
+    vanished host or a NAT that dropped the flow). The exporter pings, gives up, counts the
+    outage and reconnects once the server runs again; the worker, frozen out as well, is not
+    declared lost, and the task it ran all along is not counted as interrupted."""
+    from celery_exporter.redis_events import PING_AFTER, PING_TIMEOUT
+
+    server = RedisServer(tmp_path)
+    server.start()
+    rig = make_rig(server.url)
+    rig.procs.append(server.proc)
+    exporter = rig.start_exporter()
+    worker = rig.start_worker(exporter=exporter)
+    rig.prime(exporter)
+    rig.send("it.hold", [120])
+    rig.truth.wait({("it.hold", "celery", "started"): 1})
+
+    def running(m: Metrics):
+        return m.get_value("celery_task_running", name="it.hold", queue_name="celery")
+
+    def interrupted(m: Metrics):
+        return m.get_value("celery_task_interrupted_total", name="it.hold", queue_name="celery")
+
+    exporter.wait_for(lambda m: running(m) == 1, 15, what="the task to run", contains="it.hold")
+
+    server.proc.signal(signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        m = exporter.wait_for(
+            lambda m: m.get_value("celery_exporter_broker_connected") == 0,
+            PING_AFTER + PING_TIMEOUT + 10,
+            what="the silent connection to be given up",
+            contains="celery_exporter_broker",
+            interval=0.25,
+        )
+        noticed = time.monotonic() - frozen
+        # the last heartbeat came at most 2 s before the freeze: then 5 s to the ping, 10 s to give up
+        assert PING_AFTER + PING_TIMEOUT - 2.5 <= noticed <= PING_AFTER + PING_TIMEOUT + 3, noticed
+        assert m.get_value("celery_exporter_broker_reconnects_total") == 1
+        assert exporter.get("/-/ready")[0] == 503
+        assert m.get_value("celery_worker_up", hostname=worker.hostname) == 0  # unheard, so down...
+        assert interrupted(m) == 0  # ...but not declared lost: we were the ones cut off
+    finally:
+        server.proc.signal(signal.SIGCONT)
+    m = exporter.wait_for(
+        lambda m: (
+            m.get_value("celery_exporter_broker_connected") == 1
+            and m.get_value("celery_worker_up", hostname=worker.hostname) == 1
+            and running(m) == 1
+        ),
+        40,
+        what="reconnected, the worker up again and its task running",
+        contains="it.hold",
+    )
+    assert interrupted(m) == 0
+    assert m.get_value("celery_exporter_broker_reconnects_total") == 1
+    log = exporter_log(exporter)
+    assert "did not answer PING" in log
+    assert len([line for line in log.splitlines() if OUTAGE_LINE in line]) == 1
+    worker.proc.signal_group(signal.SIGKILL)  # no need to wait for the task

@@ -29,6 +29,7 @@ class Rig:
         self.handler = Handler(self.store, self.settings)
         self.collector = CeleryCollector(self.store, self.settings, self.clock)
         self.process_registry = CollectorRegistry(auto_describe=False)
+        self.broker_alive = True
 
     def feed(self, *events, dt: float = 0.0) -> None:
         """Deliver events as the receiver would, each at the current clock time."""
@@ -42,9 +43,16 @@ class Rig:
         target = self.clock.now() + seconds
         while self.clock.t + TICK_INTERVAL < target:
             self.clock.advance(TICK_INTERVAL)
-            self.handler.tick(self.clock.now())
+            self.tick()
         self.clock.t = target  # the same float a single advance(seconds) gives
-        self.handler.tick(target)
+        self.tick()
+
+    def tick(self) -> None:
+        """One receiver tick. While `broker_alive`, the broker is heard on every tick (as
+        the receiver hears pongs and AMQP heartbeats), whether or not events come."""
+        if self.broker_alive and self.store.exporter.connected:
+            self.store.exporter.heard(self.clock.now())
+        self.handler.tick(self.clock.now())
 
     def settle(self) -> None:
         """Let held events go: a task's events wait up to sent_hold_seconds for its

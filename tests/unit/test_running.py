@@ -372,10 +372,24 @@ def test_a_stalled_event_thread_declares_nobody_lost(rig):
     begin(rig, "a")
     keep_alive(rig, 10, "w1@h")
     rig.clock.advance(TIMEOUT + 10)  # one tick after 40 s: the process was frozen, heartbeats unread
-    rig.handler.tick(rig.clock.now())
+    rig.tick()
     assert interrupted(rig) == 0
     rig.feed(heartbeat(ts=rig.clock.now(), active=1))  # the backlog is read
     keep_alive(rig, TIMEOUT + 5, "w1@h")
     assert interrupted(rig) == 0 and running(rig) == 1
     rig.advance(TIMEOUT + 2)  # now really silent, with ticks every 0.5 s
+    assert interrupted(rig) == 1
+
+
+def test_a_connection_that_died_silently_declares_nobody_lost(rig):
+    """Connected by the socket, but nothing comes, not even the replies to our pings: the
+    workers' silence proves nothing until the connection is found dead (or heard again)."""
+    rig.feed(heartbeat())
+    begin(rig, "a")
+    rig.broker_alive = False
+    rig.advance(TIMEOUT + 10)
+    assert rig.value("celery_worker_up", hostname="w1@h") == 0
+    assert interrupted(rig) == 0
+    rig.broker_alive = True  # a pong: the connection lives, and w1 is still silent
+    rig.advance(0.5)
     assert interrupted(rig) == 1
