@@ -14,11 +14,12 @@ Handling is order-independent per task uuid: events that arrive before the task'
 (and, when task-sent events are flowing, before its queue) are held on the task's record.
 
 Tasks in flight: task-started starts a run in the store's running set (unless the task
-already ended); its terminal event, task-retried and task-rejected end it, as does its
-worker's worker-offline, or a heartbeat of its worker that says nothing runs (its end event was
-lost). On the tick, the runs of workers declared lost (store.take_lost_runs)
-and, at a worker-online, those of a worker that restarted under its name, are counted as
-interrupted, once per task id. A task id received again for the same attempt is counted as
+already ended); its terminal event, task-retried and task-rejected end it, as does a
+heartbeat of its worker that says nothing runs (its end event was lost). A worker-offline
+starts the warm shutdown, in which the worker's runs drain by their own events. On the
+tick, the runs of workers declared lost (store.take_lost_runs) and, at a worker-online,
+those of a worker that restarted under its name, are counted as interrupted, once per
+task id. A task id received again for the same attempt is counted as
 redelivered.
 """
 
@@ -158,8 +159,8 @@ class Handler:
 
     def _worker_event(self, event: WorkerEvent, now: float) -> None:
         if event.type == "worker-offline":
-            self.store.workers.offline(event.hostname)
-            self.store.running.left(event.hostname)  # a warm shutdown: what still runs is not lost
+            processed = self.store.workers.offline(event.hostname)
+            self.store.running.left(event.hostname, now, processed)  # a warm shutdown begins: its runs drain
             return
         if event.type == "worker-online":
             self._interrupted(self.store.take_restarted_runs(event.hostname, event.processed), now)

@@ -34,8 +34,8 @@ from celery_exporter.store.workers import WorkerSnapshot, WorkerStore
 
 __all__ = ["Snapshot", "Store"]
 
-# a worker's state for the running set, on one tick
-_ALIVE, _LOST, _UNSURE = "alive", "lost", "unsure"
+# a worker's state for the running set, on one tick (_GONE: forget its runs, uncounted)
+_ALIVE, _LOST, _UNSURE, _GONE = "alive", "lost", "unsure", "gone"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,16 @@ class Store:
                 known = verdicts.get(host)
                 if known is None:
                     worker = self.workers.get_locked(host)
-                    if worker is None:  # no heartbeat known (yet): it cannot be told lost
+                    draining = self.running.draining_locked(host)
+                    if worker is None and draining is not None:
+                        left_at = draining[0]
+                        # it began a warm shutdown and sends no heartbeats: past --worker-ttl,
+                        # what it still ran was killed with it, if we listened all along
+                        known = (_ALIVE, self.liveness.worker_timeout)
+                        if now - left_at > self.liveness.worker_ttl:
+                            heard_all_along = listening_since is not None and listening_since <= left_at
+                            known = (_LOST if heard_all_along else _GONE, self.liveness.worker_timeout)
+                    elif worker is None:  # no heartbeat known (yet): it cannot be told lost
                         known = (_ALIVE, self.liveness.worker_timeout)
                     else:
                         timeout = self.liveness.timeout(worker.freq)
@@ -115,8 +124,11 @@ class Store:
                 return known
 
             for host in self.running.hosts_locked():
-                if verdict(host)[0] == _LOST:
+                state = verdict(host)[0]
+                if state == _LOST:
                     taken.extend(self.running.take_locked(host))
+                elif state == _GONE:
+                    self.running.drop_host_locked(host)
             displaced = self.running.displaced_locked()
             for uuid, entry in list(displaced.items()):
                 state, timeout = verdict(entry.host)
@@ -128,11 +140,20 @@ class Store:
         return taken
 
     def take_restarted_runs(self, hostname: str, processed: Optional[int]) -> List[Taken]:
-        """A worker-online whose `processed` count is below the last one heard: a new
-        process under the same name, so the old one's runs were cut off."""
+        """A worker-online of a new process under the same name: its `processed` count
+        (tasks accepted since the process started) is below the last one heard (before a
+        worker-offline, if one came: a warm shutdown cut short), or below the number of runs
+        the exporter holds for that name, each of which the old process accepted. The old
+        process's runs were cut off. (A consumer restart after a broker blip sends
+        worker-offline and worker-online too, from the same process: its count is neither.)"""
         with self.lock:
+            runs = self.running.count_locked(hostname)
+            if processed is None or not runs:
+                return []
             worker = self.workers.get_locked(hostname)
-            if worker is None or processed is None or worker.processed is None or processed >= worker.processed:
+            draining = self.running.draining_locked(hostname)
+            last = worker.processed if worker is not None else draining[1] if draining is not None else None
+            if processed >= max(last or 0, runs):
                 return []
             return self.running.take_locked(hostname)
 

@@ -1,11 +1,15 @@
 """Tasks in flight: which task ids run on which worker, since when, under which label set.
 
 A run starts at task-started and ends at the task's terminal event, its retry, a heartbeat
-of its worker that says nothing runs (its end event was lost), or when its worker leaves
-(worker-offline) or is lost. A run that is started again on another worker (a redelivery:
-the broker gave the message to another consumer once the first one's connection closed) is
-kept as *displaced* from the first worker, once per task id, until that worker is known alive
-(heartbeats long after) or lost. So a task that a dead worker took with it counts as
+of its worker that says nothing runs (its end event was lost), or when its worker is lost.
+A worker sends worker-offline when its warm shutdown *begins*, then finishes its tasks: its
+runs stay, *draining*, until their end events come; if the same name comes back online
+first, or --worker-ttl passes, the old process was killed before they ended.
+
+A run that is started again on another worker (a redelivery: the broker gave the message to
+another consumer once the first one's connection closed) is kept as *displaced* from the
+first worker, once per task id, until that worker is known alive (heartbeats long after) or
+lost. So a task that a dead worker took with it counts as
 interrupted even when its redelivered copy already runs, or finished, elsewhere.
 
 Every run and displaced run belongs to a task id in the handler's uuid map (bounded by
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Dict, List, NamedTuple, Set, Tuple
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 TaskKey = Tuple[str, ...]  # as in store.tasks: (name, queue_name[, hostname])
 Taken = Tuple[str, TaskKey]  # (task id, label set) of a run cut off by a lost worker
@@ -55,6 +59,8 @@ class RunningStore:
         self._hosts: Dict[str, Dict[str, _Run]] = {}  # worker -> task id -> run
         self._where: Dict[str, str] = {}  # task id -> worker of its run
         self._displaced: Dict[str, Displaced] = {}  # task id -> its first run's worker
+        # worker that sent worker-offline with runs left -> (when, its last processed count)
+        self._draining: Dict[str, Tuple[float, Optional[int]]] = {}
 
     def size(self) -> Tuple[int, int]:
         """(runs, displaced runs) held."""
@@ -97,10 +103,15 @@ class RunningStore:
                 for uuid in [u for u, run in runs.items() if run.worker_ts < worker_ts]:
                     self._pop_locked(uuid, host)
 
-    def left(self, host: str) -> None:
-        """The worker shut down gracefully: its runs end, none interrupted."""
+    def left(self, host: str, now: float, processed: Optional[int]) -> None:
+        """The worker began a warm shutdown (`processed`: its last heartbeat's count): its
+        runs drain (they end by their own events); runs displaced from it were not cut off
+        by a death."""
         with self._lock:
-            self.drop_host_locked(host)
+            if host in self._hosts:
+                self._draining[host] = (now, processed)
+            for uuid in [u for u, d in self._displaced.items() if d.host == host]:
+                del self._displaced[uuid]
 
     # -- with the lock held -------------------------------------------------------------
 
@@ -110,11 +121,20 @@ class RunningStore:
         run = runs.pop(uuid)
         if not runs:
             del self._hosts[host]
+            self._draining.pop(host, None)
         return run
 
     def hosts_locked(self) -> Set[str]:
         """Workers with runs."""
         return set(self._hosts)
+
+    def count_locked(self, host: str) -> int:
+        """The worker's runs."""
+        return len(self._hosts.get(host, ()))
+
+    def draining_locked(self, host: str) -> Optional[Tuple[float, Optional[int]]]:
+        """(when, processed) of the worker's worker-offline, if it had runs left then."""
+        return self._draining.get(host)
 
     def displaced_locked(self) -> Dict[str, Displaced]:
         """Displaced runs by task id (the caller may delete entries)."""
@@ -123,6 +143,7 @@ class RunningStore:
     def take_locked(self, host: str) -> List[Taken]:
         """Remove and return the runs and displaced runs of a lost worker."""
         runs = self._hosts.pop(host, {})
+        self._draining.pop(host, None)
         for uuid in runs:
             del self._where[uuid]
         taken = [(uuid, run.key) for uuid, run in runs.items()]
@@ -132,6 +153,7 @@ class RunningStore:
 
     def drop_host_locked(self, host: str) -> None:
         """Forget the worker's runs and displaced runs, uncounted."""
+        self._draining.pop(host, None)
         for uuid in self._hosts.pop(host, {}):
             del self._where[uuid]
         for uuid in [u for u, d in self._displaced.items() if d.host == host]:

@@ -96,11 +96,15 @@ class WorkerStore:
                 record.sw_ident, record.sw_ver, record.sw_sys = software
             return True
 
-    def offline(self, hostname: str) -> None:
-        """A graceful shutdown: the worker leaves at once, so nobody is paged."""
+    def offline(self, hostname: str) -> Optional[int]:
+        """A graceful shutdown: the worker leaves at once, so nobody is paged. Returns its
+        last `processed` count, if known."""
         with self._lock:
-            if self._workers.pop(hostname, None) is not None:
-                self._budget.release("worker")
+            record = self._workers.pop(hostname, None)
+            if record is None:
+                return None
+            self._budget.release("worker")
+            return record.processed
 
     def up_count(self, now: float) -> int:
         with self._lock:

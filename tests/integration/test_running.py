@@ -152,26 +152,34 @@ def test_acks_late_tasks_of_a_killed_worker_are_redelivered_to_its_restart(make_
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_warm_shutdown_interrupts_nothing(make_rig, broker):
+def test_warm_shutdown_drains_its_tasks_and_interrupts_nothing(make_rig, broker):
     rig: Rig = make_rig(broker)
     exporter = rig.start_exporter()
     worker = rig.start_worker(queues=("celery",), concurrency=2, exporter=exporter)
     rig.prime(exporter)
-    rig.send("it.hold", [3])
-    rig.send("it.hold", [3])
+    rig.send("it.hold", [6])
+    rig.send("it.hold", [6])
     rig.truth.wait({("it.hold", "celery", "started"): 2})
     exporter.wait_for(lambda m: running(m, "it.hold", "celery") == 2, 15, what="2 running", contains="it.hold")
 
-    worker.proc.signal(signal.SIGTERM)  # warm shutdown: finish the tasks, then worker-offline
+    # SIGTERM: worker-offline comes as the warm shutdown begins, then the worker finishes
+    # its tasks. Meanwhile the worker is gone from celery_worker_up, its tasks still run.
+    worker.proc.signal(signal.SIGTERM)
+    m = exporter.wait_for(
+        lambda m: m.get_value("celery_worker_up", hostname=worker.hostname) is None,
+        15,
+        what="worker-offline",
+        contains="it.hold",
+        interval=0.05,
+    )
+    assert rig.truth.get("it.hold", "celery", "succeeded") == 0  # (so they ran during that scrape)
+    assert running(m, "it.hold", "celery") == 2
     assert worker.proc.popen.wait(30) == 0
     assert rig.truth.get("it.hold", "celery", "succeeded") == 2
     exporter.wait_for(
-        lambda m: (
-            m.get_value("celery_worker_up", hostname=worker.hostname) is None
-            and m.get_value("celery_task_succeeded_total", name="it.hold", queue_name="celery") == 2
-        ),
+        lambda m: m.get_value("celery_task_succeeded_total", name="it.hold", queue_name="celery") == 2,
         15,
-        what="the worker to leave (worker-offline) and both tasks to succeed",
+        what="both tasks to succeed",
         contains="it.hold",
     )
 
@@ -181,3 +189,37 @@ def test_warm_shutdown_interrupts_nothing(make_rig, broker):
 
     # past the worker timeout: a worker that said goodbye is never declared lost
     stays(exporter, nothing_lost, EFFECTIVE_TIMEOUT + 2, "nothing to be interrupted")
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_killed_during_its_warm_shutdown_and_restarted_under_its_name(make_rig, broker):
+    """A grace period that ran out (Kubernetes sends SIGKILL after SIGTERM), then the
+    container restarts under the same name: the tasks it was finishing were interrupted."""
+    rig: Rig = make_rig(broker)
+    exporter = rig.start_exporter()
+    worker = rig.start_worker(queues=("celery",), concurrency=2, exporter=exporter)
+    rig.prime(exporter)
+    rig.send("it.hold", [60])
+    rig.send("it.hold", [60])
+    rig.truth.wait({("it.hold", "celery", "started"): 2})
+    exporter.wait_for(lambda m: running(m, "it.hold", "celery") == 2, 15, what="2 running", contains="it.hold")
+    worker.proc.signal(signal.SIGTERM)
+    exporter.wait_for(
+        lambda m: m.get_value("celery_worker_up", hostname=worker.hostname) is None,
+        15,
+        what="worker-offline",
+        contains="it.hold",
+    )
+    worker.proc.signal_group(signal.SIGKILL)
+    assert worker.proc.popen.wait(5) == -signal.SIGKILL
+    m = exporter.metrics()
+    assert running(m, "it.hold", "celery") == 2 and interrupted(m, "it.hold", "celery") == 0
+
+    rig.start_worker(queues=("celery",), concurrency=2, exporter=exporter, hostname=worker.hostname)
+    m = exporter.wait_for(
+        lambda m: interrupted(m, "it.hold", "celery") == 2,
+        10,
+        what="the restart to interrupt the 2 tasks the old process was finishing",
+        contains="it.hold",
+    )
+    assert running(m, "it.hold", "celery") == 0

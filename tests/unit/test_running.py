@@ -203,13 +203,69 @@ def test_redelivered_elsewhere_while_the_first_worker_lives_is_not_interrupted(r
     assert interrupted(rig) == 0
 
 
-def test_worker_offline_ends_its_runs_without_interrupting_them(rig):
-    rig.feed(heartbeat())
+def test_a_warm_shutdown_drains_its_runs_and_interrupts_nothing(rig):
+    """worker-offline comes when the warm shutdown begins; the worker then finishes its tasks."""
+    rig.feed(heartbeat(processed=5, active=1))
     begin(rig, "a")
     rig.feed(heartbeat(etype="worker-offline"))
-    assert running(rig) == 0
+    assert rig.value("celery_worker_up", hostname="w1@h") is None  # the worker leaves at once...
+    assert running(rig) == 1  # ...but its task still runs
     rig.advance(TIMEOUT * 3)
+    assert running(rig) == 1 and interrupted(rig) == 0
+    rig.feed(succeeded("a"))
+    assert running(rig) == 0
+    rig.advance(rig.settings.worker_ttl + 1)
     assert interrupted(rig) == 0
+
+
+def test_killed_during_its_warm_shutdown_and_back_under_its_name(rig):
+    """A grace period that ran out (Kubernetes): SIGKILL after worker-offline, then the
+    restarted container comes back under the same name."""
+    rig.feed(heartbeat(processed=5, active=2))
+    begin(rig, "a")
+    begin(rig, "b")
+    rig.feed(heartbeat(etype="worker-offline"))
+    rig.advance(30)
+    assert running(rig) == 2 and interrupted(rig) == 0
+    rig.feed(heartbeat(etype="worker-online", processed=0, ts=rig.clock.now()))
+    assert interrupted(rig) == 2
+    assert running(rig) == 0
+
+
+def test_killed_during_its_warm_shutdown_and_never_back(rig):
+    rig.feed(heartbeat(processed=5, active=1))
+    begin(rig, "a")
+    rig.feed(heartbeat(etype="worker-offline"))
+    rig.advance(rig.settings.worker_ttl - 1)
+    assert running(rig) == 1 and interrupted(rig) == 0
+    rig.advance(2)  # --worker-ttl after its goodbye, and no end: it died with the process
+    assert interrupted(rig) == 1
+    assert running(rig) == 0
+
+
+def test_a_drain_we_did_not_hear_all_along_is_forgotten_uncounted(rig):
+    rig.feed(heartbeat(processed=5, active=1))
+    begin(rig, "a")
+    rig.feed(heartbeat(etype="worker-offline"))
+    rig.store.exporter.set_connected(False)  # its end event may have come while we were away
+    rig.advance(5)
+    rig.store.exporter.set_connected(True, rig.clock.now())
+    rig.advance(rig.settings.worker_ttl)
+    assert interrupted(rig) == 0
+    assert running(rig) == 0
+    assert rig.store.running.size() == (0, 0)
+
+
+def test_a_consumer_restart_after_a_broker_blip_interrupts_nothing(rig):
+    """The worker's consumer restarts after a broker blip: worker-offline and worker-online
+    from the same process, whose count did not go back; its task runs on."""
+    rig.feed(heartbeat(processed=5, active=1))
+    begin(rig, "a")
+    rig.feed(heartbeat(etype="worker-offline"), heartbeat(etype="worker-online", processed=6, active=1))
+    assert interrupted(rig) == 0
+    assert running(rig) == 1
+    rig.feed(succeeded("a"))
+    assert running(rig) == 0
 
 
 def test_restart_under_the_same_name_interrupts_at_once(rig):
@@ -222,6 +278,17 @@ def test_restart_under_the_same_name_interrupts_at_once(rig):
     assert running(rig) == 0
     rig.advance(TIMEOUT * 2)  # and the fresh process stays up: nothing is counted again
     assert interrupted(rig) == 2
+
+
+def test_restart_before_any_heartbeat_reported_the_tasks(rig):
+    """A worker that ran its tasks before its first periodic heartbeat: the last count heard
+    is its online's 0, yet a new process's 0 is below the 2 runs the old one accepted."""
+    rig.feed(heartbeat(etype="worker-online", processed=0))
+    begin(rig, "a")
+    begin(rig, "b")
+    rig.feed(heartbeat(etype="worker-offline"))
+    rig.feed(heartbeat(etype="worker-online", processed=0, ts=T0 + 1))
+    assert interrupted(rig) == 2 and running(rig) == 0
 
 
 def test_worker_online_of_the_same_process_interrupts_nothing(rig):
