@@ -204,7 +204,18 @@ class WorkerEvent:
         self.software = software
 
 
-Event = Union[TaskEvent, WorkerEvent]
+class TaskCancelled:
+    """task-cancelled (Celery >= 5.1): the worker cancelled a running acks_late task when its
+    broker connection was lost; the broker delivers it again. No counter of its own: it only
+    ends the task's run."""
+
+    __slots__ = ("uuid",)
+
+    def __init__(self, uuid: str):
+        self.uuid = uuid
+
+
+Event = Union[TaskEvent, WorkerEvent, TaskCancelled]
 
 
 class Validator:
@@ -219,8 +230,8 @@ class Validator:
         )
 
     def parse(self, raw: Any, now: float) -> Optional[Event]:
-        """The typed event, or None for events that are only counted (task-cancelled,
-        worker-elect, custom types) and for refused ones (counted as dropped)."""
+        """The typed event, or None for events that are only counted (worker-elect, custom
+        types) and for refused ones (counted as dropped)."""
         if not isinstance(raw, dict):
             self._drop("bad_message", f"event is a {type(raw).__name__}, not a dict")
             return None
@@ -231,7 +242,15 @@ class Validator:
         self._exporter.count_event(etype if etype in catalogue.KNOWN_EVENT_TYPES else "other", now)
         if etype.startswith("task-"):
             state = catalogue.EVENT_STATE.get(etype)
-            return None if state is None else self._task(raw, etype, state)
+            if state is not None:
+                return self._task(raw, etype, state)
+            if etype == "task-cancelled":
+                uuid = label(raw.get("uuid"))
+                if uuid is None:
+                    self._drop("bad_field", "task-cancelled without a valid uuid")
+                    return None
+                return TaskCancelled(uuid)
+            return None
         if etype in WORKER_EVENTS:
             return self._worker(raw, etype)
         return None

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Optional
 
 from celery_exporter import attempts, catalogue
 from celery_exporter.drops import Drops
-from celery_exporter.events import TaskEvent, Validator, WorkerEvent
+from celery_exporter.events import TaskCancelled, TaskEvent, Validator, WorkerEvent
 from celery_exporter.labels import LabelResolver
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
@@ -66,6 +66,11 @@ class Handler:
             self._task_event(event, now)
         elif isinstance(event, WorkerEvent):
             self._worker_event(event, now)
+        elif isinstance(event, TaskCancelled):
+            record = self.tracker.peek(event.uuid)
+            if record is not None and record.running:  # its redelivery will start it again
+                record.running = False
+                self.store.running.end(event.uuid)
 
     def tick(self, now: float) -> None:
         """Release held events whose wait ran out; forget finished tasks; count the runs

@@ -460,3 +460,23 @@ def test_a_connection_that_died_silently_declares_nobody_lost(rig):
     rig.broker_alive = True  # a pong: the connection lives, and w1 is still silent
     rig.advance(0.5)
     assert interrupted(rig) == 1
+
+
+def test_task_cancelled_on_connection_loss_ends_the_run_until_its_redelivery(rig):
+    """Celery >= 5.1 cancels running acks_late tasks when the worker loses its broker
+    connection (worker_cancel_long_running_tasks_on_connection_loss); the broker delivers
+    them again."""
+    rig.feed(heartbeat(processed=1, active=1))
+    begin(rig, "a")
+    rig.feed({"type": "task-cancelled", "uuid": "a", "hostname": "w1@h", "timestamp": T0 + 1})
+    assert running(rig) == 0
+    assert rig.value("celery_exporter_events_total", type="task-cancelled") == 1
+    rig.feed(received("a", ts=T0 + 3), started("a", ts=T0 + 3))
+    assert running(rig) == 1 and redelivered(rig) == 1
+    keep_alive(rig, TIMEOUT + 1, "w1@h")
+    assert interrupted(rig) == 0
+    rig.feed(succeeded("a", ts=rig.clock.now()))
+    assert running(rig) == 0
+    assert rig.value("celery_task_succeeded_total", **L) == 1
+    rig.feed({"type": "task-cancelled", "hostname": "w1@h", "timestamp": T0})  # no uuid
+    assert rig.value("celery_exporter_events_dropped_total", reason="bad_field") == 1
