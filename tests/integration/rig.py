@@ -159,6 +159,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def refusing_port() -> socket.socket:
+    """A socket bound to a port of 127.0.0.1 and never listening: connections to its port
+    are refused for as long as it stays open, and no other process (an exporter picking a
+    free port for itself) can take that port meanwhile. Close it after the test."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((HOST, 0))
+    return s
+
+
 # -- processes --------------------------------------------------------------------------
 
 

@@ -10,15 +10,18 @@ import time
 
 import pytest
 
-from .rig import BROKERS, HOST, free_port, wait_for
+from .rig import BROKERS, HOST, free_port, refusing_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("broker", BROKERS + ["unreachable"])
-def test_sigterm_exits_0_within_2_seconds(make_rig, broker):
+def test_sigterm_exits_0_within_2_seconds(make_rig, broker, request):
     if broker == "unreachable":
-        rig = make_rig(f"redis://{HOST}:{free_port()}/0")  # nothing listens there
+        # nothing listens there, and a port merely free could be handed to the exporter itself
+        blocker = refusing_port()
+        request.addfinalizer(blocker.close)
+        rig = make_rig(f"redis://{HOST}:{blocker.getsockname()[1]}/0")
         exporter = rig.start_exporter(wait_ready=False)
         exporter.wait_for(
             lambda m: m.get_value("celery_exporter_broker_reconnects_total") >= 1,
