@@ -117,8 +117,9 @@ class CeleryCollector:
             families.append(Family(name, kind, help_, openmetrics))
             return families[-1]
 
-        self._tasks(snap.tasks, new)
-        self._running(snap.running, snap.tasks.rows, new)
+        labels = self._task_labels(snap.tasks.rows)
+        self._tasks(snap.tasks, labels, new)
+        self._running(snap.running, snap.tasks.rows, labels, new)
         if snap.schedule.entries:
             self._beat(snap, new)
         self._workers(snap.workers, new)
@@ -143,9 +144,9 @@ class CeleryCollector:
         self._label_cache = cache  # keys of expired label sets fall out here
         return out
 
-    def _tasks(self, snap: TaskSnapshot, new: NewFamily) -> None:
+    def _tasks(self, snap: TaskSnapshot, labels: List[str], new: NewFamily) -> None:
+        """`labels`: the escaped label text of each row, from _task_labels."""
         rows = snap.rows
-        labels = self._task_labels(rows)
         for index, state in enumerate(catalogue.TASK_COUNTERS):
             family = new(f"celery_task_{state}", COUNTER, catalogue.TASK_COUNTER_HELP[state])
             name = family.sample_name
@@ -177,18 +178,16 @@ class CeleryCollector:
         for exc in snap.exceptions:
             family.add(labels_text(names, exc.key + (exc.exception,)), exc.total)
 
-    def _running(self, snap: RunningSnapshot, rows: List[TaskRow], new: NewFamily) -> None:
+    def _running(self, snap: RunningSnapshot, rows: List[TaskRow], labels: List[str], new: NewFamily) -> None:
         """Running tasks per label set: 0 for every live label set without a run (so a
         dashboard's sum never has gaps), plus label sets that only have runs (their
         counters expired while a task ran longer than --series-ttl)."""
         running = new(catalogue.TASK_RUNNING[0], GAUGE, catalogue.TASK_RUNNING[1])
         oldest = new(catalogue.TASK_RUNNING_OLDEST[0], GAUGE, catalogue.TASK_RUNNING_OLDEST[1])
         by_key = {r.key: r for r in snap.rows}
-        cache = self._label_cache
         names = self.task_label_names
-        for row in rows:
+        for row, text in zip(rows, labels):
             run = by_key.pop(row.key, None)
-            text = cache.get(row.key) or labels_text(names, row.key)
             running.add(text, run.running if run is not None else 0)
             if run is not None:
                 oldest.add(text, run.oldest_start)

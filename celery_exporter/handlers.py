@@ -25,7 +25,7 @@ redelivered.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from celery_exporter import attempts, catalogue
 from celery_exporter.drops import Drops
@@ -34,7 +34,7 @@ from celery_exporter.labels import LabelResolver
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.running import Taken
-from celery_exporter.store.tasks import TaskKey
+from celery_exporter.store.tasks import Observation, TaskKey
 from celery_exporter.tasks import TaskRecord, TaskTracker
 
 TERMINAL = catalogue.TERMINAL_EVENTS
@@ -121,8 +121,7 @@ class Handler:
         key: TaskKey = record.labels
         if self.with_hostname:
             key = key + ("" if etype == "task-sent" else (event.hostname or ""),)
-        if not self.store.tasks.observe(key, event.state, now, attempts.observations(record, event)):
-            self.drop("series_limit", "a new label set was refused: --max-series reached")
+        if not self._count(key, event.state, now, attempts.observations(record, event)):
             return
         if event.exception is not None:  # task-failed, task-retried
             self.store.tasks.exception(key, event.exception, now)
@@ -145,9 +144,13 @@ class Handler:
         record.retried_seen += 1
         return record.retried_seen > record.run_attempt
 
-    def _count(self, key: TaskKey, counter: int, now: float) -> None:
-        if not self.store.tasks.observe(key, counter, now):
-            self.drop("series_limit", "a new label set was refused: --max-series reached")
+    def _count(self, key: TaskKey, counter: int, now: float, observations: Sequence[Observation] = ()) -> bool:
+        """Count `counter` (and observe) for the label set; False, counted as a drop, when
+        --max-series refused the label set."""
+        if self.store.tasks.observe(key, counter, now, observations):
+            return True
+        self.drop("series_limit", "a new label set was refused: --max-series reached")
+        return False
 
     def _interrupted(self, taken: Iterable[Taken], now: float) -> None:
         """Count runs cut off by their worker's loss, once per task id. (The record keeps

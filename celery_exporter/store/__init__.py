@@ -151,8 +151,11 @@ class Store:
             if processed is None or not runs:
                 return []
             worker = self.workers.get_locked(hostname)
-            draining = self.running.draining_locked(hostname)
-            last = worker.processed if worker is not None else draining[1] if draining is not None else None
+            if worker is not None:
+                last = worker.processed
+            else:  # gone since its worker-offline, if it sent one
+                draining = self.running.draining_locked(hostname)
+                last = draining[1] if draining is not None else None
             if processed >= max(last or 0, runs):
                 return []
             return self.running.take_locked(hostname)

@@ -110,10 +110,22 @@ class RunningStore:
         with self._lock:
             if host in self._hosts:
                 self._draining[host] = (now, processed)
-            for uuid in [u for u, d in self._displaced.items() if d.host == host]:
-                del self._displaced[uuid]
+            self._pop_displaced_locked(host)
 
     # -- with the lock held -------------------------------------------------------------
+
+    def _pop_host_locked(self, host: str) -> Dict[str, _Run]:
+        """Remove the worker's runs (and its drain); returns them."""
+        self._draining.pop(host, None)
+        runs = self._hosts.pop(host, {})
+        for uuid in runs:
+            del self._where[uuid]
+        return runs
+
+    def _pop_displaced_locked(self, host: str) -> List[Taken]:
+        """Remove the runs displaced from the worker; returns them."""
+        uuids = [u for u, d in self._displaced.items() if d.host == host]
+        return [(uuid, self._displaced.pop(uuid).key) for uuid in uuids]
 
     def _pop_locked(self, uuid: str, host: str) -> _Run:
         del self._where[uuid]
@@ -142,22 +154,13 @@ class RunningStore:
 
     def take_locked(self, host: str) -> List[Taken]:
         """Remove and return the runs and displaced runs of a lost worker."""
-        runs = self._hosts.pop(host, {})
-        self._draining.pop(host, None)
-        for uuid in runs:
-            del self._where[uuid]
-        taken = [(uuid, run.key) for uuid, run in runs.items()]
-        for uuid in [u for u, d in self._displaced.items() if d.host == host]:
-            taken.append((uuid, self._displaced.pop(uuid).key))
-        return taken
+        taken = [(uuid, run.key) for uuid, run in self._pop_host_locked(host).items()]
+        return taken + self._pop_displaced_locked(host)
 
     def drop_host_locked(self, host: str) -> None:
         """Forget the worker's runs and displaced runs, uncounted."""
-        self._draining.pop(host, None)
-        for uuid in self._hosts.pop(host, {}):
-            del self._where[uuid]
-        for uuid in [u for u, d in self._displaced.items() if d.host == host]:
-            del self._displaced[uuid]
+        self._pop_host_locked(host)
+        self._pop_displaced_locked(host)
 
     def snapshot_locked(self, down: Set[str]) -> RunningSnapshot:
         """Runs per label set on workers that are not down (unknown workers count as up:
