@@ -63,8 +63,24 @@ def run_tune(*args):
     return subprocess.run([sys.executable, str(ROOT / "alerts" / "tune.py"), *args], capture_output=True, text=True)
 
 
+def tune_checked(promtool, tmp_path, *args):
+    """tune.py's output for `args`, written to tmp_path/tuned.yml and passed by promtool
+    check rules; returns that path and the rendered rules by alert name."""
+    import yaml
+
+    result = run_tune(*args)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "tuned.yml"
+    out.write_text(result.stdout)
+    check = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    return out, {r.get("alert"): r for g in yaml.safe_load(result.stdout)["groups"] for r in g["rules"]}
+
+
 def test_tune_renders_overrides_that_promtool_accepts(promtool, tmp_path):
-    result = run_tune(
+    _, rules = tune_checked(
+        promtool,
+        tmp_path,
         "--job",
         "my-exporter",
         "--for",
@@ -74,14 +90,6 @@ def test_tune_renders_overrides_that_promtool_accepts(promtool, tmp_path):
         "--min-volume",
         "CeleryTaskFailureRatioHigh=50",
     )
-    assert result.returncode == 0, result.stderr
-    out = tmp_path / "tuned.yml"
-    out.write_text(result.stdout)
-    check = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    import yaml
-
-    rules = {r.get("alert"): r for g in yaml.safe_load(result.stdout)["groups"] for r in g["rules"]}
     assert rules["CeleryWorkerLost"]["for"] == "5s"
     assert "> 250" in rules["CeleryQueueBacklog"]["expr"]
     assert (
@@ -139,15 +147,9 @@ def _running_too_long(name, age):
 def test_tune_task_threshold_gives_one_task_its_own_threshold(promtool, tmp_path):
     import yaml
 
-    result = run_tune("--task-threshold", f"CeleryTaskRunningTooLong:{NIGHTLY}=14400")
-    assert result.returncode == 0, result.stderr
-    tuned = tmp_path / "tuned.yml"
-    tuned.write_text(result.stdout)
-    check = subprocess.run([promtool, "check", "rules", str(tuned)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
+    tuned, rules = tune_checked(promtool, tmp_path, "--task-threshold", f"CeleryTaskRunningTooLong:{NIGHTLY}=14400")
     # comments and layout are kept; only the tuned alert changed
-    assert "# The oldest running task of a name started more than an hour ago" in result.stdout
-    rules = {r.get("alert"): r for g in yaml.safe_load(result.stdout)["groups"] for r in g["rules"]}
+    assert "# The oldest running task of a name started more than an hour ago" in tuned.read_text()
     shipped = {r.get("alert"): r for r in _rules()}
     assert [a for a in rules if a and rules[a] != shipped[a]] == ["CeleryTaskRunningTooLong"]
     expr = rules["CeleryTaskRunningTooLong"]["expr"]
@@ -187,9 +189,9 @@ def test_tune_task_threshold_gives_one_task_its_own_threshold(promtool, tmp_path
 
 
 def test_tune_task_threshold_on_every_task_alert_and_with_threshold(promtool, tmp_path):
-    import yaml
-
-    result = run_tune(
+    _, rules = tune_checked(
+        promtool,
+        tmp_path,
         "--threshold",
         "CeleryTaskRunningTooLong=7200",
         "--task-threshold",
@@ -203,12 +205,6 @@ def test_tune_task_threshold_on_every_task_alert_and_with_threshold(promtool, tm
         "--job",
         "my-exporter",
     )
-    assert result.returncode == 0, result.stderr
-    out = tmp_path / "tuned.yml"
-    out.write_text(result.stdout)
-    check = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    rules = {r.get("alert"): r for g in yaml.safe_load(result.stdout)["groups"] for r in g["rules"]}
     running = rules["CeleryTaskRunningTooLong"]["expr"]
     # the other names keep the --threshold; each named task has its own
     assert f'{{name!="{NIGHTLY}", name!="app.tasks.export"}}) > 7200 or' in running
@@ -224,7 +220,6 @@ def test_tune_task_threshold_on_every_task_alert_and_with_threshold(promtool, tm
 
 
 def test_tune_task_threshold_rewrites_selectors_in_any_layout(promtool, tmp_path):
-    import yaml
 
     exprs = {
         "Braces": 'max by (job, name) (celery_task_running{queue_name="a"}) > 3',
@@ -236,13 +231,9 @@ def test_tune_task_threshold_rewrites_selectors_in_any_layout(promtool, tmp_path
         "groups:\n  - name: g\n    rules:\n"
         + "".join(f"      - alert: {a}\n        expr: {e}\n        for: 1m\n" for a, e in exprs.items())
     )
-    result = run_tune(str(source), *[arg for a in exprs for arg in ("--task-threshold", f"{a}:t=9")])
-    assert result.returncode == 0, result.stderr
-    out = tmp_path / "tuned.yml"
-    out.write_text(result.stdout)
-    check = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    rules = {r["alert"]: r["expr"] for g in yaml.safe_load(result.stdout)["groups"] for r in g["rules"]}
+    args = [arg for a in exprs for arg in ("--task-threshold", f"{a}:t=9")]
+    _, tuned = tune_checked(promtool, tmp_path, str(source), *args)
+    rules = {alert: rule["expr"] for alert, rule in tuned.items()}
     assert rules["Braces"] == (
         'max by (job, name) (celery_task_running{queue_name="a", name!="t"}) > 3 '
         'or max by (job, name) (celery_task_running{queue_name="a", name="t"}) > 9'

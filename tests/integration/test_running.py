@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Tuple
 
 import pytest
 
-from .rig import BROKERS, WORKER_TIMEOUT, Exporter, Metrics, Rig
+from .rig import BROKERS, WORKER_TIMEOUT, Exporter, Metrics, Rig, Worker
 
 pytestmark = pytest.mark.integration
 
@@ -151,19 +152,16 @@ def test_acks_late_tasks_of_a_killed_worker_are_redelivered_to_its_restart(make_
     assert m.get_value("celery_task_runtime_seconds_count", name="it.hold_late", queue_name="late") == 3
 
 
-@pytest.mark.parametrize("broker", BROKERS)
-def test_warm_shutdown_drains_its_tasks_and_interrupts_nothing(make_rig, broker):
-    rig: Rig = make_rig(broker)
+def sigterm_while_two_run(rig: Rig, seconds: float) -> Tuple[Exporter, Worker, Metrics]:
+    """A worker running two it.hold tasks of `seconds`, sent SIGTERM: returns the exporter,
+    the worker and the first scrape after its worker-offline arrived."""
     exporter = rig.start_exporter()
     worker = rig.start_worker(queues=("celery",), concurrency=2, exporter=exporter)
     rig.prime(exporter)
-    rig.send("it.hold", [6])
-    rig.send("it.hold", [6])
+    rig.send("it.hold", [seconds])
+    rig.send("it.hold", [seconds])
     rig.truth.wait({("it.hold", "celery", "started"): 2})
     exporter.wait_for(lambda m: running(m, "it.hold", "celery") == 2, 15, what="2 running", contains="it.hold")
-
-    # SIGTERM: worker-offline comes as the warm shutdown begins, then the worker finishes
-    # its tasks. Meanwhile the worker is gone from celery_worker_up, its tasks still run.
     worker.proc.signal(signal.SIGTERM)
     m = exporter.wait_for(
         lambda m: m.get_value("celery_worker_up", hostname=worker.hostname) is None,
@@ -172,6 +170,15 @@ def test_warm_shutdown_drains_its_tasks_and_interrupts_nothing(make_rig, broker)
         contains="it.hold",
         interval=0.05,
     )
+    return exporter, worker, m
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_warm_shutdown_drains_its_tasks_and_interrupts_nothing(make_rig, broker):
+    rig: Rig = make_rig(broker)
+    # SIGTERM: worker-offline comes as the warm shutdown begins, then the worker finishes
+    # its tasks. Meanwhile the worker is gone from celery_worker_up, its tasks still run.
+    exporter, worker, m = sigterm_while_two_run(rig, 6)
     assert rig.truth.get("it.hold", "celery", "succeeded") == 0  # (so they ran during that scrape)
     assert running(m, "it.hold", "celery") == 2
     assert worker.proc.popen.wait(30) == 0
@@ -196,20 +203,7 @@ def test_killed_during_its_warm_shutdown_and_restarted_under_its_name(make_rig, 
     """A grace period that ran out (Kubernetes sends SIGKILL after SIGTERM), then the
     container restarts under the same name: the tasks it was finishing were interrupted."""
     rig: Rig = make_rig(broker)
-    exporter = rig.start_exporter()
-    worker = rig.start_worker(queues=("celery",), concurrency=2, exporter=exporter)
-    rig.prime(exporter)
-    rig.send("it.hold", [60])
-    rig.send("it.hold", [60])
-    rig.truth.wait({("it.hold", "celery", "started"): 2})
-    exporter.wait_for(lambda m: running(m, "it.hold", "celery") == 2, 15, what="2 running", contains="it.hold")
-    worker.proc.signal(signal.SIGTERM)
-    exporter.wait_for(
-        lambda m: m.get_value("celery_worker_up", hostname=worker.hostname) is None,
-        15,
-        what="worker-offline",
-        contains="it.hold",
-    )
+    exporter, worker, _ = sigterm_while_two_run(rig, 60)
     worker.proc.signal_group(signal.SIGKILL)
     assert worker.proc.popen.wait(5) == -signal.SIGKILL
     m = exporter.metrics()

@@ -203,11 +203,17 @@ def test_redelivered_elsewhere_while_the_first_worker_lives_is_not_interrupted(r
     assert interrupted(rig) == 0
 
 
+def draining(rig, *uuids):
+    """w1 runs these tasks and has begun a warm shutdown (worker-offline sent)."""
+    rig.feed(heartbeat(processed=5, active=len(uuids)))
+    for uuid in uuids:
+        begin(rig, uuid)
+    rig.feed(heartbeat(etype="worker-offline"))
+
+
 def test_a_warm_shutdown_drains_its_runs_and_interrupts_nothing(rig):
     """worker-offline comes when the warm shutdown begins; the worker then finishes its tasks."""
-    rig.feed(heartbeat(processed=5, active=1))
-    begin(rig, "a")
-    rig.feed(heartbeat(etype="worker-offline"))
+    draining(rig, "a")
     assert rig.value("celery_worker_up", hostname="w1@h") is None  # the worker leaves at once...
     assert running(rig) == 1  # ...but its task still runs
     rig.advance(TIMEOUT * 3)
@@ -221,10 +227,7 @@ def test_a_warm_shutdown_drains_its_runs_and_interrupts_nothing(rig):
 def test_killed_during_its_warm_shutdown_and_back_under_its_name(rig):
     """A grace period that ran out (Kubernetes): SIGKILL after worker-offline, then the
     restarted container comes back under the same name."""
-    rig.feed(heartbeat(processed=5, active=2))
-    begin(rig, "a")
-    begin(rig, "b")
-    rig.feed(heartbeat(etype="worker-offline"))
+    draining(rig, "a", "b")
     rig.advance(30)
     assert running(rig) == 2 and interrupted(rig) == 0
     rig.feed(heartbeat(etype="worker-online", processed=0, ts=rig.clock.now()))
@@ -233,9 +236,7 @@ def test_killed_during_its_warm_shutdown_and_back_under_its_name(rig):
 
 
 def test_killed_during_its_warm_shutdown_and_never_back(rig):
-    rig.feed(heartbeat(processed=5, active=1))
-    begin(rig, "a")
-    rig.feed(heartbeat(etype="worker-offline"))
+    draining(rig, "a")
     rig.advance(rig.settings.worker_ttl - 1)
     assert running(rig) == 1 and interrupted(rig) == 0
     rig.advance(2)  # --worker-ttl after its goodbye, and no end: it died with the process
@@ -244,9 +245,7 @@ def test_killed_during_its_warm_shutdown_and_never_back(rig):
 
 
 def test_a_drain_we_did_not_hear_all_along_is_forgotten_uncounted(rig):
-    rig.feed(heartbeat(processed=5, active=1))
-    begin(rig, "a")
-    rig.feed(heartbeat(etype="worker-offline"))
+    draining(rig, "a")
     rig.store.exporter.set_connected(False)  # its end event may have come while we were away
     rig.advance(5)
     rig.store.exporter.set_connected(True, rig.clock.now())
