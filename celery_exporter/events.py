@@ -27,7 +27,8 @@ UNKNOWN_EXCEPTION = "unknown"
 DELAYED_EXCHANGE = re.compile(r"(?:.+_)?celery_delayed_\d+$")
 DELAY_BITS = 28
 _CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# control characters, and lone surrogates (JSON can carry "\ud800"; no UTF-8 encoding has them)
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)\(")
 WORKER_EVENTS = frozenset({"worker-online", "worker-heartbeat", "worker-offline"})
 _SOFTWARE_FIELDS = ("sw_ident", "sw_ver", "sw_sys")
@@ -48,7 +49,8 @@ def count(value: Any) -> Optional[int]:
 
 
 def label(value: Any) -> Optional[str]:
-    """A string usable as a label value: non-empty, bounded, no control characters."""
+    """A string usable as a label value: non-empty, bounded, no control characters or lone
+    surrogates."""
     if isinstance(value, str) and 0 < len(value) <= MAX_LABEL_LENGTH and not _CONTROL.search(value):
         return value
     return None

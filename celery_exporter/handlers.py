@@ -34,7 +34,7 @@ from celery_exporter.labels import LabelResolver
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.running import Taken
-from celery_exporter.store.tasks import Observation, TaskKey
+from celery_exporter.store.tasks import Observation, TaskKey, Trace
 from celery_exporter.tasks import TaskRecord, TaskTracker
 
 TERMINAL = catalogue.TERMINAL_EVENTS
@@ -121,7 +121,8 @@ class Handler:
         key: TaskKey = record.labels
         if self.with_hostname:
             key = key + ("" if etype == "task-sent" else (event.hostname or ""),)
-        if not self._count(key, event.state, now, attempts.observations(record, event)):
+        trace = (record.uuid, event.hostname or record.worker or "")
+        if not self._count(key, event.state, now, attempts.observations(record, event), trace):
             return
         if event.exception is not None:  # task-failed, task-retried
             self.store.tasks.exception(key, event.exception, now)
@@ -144,10 +145,17 @@ class Handler:
         record.retried_seen += 1
         return record.retried_seen > record.run_attempt
 
-    def _count(self, key: TaskKey, counter: int, now: float, observations: Sequence[Observation] = ()) -> bool:
-        """Count `counter` (and observe) for the label set; False, counted as a drop, when
-        --max-series refused the label set."""
-        if self.store.tasks.observe(key, counter, now, observations):
+    def _count(
+        self,
+        key: TaskKey,
+        counter: int,
+        now: float,
+        observations: Sequence[Observation] = (),
+        trace: Optional[Trace] = None,
+    ) -> bool:
+        """Count `counter` (and observe, `trace` as the exemplar) for the label set; False,
+        counted as a drop, when --max-series refused the label set."""
+        if self.store.tasks.observe(key, counter, now, observations, trace):
             return True
         self.drop("series_limit", "a new label set was refused: --max-series reached")
         return False

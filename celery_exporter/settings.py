@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
-from celery_exporter import catalogue
+from celery_exporter import catalogue, nativehist
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,12 @@ class Settings:
 
     runtime_buckets: Tuple[float, ...] = catalogue.DEFAULT_RUNTIME_BUCKETS
     wait_buckets: Tuple[float, ...] = catalogue.DEFAULT_WAIT_BUCKETS
+    # Native histograms beside the classic buckets (served in the protobuf format only):
+    # their schema (None: off), zero-bucket width, and the most populated buckets per
+    # series before the schema is lowered.
+    native_schema: Optional[int] = nativehist.schema_for_factor(nativehist.DEFAULT_BUCKET_FACTOR)
+    native_zero_threshold: float = nativehist.DEFAULT_ZERO_THRESHOLD
+    native_max_buckets: int = nativehist.DEFAULT_MAX_BUCKETS
 
     # A worker is "up" while its last heartbeat is younger than this (or than
     # liveness.HEARTBEAT_MISSES x its announced interval, whichever is longer).

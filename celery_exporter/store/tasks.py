@@ -13,6 +13,7 @@ from bisect import bisect_left
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from celery_exporter import catalogue
+from celery_exporter.nativehist import NativeBuckets
 from celery_exporter.settings import Settings
 from celery_exporter.store.budget import SeriesBudget
 
@@ -24,17 +25,24 @@ LAST_SEEN_INDEX = {catalogue.STATE_INDEX[state]: i for i, (state, _, _) in enume
 TaskKey = Tuple[str, ...]  # (name, queue_name) or (name, queue_name, hostname)
 # (histogram index from catalogue.HISTOGRAMS, observed seconds)
 Observation = Tuple[int, float]
+# the task id and worker hostname of an observation, kept as its bucket's exemplar
+Trace = Tuple[str, str]
+# a bucket's latest observation: (seconds, exporter time, task id, hostname)
+Exemplar = Tuple[float, float, str, str]
 
 
 class TaskSeries:
     """Counters and histograms of one task label set."""
 
-    __slots__ = ("counts", "hist_counts", "hist_sums", "updated", "last_seen")
+    __slots__ = ("counts", "hist_counts", "hist_sums", "native", "exemplars", "updated", "last_seen")
 
     def __init__(self, now: float):
         self.counts = [0] * N_STATES
         self.hist_counts: List[Optional[List[int]]] = [None] * N_HISTOGRAMS
         self.hist_sums = [0.0] * N_HISTOGRAMS
+        self.native: List[Optional[NativeBuckets]] = [None] * N_HISTOGRAMS
+        # per histogram, per classic bucket: its latest observation, or None
+        self.exemplars: List[Optional[List[Optional[Exemplar]]]] = [None] * N_HISTOGRAMS
         self.updated = now
         # exporter time of the last event of each catalogue.LAST_SEEN state, or None
         self.last_seen: List[Optional[float]] = [None] * len(catalogue.LAST_SEEN)
@@ -48,6 +56,8 @@ class TaskRow(NamedTuple):
     hist_counts: List[Optional[List[int]]]  # by catalogue.HISTOGRAMS: per-bucket (not cumulative) counts, or None
     hist_sums: List[float]
     last_seen: List[Optional[float]]  # by catalogue.LAST_SEEN
+    native: List[Optional[NativeBuckets]]  # by catalogue.HISTOGRAMS, None while unobserved or off
+    exemplars: List[Optional[List[Optional[Exemplar]]]]
 
 
 class ExceptionRow(NamedTuple):
@@ -78,14 +88,26 @@ class TaskSeriesStore:
         self.runtime_bounds = tuple(settings.runtime_buckets)
         self.wait_bounds = tuple(settings.wait_buckets)
         self.bounds = (self.runtime_bounds, self.wait_bounds, self.wait_bounds)  # by catalogue.HISTOGRAMS
+        self.native_schema = settings.native_schema  # None: native histograms off
+        self.zero_threshold = settings.native_zero_threshold
+        self.max_native_buckets = settings.native_max_buckets
         self._series: Dict[TaskKey, TaskSeries] = {}
         self._exceptions: Dict[Tuple[TaskKey, str], _ExceptionCount] = {}
 
     # -- writers (take the lock) --------------------------------------------------------
 
-    def observe(self, key: TaskKey, state: int, now: float, observations: Sequence[Observation] = ()) -> bool:
+    def observe(
+        self,
+        key: TaskKey,
+        state: int,
+        now: float,
+        observations: Sequence[Observation] = (),
+        trace: Optional[Trace] = None,
+    ) -> bool:
         """Count one task event of `state` (index into TASK_COUNTERS) for `key`, and observe
-        (histogram index, seconds) pairs. False if the label set was refused (--max-series)."""
+        (histogram index, seconds) pairs, in classic and (when on) native buckets; `trace`
+        becomes the exemplar of each observation's classic bucket. False if the label set
+        was refused (--max-series)."""
         with self._lock:
             series = self._series.get(key)
             if series is None:
@@ -103,8 +125,19 @@ class TaskSeriesStore:
                 bounds = self.bounds[index]
                 if counts is None:
                     counts = series.hist_counts[index] = [0] * (len(bounds) + 1)
-                counts[bisect_left(bounds, value)] += 1
+                    if self.native_schema is not None:
+                        series.native[index] = NativeBuckets(self.native_schema)
+                bucket = bisect_left(bounds, value)
+                counts[bucket] += 1
                 series.hist_sums[index] += value
+                native = series.native[index]
+                if native is not None:
+                    native.observe(value, self.zero_threshold, self.max_native_buckets)
+                if trace is not None:
+                    exemplars = series.exemplars[index]
+                    if exemplars is None:
+                        exemplars = series.exemplars[index] = [None] * (len(bounds) + 1)
+                    exemplars[bucket] = (value, now, trace[0], trace[1])
             return True
 
     def exception(self, key: TaskKey, exception: str, now: float) -> bool:
@@ -147,6 +180,8 @@ class TaskSeriesStore:
                 [c[:] if c is not None else None for c in s.hist_counts],
                 s.hist_sums[:],
                 s.last_seen[:],
+                [n.copy() if n is not None else None for n in s.native],
+                [e[:] if e is not None else None for e in s.exemplars],
             )
             for key, s in self._series.items()
             if self._alive(s.updated, now)

@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celery_exporter.clock import FakeClock
 from celery_exporter.collector import CeleryCollector
+from celery_exporter.exposition import Encoders, protobuf
+from celery_exporter.exposition.text import bound
 from celery_exporter.handlers import Handler
 from celery_exporter.receiver import TICK_INTERVAL
 from celery_exporter.settings import Settings
@@ -29,6 +31,7 @@ class Rig:
         self.handler = Handler(self.store, self.settings)
         self.collector = CeleryCollector(self.store, self.settings, self.clock)
         self.process_registry = CollectorRegistry(auto_describe=False)
+        self.encoders = Encoders()
         self.broker_alive = True
 
     def feed(self, *events, dt: float = 0.0) -> None:
@@ -59,21 +62,19 @@ class Rig:
         task-sent (which carries the queue) before the fallback queue label is used."""
         self.advance(self.settings.sent_hold_seconds + 0.1)
 
-    def text(self) -> str:
-        return self.collector.render()
+    def text(self, fmt: str = "text") -> str:
+        return self.encoders.encode(self.collector.families(), fmt).decode()
+
+    def protobuf(self) -> list:
+        return protobuf.decode(self.encoders.encode(self.collector.families(), "protobuf"))
 
     def samples(self) -> Samples:
         """Samples as the official parser reads them; every call also checks that the
-        OpenMetrics rendering parses to exactly the same samples."""
-        out: Samples = {}
-        for family in text_string_to_metric_families(self.text()):
-            for s in family.samples:
-                out[(s.name, frozenset(s.labels.items()))] = s.value
-        openmetrics = {}
-        for family in openmetrics_families(self.collector.render(openmetrics=True) + "# EOF\n"):
-            for s in family.samples:
-                openmetrics[(s.name, frozenset(s.labels.items()))] = s.value
-        assert openmetrics == out
+        OpenMetrics and protobuf encodings carry exactly the same samples."""
+        families = self.collector.families()
+        out = text_samples(self.encoders.encode(families, "text").decode())
+        assert text_samples(self.encoders.encode(families, "openmetrics").decode(), openmetrics=True) == out
+        assert protobuf_samples(protobuf.decode(self.encoders.encode(families, "protobuf"))) == out
         return out
 
     def value(self, metric: str, **labels) -> float:
@@ -81,6 +82,38 @@ class Rig:
 
     def family(self, prefix: str) -> Samples:
         return {k: v for k, v in self.samples().items() if k[0].startswith(prefix)}
+
+
+def text_samples(text: str, openmetrics: bool = False) -> Samples:
+    """(sample name, labels) -> value, as prometheus_client's text or OpenMetrics parser reads them."""
+    parse = openmetrics_families if openmetrics else text_string_to_metric_families
+    out: Samples = {}
+    for family in parse(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def protobuf_samples(messages: list) -> Samples:
+    """The same view of decoded MetricFamily messages: classic buckets as _bucket samples
+    (with the implied +Inf), _count and _sum; counters as _total."""
+    out: Samples = {}
+    for mf in messages:
+        for m in mf.metric:
+            labels = {lp.name: lp.value for lp in m.label}
+            if mf.type == 0:
+                out[(mf.name + "_total", frozenset(labels.items()))] = m.counter.value
+            elif mf.type == 1:
+                out[(mf.name, frozenset(labels.items()))] = m.gauge.value
+            else:
+                h = m.histogram
+                for b in h.bucket:
+                    le = frozenset({**labels, "le": bound(b.upper_bound)}.items())
+                    out[(mf.name + "_bucket", le)] = float(b.cumulative_count)
+                out[(mf.name + "_bucket", frozenset({**labels, "le": "+Inf"}.items()))] = float(h.sample_count)
+                out[(mf.name + "_count", frozenset(labels.items()))] = float(h.sample_count)
+                out[(mf.name + "_sum", frozenset(labels.items()))] = h.sample_sum
+    return out
 
 
 @pytest.fixture

@@ -61,11 +61,11 @@ def test_mask_url_hides_passwords():
 # -- HTTP ---------------------------------------------------------------------------------
 
 
-def call(app, path, headers=None):
+def call(app, path, headers=None, query=""):
     environ = {
         "PATH_INFO": path,
         "REQUEST_METHOD": "GET",
-        "QUERY_STRING": "",
+        "QUERY_STRING": query,
         "SERVER_NAME": "x",
         "SERVER_PORT": "1",
         "wsgi.input": io.BytesIO(),

@@ -6,6 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celery_exporter.clock import Clock
 from celery_exporter.collector import CeleryCollector
+from celery_exporter.exposition import Encoders
 from celery_exporter.handlers import Handler
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
@@ -102,7 +103,7 @@ def test_freezegun_drives_the_default_clock():
         def values():
             return {
                 s.labels["hostname"]: s.value
-                for f in text_string_to_metric_families(collector.render())
+                for f in text_string_to_metric_families(Encoders().encode(collector.families()).decode())
                 if f.name == "celery_worker_up"
                 for s in f.samples
             }

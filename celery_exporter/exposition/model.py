@@ -1,0 +1,77 @@
+"""The exposition model: what one scrape shows, independent of the wire format.
+
+The collector builds a list of `Family` from the store's snapshot; an encoder (text,
+OpenMetrics or protobuf) turns that list into bytes. Every family has fixed label names;
+each of its metrics carries the label values in that order and one value: a number for a
+counter or gauge, a `Histogram` for a histogram.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+from celery_exporter.nativehist import NativeBuckets
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+KINDS = (COUNTER, GAUGE, HISTOGRAM)
+
+
+class Exemplar(NamedTuple):
+    labels: Tuple[Tuple[str, str], ...]  # (name, value) pairs, e.g. task_id and hostname
+    value: float
+    timestamp: Optional[float]  # Unix seconds
+
+
+class Histogram(NamedTuple):
+    bounds: Sequence[float]  # upper bounds of the classic buckets, without +Inf
+    counts: Sequence[int]  # per classic bucket, not cumulative, the +Inf bucket last
+    sum: float
+    # the latest observation's exemplar per classic bucket (same length as counts), or None
+    exemplars: Optional[Sequence[Optional[Exemplar]]] = None
+    native: Optional[NativeBuckets] = None  # the same observations in native buckets
+    zero_threshold: float = 0.0
+
+
+Value = Union[int, float, Histogram]
+
+
+class Metric(NamedTuple):
+    labels: Tuple[str, ...]  # values, in the order of the family's label_names
+    value: Value
+
+
+class Family:
+    """One metric family: its name without type suffixes (`celery_task_sent`, shown as
+    `celery_task_sent_total`), type, help text, unit ("" for none) and metrics."""
+
+    __slots__ = ("name", "kind", "help", "unit", "label_names", "metrics")
+
+    def __init__(self, name: str, kind: str, help_: str, label_names: Sequence[str] = (), unit: str = ""):
+        if kind not in KINDS:
+            raise ValueError(f"unknown metric type {kind!r}")
+        self.name, self.kind, self.help, self.unit = name, kind, help_, unit
+        self.label_names = tuple(label_names)
+        self.metrics: List[Metric] = []
+
+    def add(self, labels: Sequence[str], value: Value) -> None:
+        self.metrics.append(Metric(tuple(labels), value))
+
+    def sample_names(self) -> Tuple[str, ...]:
+        """The names its samples carry in the text formats."""
+        if self.kind == COUNTER:
+            return (self.name + "_total",)
+        if self.kind == HISTOGRAM:
+            return (self.name + "_bucket", self.name + "_count", self.name + "_sum")
+        return (self.name,)
+
+    def __repr__(self) -> str:
+        return f"Family({self.name!r}, {self.kind!r}, {len(self.metrics)} metrics)"
+
+
+def select(families: Sequence[Family], names: Sequence[str]) -> List[Family]:
+    """The families that `name[]` asks for: by family name or by any of its sample names
+    (`celery_task_sent_total`, `celery_task_runtime_seconds_bucket`); all for no names."""
+    if not names:
+        return list(families)
+    wanted = set(names)
+    return [f for f in families if f.name in wanted or wanted.intersection(f.sample_names())]

@@ -1,0 +1,151 @@
+"""Text encoders: Prometheus text format 0.0.4 and OpenMetrics 1.0.
+
+Both write one chunk of bytes per family, so a scrape never holds its lines and its body
+at once. With thousands of task label sets a scrape is 100k+ lines, so the label part of a
+line is escaped once per label set and kept across scrapes (until the label set is gone).
+Exemplars and `# UNIT` exist only in OpenMetrics; native histograms only in protobuf, so
+here a histogram is its classic buckets.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, cast
+
+from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Exemplar, Family, Histogram
+
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def labels_text(names: Sequence[str], values: Sequence[str]) -> str:
+    return ",".join(f'{n}="{escape_label(v)}"' for n, v in zip(names, values))
+
+
+def number(value: float) -> str:
+    """Sample value: integers as they are, floats as Python's shortest repr."""
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+def bound(b: float) -> str:
+    """A bucket's `le` as Prometheus' Go client writes it (so series match other exporters)."""
+    if math.isinf(b):
+        return "+Inf" if b > 0 else "-Inf"
+    text = repr(float(b))
+    dot = text.find(".")
+    if b > 0 and dot > 6:  # Go switches to exponent notation sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def exemplar_text(exemplar: Exemplar) -> str:
+    labels = ",".join(f'{n}="{escape_label(v)}"' for n, v in exemplar.labels)
+    ts = "" if exemplar.timestamp is None else " " + number(float(exemplar.timestamp))
+    return f" # {{{labels}}} {number(exemplar.value)}{ts}"
+
+
+class TextEncoder:
+    """Encodes families as text 0.0.4 (openmetrics=False) or OpenMetrics 1.0."""
+
+    def __init__(self, openmetrics: bool = False):
+        self.openmetrics = openmetrics
+        self.content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
+        # label names -> label values -> escaped text; rebuilt by every scrape from what
+        # it used, so label sets that expired fall out
+        self._labels: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
+        self._le: Dict[Tuple[float, ...], List[str]] = {}
+
+    def encode(self, families: Sequence[Family]) -> Iterator[bytes]:
+        old, self._labels = self._labels, {}
+        for family in families:
+            yield self._family(family, old).encode()
+        if self.openmetrics:
+            yield b"# EOF\n"
+
+    def _label_texts(self, family: Family, old: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]]) -> List[str]:
+        names = family.label_names
+        previous = old.get(names, {})
+        cache = self._labels.setdefault(names, {})
+        out = []
+        for metric in family.metrics:
+            values = metric.labels
+            text = cache.get(values)
+            if text is None:
+                text = previous.get(values)
+                if text is None:
+                    text = labels_text(names, values)
+                cache[values] = text
+            out.append(text)
+        return out
+
+    def _family(self, family: Family, old: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]]) -> str:
+        name, kind = family.name, family.kind
+        # Text 0.0.4 names a counter family by its sample name (with _total), OpenMetrics
+        # by the name without it.
+        header = name + "_total" if kind == COUNTER and not self.openmetrics else name
+        help_ = family.help.replace("\\", r"\\").replace("\n", r"\n")
+        if self.openmetrics:
+            help_ = help_.replace('"', r"\"")
+        head = f"# HELP {header} {help_}\n# TYPE {header} {kind}\n"
+        if self.openmetrics and family.unit:
+            head += f"# UNIT {header} {family.unit}\n"
+        texts = self._label_texts(family, old)
+        if kind == HISTOGRAM:
+            return head + self._histograms(family, texts)
+        sample = name + "_total" if kind == COUNTER else name
+        open_ = sample + "{"
+        lines = [
+            f"{open_}{text}}} {number(cast(float, m.value))}\n"
+            if text
+            else f"{sample} {number(cast(float, m.value))}\n"
+            for text, m in zip(texts, family.metrics)
+        ]
+        return head + "".join(lines)
+
+    def _histograms(self, family: Family, texts: List[str]) -> str:
+        name = family.name
+        bucket, count, sum_ = f"{name}_bucket{{", f"{name}_count", f"{name}_sum"
+        lines: List[str] = []
+        add = lines.append
+        openmetrics = self.openmetrics
+        last_bounds: Optional[Sequence[float]] = None
+        le: List[str] = []
+        for text, metric in zip(texts, family.metrics):
+            hist = metric.value
+            assert isinstance(hist, Histogram)
+            if hist.bounds is not last_bounds:  # the store's series share one bounds tuple
+                le, last_bounds = self._le_texts(hist.bounds), hist.bounds
+            sep = "," if text else ""
+            running = 0
+            exemplars: Optional[Sequence[Optional[Exemplar]]] = hist.exemplars if openmetrics else None
+            if exemplars is None:
+                for le_text, c in zip(le, hist.counts):
+                    running += c
+                    add(f"{bucket}{text}{sep}{le_text}}} {running}\n")
+            else:
+                for le_text, c, ex in zip(le, hist.counts, exemplars):
+                    running += c
+                    tail = exemplar_text(ex) if ex is not None else ""
+                    add(f"{bucket}{text}{sep}{le_text}}} {running}{tail}\n")
+            labels = f"{{{text}}}" if text else ""
+            add(f"{count}{labels} {running}\n")
+            add(f"{sum_}{labels} {number(hist.sum)}\n")
+        return "".join(lines)
+
+    def _le_texts(self, bounds: Sequence[float]) -> List[str]:
+        key = tuple(bounds)
+        le = self._le.get(key)
+        if le is None:
+            le = self._le[key] = [f'le="{bound(b)}"' for b in key] + ['le="+Inf"']
+        return le

@@ -1,0 +1,296 @@
+"""The exposition model and its encoders: content negotiation, name[], native histogram
+buckets as Prometheus defines them, exemplars, and golden files that pin each encoder's
+bytes for a fixed store (UPDATE_GOLDEN=1 rewrites them; review the diff)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import PlatformCollector, ProcessCollector
+
+from celery_exporter import nativehist
+from celery_exporter.collector import exemplar
+from celery_exporter.exposition import negotiate, protobuf
+from celery_exporter.exposition.model import Exemplar, Family, Histogram
+from celery_exporter.exposition.text import TextEncoder
+
+from .conftest import T0, Rig, failed, heartbeat, received, retried, sent, started, succeeded, text_samples
+from .test_receiver_web_cli import call, web_for
+
+GOLDEN = Path(__file__).parent / "golden"
+
+PROMETHEUS_2_NATIVE = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+PROMETHEUS_3_DEFAULT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,"
+    "text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+PROMETHEUS_3_NATIVE = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,"
+    + PROMETHEUS_3_DEFAULT
+)
+
+
+@pytest.mark.parametrize(
+    "accept, expected",
+    [
+        (PROMETHEUS_2_NATIVE, "protobuf"),
+        (PROMETHEUS_3_DEFAULT, "openmetrics"),
+        (PROMETHEUS_3_NATIVE, "protobuf"),
+        ("application/openmetrics-text; version=1.0.0", "openmetrics"),
+        ("application/openmetrics-text", "openmetrics"),
+        ("application/openmetrics-text; version=2.0.0", "text"),  # a version we do not speak
+        ("text/plain;version=0.0.4", "text"),
+        ("", "text"),
+        ("*/*", "text"),
+        ("application/json", "text"),
+        ("application/vnd.google.protobuf", "text"),  # not the delimited MetricFamily stream
+        ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text", "text"),
+        # the highest quality wins, the first listed among equals
+        ("text/plain;q=0.9,application/openmetrics-text;q=0.5", "text"),
+        ("application/openmetrics-text;q=0.5,text/plain;q=0.5", "openmetrics"),
+        ("application/openmetrics-text;q=0,text/plain;q=0.1", "text"),  # q=0: not acceptable
+        ("application/openmetrics-text;q=bogus,text/plain;q=0.1", "text"),
+    ],
+)
+def test_content_negotiation(accept, expected):
+    assert negotiate.choose(accept) == expected
+
+
+def workload() -> Rig:
+    """A fixed store: two workers, succeeded, failed and retried tasks on two queues."""
+    rig = Rig()
+    rig.feed(heartbeat("w1@h"), heartbeat('w"2\\x@h'))
+    for i in range(6):
+        u = f"u{i}"
+        name = ["app.add", "app.mul", "app.io"][i % 3]
+        rig.feed(sent(u, name=name, queue="q" + str(i % 2)), received(u, name=name), started(u))
+        rig.advance(0.25 * i)
+        rig.feed(succeeded(u, runtime=0.01 * 3**i) if i % 4 else failed(u))
+    rig.feed(sent("r1"), received("r1"), started("r1"), retried("r1"))
+    rig.advance(3)
+    return rig
+
+
+@pytest.mark.parametrize(
+    "fmt, filename", [("text", "scrape.txt"), ("openmetrics", "scrape.om"), ("protobuf", "scrape.pb")]
+)
+def test_golden_files(fmt, filename):
+    rig = workload()
+    # build_info carries the installed Celery's and Python's versions: not pinned here
+    families = [f for f in rig.collector.families() if f.name != "celery_exporter_build_info"]
+    body = rig.encoders.encode(families, fmt)
+    path = GOLDEN / filename
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_bytes(body)
+    assert body == path.read_bytes(), f"{filename} changed; UPDATE_GOLDEN=1 rewrites it"
+
+
+def test_web_serves_each_format_and_the_name_filter():
+    rig = workload()
+    ProcessCollector(registry=rig.process_registry)
+    PlatformCollector(registry=rig.process_registry)
+    web = web_for(rig)
+    status, headers, body = call(web, "/metrics", {"Accept": PROMETHEUS_2_NATIVE})
+    assert status == 200 and headers["Content-Type"] == protobuf.CONTENT_TYPE
+    names = {mf.name for mf in protobuf.decode(body)}
+    assert {"celery_task_runtime_seconds", "celery_worker_up", "process_cpu_seconds", "python_info"} <= names
+    status, headers, body = call(web, "/metrics", {"Accept": PROMETHEUS_3_DEFAULT})
+    assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n") and body.count(b"# EOF") == 1
+    # name[]: by family name or sample name, repeated; one unknown name is no error
+    environ = {"Accept": "text/plain"}
+    web_query = web_for(rig)
+
+    def filtered(query: str) -> set:
+        status, _, body = call(web_query, "/metrics", environ, query)
+        assert status == 200
+        return {k[0] for k in text_samples(body.decode())}
+
+    assert filtered("name[]=celery_worker_up") == {"celery_worker_up"}
+    assert filtered("name[]=celery_task_sent_total&name[]=celery_task_runtime_seconds_bucket&name[]=nope") == {
+        "celery_task_sent_total",
+        "celery_task_runtime_seconds_bucket",
+        "celery_task_runtime_seconds_count",
+        "celery_task_runtime_seconds_sum",
+    }
+    assert filtered("name%5B%5D=process_cpu_seconds_total") == {"process_cpu_seconds_total"}
+    assert filtered("name[]=nope") == set()
+    assert "celery_worker_up" in filtered("")
+
+
+# -- native histograms ------------------------------------------------------------------
+
+
+def test_schema_for_factor():
+    assert nativehist.schema_for_factor(1.1) == 3  # 2**(1/8) = 1.0905
+    assert nativehist.schema_for_factor(2**0.125) == 3
+    assert nativehist.schema_for_factor(1.09) == 4
+    assert nativehist.schema_for_factor(2) == 0
+    assert nativehist.schema_for_factor(4) == -1
+    assert nativehist.schema_for_factor(1.0001) == 8  # capped
+    assert nativehist.schema_for_factor(1e9) == -4  # capped
+    assert nativehist.schema_for_factor(1) is None and nativehist.schema_for_factor(0.5) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=1e-9, max_value=1e9, allow_nan=False), st.integers(-4, 8))
+def test_bucket_key_holds_the_value(value, schema):
+    """Bucket i holds (base**(i-1), base**i]; checked against the definition in log space."""
+    key = nativehist.bucket_key(value, schema)
+    lower, upper = nativehist.upper_bound(key - 1, schema), nativehist.upper_bound(key, schema)
+    assert lower < value * (1 + 1e-12) and value <= upper * (1 + 1e-12), (value, schema, key, lower, upper)
+    # lowering the schema merges bucket pairs: the key at s-1 is ceil(key / 2)
+    if schema > -4:
+        assert nativehist.bucket_key(value, schema - 1) == (key + 1) >> 1
+
+
+def test_bucket_key_exact_boundaries():
+    for schema in (-4, -1, 0, 1, 3, 8):
+        assert nativehist.bucket_key(1.0, schema) == 0  # 1 is the top of bucket 0 at every schema
+    assert nativehist.bucket_key(2.0, 0) == 1 and nativehist.bucket_key(2.0000001, 0) == 2
+    assert nativehist.bucket_key(4.0, 3) == 16 and nativehist.bucket_key(0.5, 3) == -8
+    assert nativehist.bucket_key(4.0, -1) == 1 and nativehist.bucket_key(4.1, -1) == 2
+
+
+def test_bucket_cap_lowers_the_schema_and_keeps_every_observation():
+    rng = random.Random(7)
+    values = [math.exp(rng.uniform(-12, 12)) for _ in range(2000)] + [0.0, 0.0]
+    native = nativehist.NativeBuckets(3)
+    for v in values:
+        native.observe(v, nativehist.DEFAULT_ZERO_THRESHOLD, 20)
+    assert len(native.buckets) <= 20 and native.schema < 3
+    assert native.zero_count == 2 and sum(native.buckets.values()) == 2000
+    # the same counts as observing everything at the final schema directly
+    direct: dict = {}
+    for v in values[:-2]:
+        k = nativehist.bucket_key(v, native.schema)
+        direct[k] = direct.get(k, 0) + 1
+    assert native.buckets == direct
+
+
+def test_spans_and_deltas():
+    assert nativehist.spans_and_deltas({}) == ([], [])
+    spans, deltas = nativehist.spans_and_deltas({-2: 3, -1: 5, 0: 5, 4: 1, 6: 2})
+    assert spans == [(-2, 3), (3, 1), (1, 1)]
+    assert deltas == [3, 2, 0, -4, 1]
+
+
+def decode_native(h):
+    """index -> count from the spans and deltas of a decoded Histogram message."""
+    out, index, count, pos = {}, 0, 0, 0
+    for i, span in enumerate(h.positive_span):
+        index = span.offset if i == 0 else index + span.offset
+        for _ in range(span.length):
+            count += h.positive_delta[pos]
+            out[index] = count
+            index += 1
+            pos += 1
+        index -= 0
+    return out
+
+
+def test_protobuf_carries_native_buckets_classic_buckets_and_exemplars():
+    rig = Rig()
+    rig.feed(heartbeat("w1@h"))
+    runtimes = [0.003, 0.004, 0.2, 0.21, 1.5, 0.0]
+    for i, runtime in enumerate(runtimes):
+        u = f"task-{i}"
+        rig.feed(sent(u), received(u), started(u), succeeded(u, runtime=runtime))
+    rig.advance(3)
+    (runtime,) = [mf for mf in rig.protobuf() if mf.name == "celery_task_runtime_seconds"]
+    assert runtime.type == 4 and runtime.unit == "seconds"
+    (metric,) = runtime.metric
+    h = metric.histogram
+    assert h.sample_count == 6 and h.sample_sum == pytest.approx(sum(runtimes))
+    assert h.schema == 3 and h.zero_threshold == nativehist.DEFAULT_ZERO_THRESHOLD and h.zero_count == 1
+    expected: dict = {}
+    for r in runtimes[:-1]:
+        k = nativehist.bucket_key(r, 3)
+        expected[k] = expected.get(k, 0) + 1
+    assert decode_native(h) == expected
+    # classic buckets: cumulative, the +Inf bucket implied by sample_count
+    bounds = [b.upper_bound for b in h.bucket]
+    assert bounds == list(rig.settings.runtime_buckets)
+    assert [b.cumulative_count for b in h.bucket][:3] == [1, 1, 3]  # <=1ms: 0.0; <=2.5ms none more; <=5ms
+    # exemplars: the latest observation of each bucket, on the classic bucket and for native
+    by_bound = {b.upper_bound: b.exemplar for b in h.bucket if b.HasField("exemplar")}
+    labels = {lp.name: lp.value for lp in by_bound[0.25].label}
+    assert labels == {"task_id": "task-3", "hostname": "w1@h"} and by_bound[0.25].value == 0.21
+    assert by_bound[0.25].timestamp.seconds == int(T0)
+    assert {lp.value for e in h.exemplars for lp in e.label if lp.name == "task_id"} == {
+        "task-5",
+        "task-1",
+        "task-3",
+        "task-4",
+    }
+
+
+def test_native_histograms_off_keeps_classic_only():
+    rig = Rig(native_schema=None)
+    rig.feed(sent("u1"), received("u1"), started("u1"), succeeded("u1", runtime=0.3))
+    rig.advance(3)
+    (runtime,) = [mf for mf in rig.protobuf() if mf.name == "celery_task_runtime_seconds"]
+    h = runtime.metric[0].histogram
+    assert not h.HasField("schema") and len(h.positive_span) == 0 and h.sample_count == 1
+
+
+def test_a_histogram_with_only_zero_observations_is_still_native():
+    family = Family("h_seconds", "histogram", "h", ("a",))
+    native = nativehist.NativeBuckets(3)
+    native.observe(0.0, 1e-9, 160)
+    family.add(("x",), Histogram((1.0,), [1, 0], 0.0, None, native, 1e-9))
+    (mf,) = protobuf.decode(b"".join(protobuf.ProtobufEncoder().encode([family])))
+    h = mf.metric[0].histogram
+    assert h.zero_count == 1 and [(s.offset, s.length) for s in h.positive_span] == [(0, 0)]
+
+
+# -- exemplars --------------------------------------------------------------------------
+
+
+def test_exemplar_label_sets_stay_within_the_openmetrics_limit():
+    short = exemplar((0.5, T0, "abc", "w1@h"))
+    assert short == Exemplar((("task_id", "abc"), ("hostname", "w1@h")), 0.5, T0)
+    long_host = exemplar((0.5, T0, "u" * 36, "h" * 200))
+    assert long_host is not None
+    assert sum(len(n) + len(v) for n, v in long_host.labels) == 128
+    assert exemplar((0.5, T0, "u" * 121, "w1@h")).labels == (("task_id", "u" * 121),)
+    assert exemplar((0.5, T0, "u" * 122, "w1@h")) is None
+    assert exemplar((0.5, T0, "abc", "")).labels == (("task_id", "abc"),)
+
+
+def test_openmetrics_exemplars_parse_and_text_has_none():
+    rig = workload()
+    families = rig.collector.families()
+    om = rig.encoders.encode(families, "openmetrics").decode()
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(om):
+        for s in family.samples:
+            if s.exemplar is not None:
+                found[(s.name, s.labels["name"], s.labels["le"])] = (s.exemplar.labels["task_id"], s.exemplar.value)
+    assert found[("celery_task_runtime_seconds_bucket", "app.io", "0.1")] == ("u2", 0.09)
+    assert found[("celery_task_runtime_seconds_bucket", "app.io", "2.5")] == ("u5", 2.43)
+    assert " # {" not in rig.encoders.encode(families, "text").decode()
+    assert "# UNIT celery_task_runtime_seconds seconds" in om
+
+
+def test_label_text_cache_drops_label_sets_that_are_gone():
+    encoder = TextEncoder()
+    family = Family("g", "gauge", "g", ("a",))
+    family.add(("x",), 1)
+    family.add(("y",), 2)
+    assert b"".join(encoder.encode([family])) == b'# HELP g g\n# TYPE g gauge\ng{a="x"} 1\ng{a="y"} 2\n'
+    family.metrics.pop()
+    b"".join(encoder.encode([family]))
+    assert encoder._labels == {("a",): {("x",): 'a="x"'}}
