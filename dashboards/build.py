@@ -261,16 +261,38 @@ def failure_ratio(selector: str, by: str = "") -> str:
     return f"{failed} / ({succeeded} + {failed})"
 
 
+def quantile(q: float, metric: str, selector: str, by: str) -> str:
+    """The q-quantile from the native histogram where Prometheus keeps one (it scraped
+    protobuf with native histograms on), else from the classic buckets."""
+    native = f"histogram_quantile({q}, sum by ({by}) (rate({metric}{{{selector}}}[{RATE}])))"
+    classic = f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
+    return f"{native} or {classic}"
+
+
+def with_exemplars(tgts: List[dict]) -> List[dict]:
+    """Latency targets also fetch exemplars: a point per bucket with the task id behind it."""
+    for t in tgts:
+        t["exemplar"] = True
+    return tgts
+
+
 def quantiles(metric: str, selector: str, by: str) -> List[dict]:
-    return targets(
-        *[
-            (
-                f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RATE}])))",
-                f"{{{{{by}}}}} p{int(q * 100)}",
-            )
-            for q in (0.5, 0.95, 0.99)
-        ]
+    return with_exemplars(
+        targets(*[(quantile(q, metric, selector, by), f"{{{{{by}}}}} p{int(q * 100)}") for q in (0.5, 0.95, 0.99)])
     )
+
+
+def mean(metric: str, selector: str, by: str) -> str:
+    """Sum over count of a histogram, native or classic (as `quantile`)."""
+    native = (
+        f"sum by ({by}) (histogram_sum(rate({metric}{{{selector}}}[{RATE}]))) "
+        f"/ sum by ({by}) (histogram_count(rate({metric}{{{selector}}}[{RATE}])))"
+    )
+    classic = (
+        f"sum by ({by}) (rate({metric}_sum{{{selector}}}[{RATE}])) "
+        f"/ sum by ({by}) (rate({metric}_count{{{selector}}}[{RATE}]))"
+    )
+    return f"({native}) or ({classic})"
 
 
 # -- the dashboards -------------------------------------------------------------------------
@@ -402,13 +424,9 @@ def overview() -> dict:
             "Queue wait p95",
             "95th percentile of the time from publishing to start, less any "
             "ETA (needs task_send_sent_event in the publishers).",
-            [
-                target(
-                    f"histogram_quantile(0.95, sum by (queue_name, le) "
-                    f"(rate(celery_task_queue_wait_seconds_bucket{{{JOB}}}[{RATE}])))",
-                    "{{queue_name}}",
-                )
-            ],
+            with_exemplars(
+                [target(quantile(0.95, "celery_task_queue_wait_seconds", JOB, "queue_name"), "{{queue_name}}")]
+            ),
             unit="s",
         ),
         12,
@@ -611,13 +629,7 @@ def tasks() -> dict:
         timeseries(
             "Mean runtime",
             "Sum of run times / number of successes.",
-            [
-                target(
-                    f"sum by (name) (rate(celery_task_runtime_seconds_sum{{{TASK}}}[{RATE}])) "
-                    f"/ sum by (name) (rate(celery_task_runtime_seconds_count{{{TASK}}}[{RATE}]))",
-                    "{{name}}",
-                )
-            ],
+            [target(mean("celery_task_runtime_seconds", TASK, "name"), "{{name}}")],
             unit="s",
         ),
         8,

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
@@ -30,37 +30,42 @@ GRAFANA_VARS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "1s"
 
 
 class Prometheus:
-    def __init__(self, tmp: Path, exporter_port: int, rules: Path):
+    """Debian's Prometheus scraping the exporter every second, in its own directory under
+    `tmp`; `features` go to --enable-feature (native-histograms makes it ask for protobuf)."""
+
+    def __init__(
+        self, tmp: Path, exporter_port: int, rules: Optional[Path] = None, features: Sequence[str] = (), name: str = ""
+    ):
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail("prometheus not found (Debian package prometheus; .ci/run installs it)")
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
-        config = tmp / "prometheus.yml"
+        home = tmp / (name or "prometheus")
+        home.mkdir()
+        config = home / "prometheus.yml"
         config.write_text(
             json.dumps(
                 {  # JSON is YAML
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": [str(rules)],
+                    "rule_files": [str(rules)] if rules is not None else [],
                     "scrape_configs": [
                         {"job_name": "celery-exporter", "static_configs": [{"targets": [f"{HOST}:{exporter_port}"]}]}
                     ],
                 }
             )
         )
-        (tmp / "tsdb").mkdir()
-        self.proc = Proc(
-            "prometheus",
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address={HOST}:{self.port}",
-                "--log.level=warn",
-            ],
-            tmp / "prometheus.log",
-            clean_env(),
-        )
+        (home / "tsdb").mkdir()
+        argv = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={home / 'tsdb'}",
+            f"--web.listen-address={HOST}:{self.port}",
+            "--log.level=warn",
+        ]
+        if features:
+            argv.append("--enable-feature=" + ",".join(features))
+        self.proc = Proc(name or "prometheus", argv, home / "prometheus.log", clean_env())
         wait_for(
             lambda: http_get(self.base + "/-/ready")[0] == 200,
             30,
