@@ -249,21 +249,21 @@ def _env(name: str) -> str:
     help="Bucket bounds (seconds) of the queue-wait and prefetch-wait histograms.",
 )
 @click.option(
-    "--native-histogram-bucket-factor",
+    "--native-bucket-factor",
     type=click.FloatRange(min=1.0),
     default=nativehist.DEFAULT_BUCKET_FACTOR,
     show_default=True,
-    envvar=_env("NATIVE_HISTOGRAM_BUCKET_FACTOR"),
+    envvar=_env("NATIVE_BUCKET_FACTOR"),
     show_envvar=True,
     help="Most a native histogram bucket may grow over the one below it (1.1: schema 3, 9 % wider); "
     "1 turns native histograms off. Native histograms are served in the protobuf format only.",
 )
 @click.option(
-    "--native-histogram-max-buckets",
+    "--native-max-buckets",
     type=click.IntRange(min=1),
     default=nativehist.DEFAULT_MAX_BUCKETS,
     show_default=True,
-    envvar=_env("NATIVE_HISTOGRAM_MAX_BUCKETS"),
+    envvar=_env("NATIVE_MAX_BUCKETS"),
     show_envvar=True,
     help="Populated native buckets per series before its resolution is halved (as often as needed).",
 )
@@ -486,8 +486,8 @@ def build_settings(options: Dict[str, Any], given: Optional[Set[str]] = None) ->
         web_read_timeout=options["web_read_timeout"],
         runtime_buckets=options["runtime_buckets"],
         wait_buckets=options["wait_buckets"],
-        native_schema=nativehist.schema_for_factor(options["native_histogram_bucket_factor"]),
-        native_max_buckets=options["native_histogram_max_buckets"],
+        native_schema=nativehist.schema_for_factor(options["native_bucket_factor"]),
+        native_max_buckets=options["native_max_buckets"],
         worker_timeout=options["worker_timeout"],
         worker_ttl=options["worker_ttl"],
         series_ttl=options["series_ttl"],

@@ -10,7 +10,7 @@ Each concern's snapshot part is turned into families by its own method here.
 from __future__ import annotations
 
 import platform
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import celery
 import kombu
@@ -25,7 +25,7 @@ from celery_exporter.store.own import ExporterSnapshot
 from celery_exporter.store.queues import QueueSnapshot
 from celery_exporter.store.running import RunningSnapshot
 from celery_exporter.store.tasks import Exemplar as StoredExemplar
-from celery_exporter.store.tasks import TaskRow, TaskSnapshot
+from celery_exporter.store.tasks import TaskKey, TaskRow, TaskSnapshot
 from celery_exporter.store.workers import WorkerSnapshot
 
 # position of task-received's time in the snapshot's last-seen times (a beat entry's last run)
@@ -84,6 +84,7 @@ class CeleryCollector:
         if settings.task_hostname_label:
             names.append(catalogue.HOSTNAME_LABEL)
         self.task_label_names = tuple(names)
+        self._row_metrics: Dict[TaskKey, Tuple[TaskRow, List[Optional[Metric]]]] = {}
         self._build_info = (__version__, celery.__version__, kombu.__version__, platform.python_version())
 
     def families(self) -> List[Family]:
@@ -106,32 +107,47 @@ class CeleryCollector:
     # -- families -----------------------------------------------------------------------
 
     def _tasks(self, snap: TaskSnapshot, new: NewFamily) -> None:
-        rows = snap.rows
         names = self.task_label_names
-        for index, state in enumerate(catalogue.TASK_COUNTERS):
-            family = new(f"celery_task_{state}", COUNTER, catalogue.TASK_COUNTER_HELP[state], names)
-            family.metrics = [Metric(row.key, row.counts[index]) for row in rows]
-        zero_threshold = self.settings.native_zero_threshold
-        for index, (metric, help_) in enumerate(catalogue.HISTOGRAMS):
-            family = new(metric, HISTOGRAM, help_, names, "seconds")
-            bounds = self.store.tasks.bounds[index]
-            metrics = family.metrics
-            for row in rows:
-                counts = row.hist_counts[index]
-                if counts is None:
-                    continue
-                stored = row.exemplars[index]
-                exemplars = [exemplar(e) for e in stored] if stored is not None else None
-                hist = Histogram(bounds, counts, row.hist_sums[index], exemplars, row.native[index], zero_threshold)
-                metrics.append(Metric(row.key, hist))
-        for index, (_, metric, help_) in enumerate(catalogue.LAST_SEEN):
-            family = new(metric, GAUGE, help_, names)
-            family.metrics = [Metric(row.key, seen) for row in rows if (seen := row.last_seen[index]) is not None]
+        counters = [
+            new(f"celery_task_{state}", COUNTER, catalogue.TASK_COUNTER_HELP[state], names)
+            for state in catalogue.TASK_COUNTERS
+        ]
+        histograms = [new(metric, HISTOGRAM, help_, names, "seconds") for metric, help_ in catalogue.HISTOGRAMS]
+        last_seen = [new(metric, GAUGE, help_, names) for _, metric, help_ in catalogue.LAST_SEEN]
+        families = [f.metrics for f in counters + histograms + last_seen]
+        old, self._row_metrics = self._row_metrics, {}
+        for row in snap.rows:
+            made = old.get(row.key)
+            if made is None or made[0] is not row:  # the store hands out a new row only on change
+                made = (row, self._row_metrics_of(row))
+            self._row_metrics[row.key] = made
+            for metrics, metric in zip(families, made[1]):
+                if metric is not None:
+                    metrics.append(metric)
         family = new(
             catalogue.TASK_EXCEPTIONS, COUNTER, catalogue.TASK_EXCEPTIONS_HELP, names + (catalogue.EXCEPTION_LABEL,)
         )
         for exc in snap.exceptions:
             family.add(exc.key + (exc.exception,), exc.total)
+
+    def _row_metrics_of(self, row: TaskRow) -> List[Optional[Metric]]:
+        """One row's metric in each task family (counters, histograms, last-seen gauges), or
+        None where it has none. Kept while the row is unchanged, so the encoders can keep
+        their encodings of them too."""
+        key = row.key
+        out: List[Optional[Metric]] = [Metric(key, count) for count in row.counts]
+        zero_threshold = self.settings.native_zero_threshold
+        for index, counts in enumerate(row.hist_counts):
+            if counts is None:
+                out.append(None)
+                continue
+            stored = row.exemplars[index]
+            exemplars = [None if e is None else exemplar(e) for e in stored] if stored is not None else None
+            bounds = self.store.tasks.bounds[index]
+            hist = Histogram(bounds, counts, row.hist_sums[index], exemplars, row.native[index], zero_threshold)
+            out.append(Metric(key, hist))
+        out.extend(None if seen is None else Metric(key, seen) for seen in row.last_seen)
+        return out
 
     def _running(self, snap: RunningSnapshot, rows: List[TaskRow], new: NewFamily) -> None:
         """Running tasks per label set: 0 for every live label set without a run (so a

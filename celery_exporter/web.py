@@ -12,7 +12,7 @@ import logging
 import threading
 import urllib.parse
 import zlib
-from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 
 
 HEALTH_PATHS = ("/-/healthy", "/-/ready")
+
+
+def gzipped(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """One gzip stream over the chunks, as they come. Level 1: 3x faster than 6, 8% larger."""
+    gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        piece = gz.compress(chunk)
+        if piece:
+            yield piece
+    yield gz.flush()
 
 
 def status_hints(snap: ExporterSnapshot) -> List[str]:
@@ -122,24 +132,20 @@ class Web:
     def metrics(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Text 0.0.4, OpenMetrics or protobuf, as the scraper's Accept header asks; only the
         families named by `name[]` when given; gzip when accepted. Our families first, then
-        the process/platform/GC collectors. Encoded family by family (and compressed as it
-        goes), so the scrape never holds its lines and its body at once."""
+        the process/platform/GC collectors. The families are taken at once (one snapshot);
+        the body is then encoded, compressed and sent family by family, with no
+        Content-Length (the response is HTTP/1.0: it ends when the connection closes), so
+        a scrape never holds its whole body."""
         encoder = self.encoders.for_accept(environ.get("HTTP_ACCEPT", ""))
         families = self.collector.families() + registry_families(self.process_registry)
         names = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("name[]", [])
         chunks = encoder.encode(select(families, names))
         headers = [("Content-Type", encoder.content_type)]
-        body: List[bytes]
         if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
-            gz = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip; level 1: 3x faster than 6, 8% larger
-            body = [piece for chunk in chunks if (piece := gz.compress(chunk))]
-            body.append(gz.flush())
             headers.append(("Content-Encoding", "gzip"))
-        else:
-            body = list(chunks)
-        headers.append(("Content-Length", str(sum(map(len, body)))))
+            chunks = gzipped(chunks)
         start_response("200 OK", headers)
-        return body
+        return chunks
 
     @staticmethod
     def _text(start_response: StartResponse, status: str, text: str) -> Iterable[bytes]:

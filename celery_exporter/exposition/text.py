@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
-from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Exemplar, Family, Histogram
+from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Exemplar, Family, Histogram, Metric
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -65,11 +65,15 @@ class TextEncoder:
         # it used, so label sets that expired fall out
         self._labels: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
         self._le: Dict[Tuple[float, ...], List[str]] = {}
+        # histogram family -> label values -> (the Metric encoded, its lines): a histogram's
+        # lines are kept while the collector hands over the same Metric object (unchanged)
+        self._histogram_lines: Dict[str, Dict[Tuple[str, ...], Tuple[Metric, str]]] = {}
 
     def encode(self, families: Sequence[Family]) -> Iterator[bytes]:
         old, self._labels = self._labels, {}
+        old_lines, self._histogram_lines = self._histogram_lines, {}
         for family in families:
-            yield self._family(family, old).encode()
+            yield self._family(family, old, old_lines.get(family.name, {})).encode()
         if self.openmetrics:
             yield b"# EOF\n"
 
@@ -89,7 +93,12 @@ class TextEncoder:
             out.append(text)
         return out
 
-    def _family(self, family: Family, old: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]]) -> str:
+    def _family(
+        self,
+        family: Family,
+        old: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]],
+        old_lines: Dict[Tuple[str, ...], Tuple[Metric, str]],
+    ) -> str:
         name, kind = family.name, family.kind
         # Text 0.0.4 names a counter family by its sample name (with _total), OpenMetrics
         # by the name without it.
@@ -100,9 +109,9 @@ class TextEncoder:
         head = f"# HELP {header} {help_}\n# TYPE {header} {kind}\n"
         if self.openmetrics and family.unit:
             head += f"# UNIT {header} {family.unit}\n"
-        texts = self._label_texts(family, old)
         if kind == HISTOGRAM:
-            return head + self._histograms(family, texts)
+            return head + self._histograms(family, old, old_lines)
+        texts = self._label_texts(family, old)
         sample = name + "_total" if kind == COUNTER else name
         open_ = sample + "{"
         lines = [
@@ -113,38 +122,55 @@ class TextEncoder:
         ]
         return head + "".join(lines)
 
-    def _histograms(self, family: Family, texts: List[str]) -> str:
-        name = family.name
-        bucket, count, sum_ = f"{name}_bucket{{", f"{name}_count", f"{name}_sum"
+    def _histograms(
+        self,
+        family: Family,
+        old: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]],
+        old_lines: Dict[Tuple[str, ...], Tuple[Metric, str]],
+    ) -> str:
+        kept = self._histogram_lines[family.name] = {}
+        fresh: List[Metric] = []
+        for metric in family.metrics:
+            hit = old_lines.get(metric.labels)
+            if hit is None or hit[0] is not metric:
+                fresh.append(metric)
+        if fresh:  # label texts only for what is encoded anew
+            encoded = Family(family.name, family.kind, family.help, family.label_names, family.unit)
+            encoded.metrics = fresh
+            for metric, text in zip(fresh, self._label_texts(encoded, old)):
+                old_lines[metric.labels] = (metric, self._histogram(family.name, text, metric))
+        parts = []
+        for metric in family.metrics:
+            hit = old_lines[metric.labels]
+            kept[metric.labels] = hit
+            parts.append(hit[1])
+        return "".join(parts)
+
+    def _histogram(self, name: str, text: str, metric: Metric) -> str:
+        hist = metric.value
+        assert isinstance(hist, Histogram)
+        le = self._le_texts(hist.bounds)
+        bucket = f"{name}_bucket{{{text}," if text else f"{name}_bucket{{"
         lines: List[str] = []
         add = lines.append
-        openmetrics = self.openmetrics
-        last_bounds: Optional[Sequence[float]] = None
-        le: List[str] = []
-        for text, metric in zip(texts, family.metrics):
-            hist = metric.value
-            assert isinstance(hist, Histogram)
-            if hist.bounds is not last_bounds:  # the store's series share one bounds tuple
-                le, last_bounds = self._le_texts(hist.bounds), hist.bounds
-            sep = "," if text else ""
-            running = 0
-            exemplars: Optional[Sequence[Optional[Exemplar]]] = hist.exemplars if openmetrics else None
-            if exemplars is None:
-                for le_text, c in zip(le, hist.counts):
-                    running += c
-                    add(f"{bucket}{text}{sep}{le_text}}} {running}\n")
-            else:
-                for le_text, c, ex in zip(le, hist.counts, exemplars):
-                    running += c
-                    tail = exemplar_text(ex) if ex is not None else ""
-                    add(f"{bucket}{text}{sep}{le_text}}} {running}{tail}\n")
-            labels = f"{{{text}}}" if text else ""
-            add(f"{count}{labels} {running}\n")
-            add(f"{sum_}{labels} {number(hist.sum)}\n")
+        running = 0
+        exemplars: Optional[Sequence[Optional[Exemplar]]] = hist.exemplars if self.openmetrics else None
+        if exemplars is None:
+            for le_text, c in zip(le, hist.counts):
+                running += c
+                add(f"{bucket}{le_text}}} {running}\n")
+        else:
+            for le_text, c, ex in zip(le, hist.counts, exemplars):
+                running += c
+                tail = exemplar_text(ex) if ex is not None else ""
+                add(f"{bucket}{le_text}}} {running}{tail}\n")
+        labels = f"{{{text}}}" if text else ""
+        add(f"{name}_count{labels} {running}\n")
+        add(f"{name}_sum{labels} {number(hist.sum)}\n")
         return "".join(lines)
 
     def _le_texts(self, bounds: Sequence[float]) -> List[str]:
-        key = tuple(bounds)
+        key = bounds if isinstance(bounds, tuple) else tuple(bounds)
         le = self._le.get(key)
         if le is None:
             le = self._le[key] = [f'le="{bound(b)}"' for b in key] + ['le="+Inf"']

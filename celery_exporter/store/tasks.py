@@ -34,7 +34,7 @@ Exemplar = Tuple[float, float, str, str]
 class TaskSeries:
     """Counters and histograms of one task label set."""
 
-    __slots__ = ("counts", "hist_counts", "hist_sums", "native", "exemplars", "updated", "last_seen")
+    __slots__ = ("counts", "hist_counts", "hist_sums", "native", "exemplars", "updated", "last_seen", "version")
 
     def __init__(self, now: float):
         self.counts = [0] * N_STATES
@@ -46,10 +46,13 @@ class TaskSeries:
         self.updated = now
         # exporter time of the last event of each catalogue.LAST_SEEN state, or None
         self.last_seen: List[Optional[float]] = [None] * len(catalogue.LAST_SEEN)
+        self.version = 0  # bumped by every change: a snapshot copies only changed series
 
 
 class TaskRow(NamedTuple):
-    """One task label set as a scrape sees it (copies)."""
+    """One task label set as a scrape sees it: copies, never changed once made. A series
+    that did not change since the last snapshot is given as the same TaskRow object, so
+    whoever builds on a row (the collector, the encoders) can keep what it built."""
 
     key: TaskKey
     counts: List[int]  # by catalogue.TASK_COUNTERS
@@ -58,6 +61,7 @@ class TaskRow(NamedTuple):
     last_seen: List[Optional[float]]  # by catalogue.LAST_SEEN
     native: List[Optional[NativeBuckets]]  # by catalogue.HISTOGRAMS, None while unobserved or off
     exemplars: List[Optional[List[Optional[Exemplar]]]]
+    version: int
 
 
 class ExceptionRow(NamedTuple):
@@ -92,6 +96,7 @@ class TaskSeriesStore:
         self.zero_threshold = settings.native_zero_threshold
         self.max_native_buckets = settings.native_max_buckets
         self._series: Dict[TaskKey, TaskSeries] = {}
+        self._rows: Dict[TaskKey, TaskRow] = {}  # the last snapshot's row of each series
         self._exceptions: Dict[Tuple[TaskKey, str], _ExceptionCount] = {}
 
     # -- writers (take the lock) --------------------------------------------------------
@@ -116,6 +121,7 @@ class TaskSeriesStore:
                 # All state counters start at 0, so the first failure shows in increase().
                 series = self._series[key] = TaskSeries(now)
             series.counts[state] += 1
+            series.version += 1
             series.updated = now
             last = LAST_SEEN_INDEX.get(state)
             if last is not None:
@@ -165,6 +171,7 @@ class TaskSeriesStore:
         dead = [k for k, s in self._series.items() if not self._alive(s.updated, now)]
         for key in dead:
             del self._series[key]
+            self._rows.pop(key, None)
         dead_exc = [k for k, e in self._exceptions.items() if not self._alive(e.updated, now)]
         for exc_key in dead_exc:
             del self._exceptions[exc_key]
@@ -173,19 +180,24 @@ class TaskSeriesStore:
         return len(dead) + len(dead_exc)
 
     def snapshot_locked(self, now: float) -> TaskSnapshot:
-        rows = [
-            TaskRow(
-                key,
-                s.counts[:],
-                [c[:] if c is not None else None for c in s.hist_counts],
-                s.hist_sums[:],
-                s.last_seen[:],
-                [n.copy() if n is not None else None for n in s.native],
-                [e[:] if e is not None else None for e in s.exemplars],
-            )
-            for key, s in self._series.items()
-            if self._alive(s.updated, now)
-        ]
+        rows = []
+        made = self._rows
+        for key, s in self._series.items():
+            if not self._alive(s.updated, now):
+                continue
+            row = made.get(key)
+            if row is None or row.version != s.version:
+                row = made[key] = TaskRow(
+                    key,
+                    s.counts[:],
+                    [c[:] if c is not None else None for c in s.hist_counts],
+                    s.hist_sums[:],
+                    s.last_seen[:],
+                    [n.copy() if n is not None else None for n in s.native],
+                    [e[:] if e is not None else None for e in s.exemplars],
+                    s.version,
+                )
+            rows.append(row)
         exceptions = [
             ExceptionRow(key, exc, entry.count)
             for (key, exc), entry in self._exceptions.items()

@@ -95,6 +95,26 @@ def test_golden_files(fmt, filename):
     assert body == path.read_bytes(), f"{filename} changed; UPDATE_GOLDEN=1 rewrites it"
 
 
+def test_protobuf_encoder_writes_what_the_library_writes_for_whole_families():
+    """The encoder assembles each MetricFamily from separately serialized Metric messages
+    (and keeps them across scrapes): the bytes must be the library's own, scrape after scrape."""
+    rig = workload()
+    encoder = protobuf.ProtobufEncoder()
+    for _ in range(2):  # the second scrape comes from the kept metric bytes
+        families = rig.collector.families()
+        expected = b""
+        for family in families:
+            data = protobuf.family_message(family).SerializeToString()
+            expected += protobuf.varint(len(data)) + data
+        assert b"".join(encoder.encode(families)) == expected
+    rig.feed(sent("late"), received("late"), started("late"), succeeded("late", runtime=7.0))
+    rig.advance(3)
+    families = rig.collector.families()
+    body = b"".join(encoder.encode(families))
+    (runtime,) = [mf for mf in protobuf.decode(body) if mf.name == "celery_task_runtime_seconds"]
+    assert sum(m.histogram.sample_count for m in runtime.metric) == 5  # 4 successes before, one now
+
+
 def test_web_serves_each_format_and_the_name_filter():
     rig = workload()
     ProcessCollector(registry=rig.process_registry)
