@@ -18,11 +18,17 @@ class Encoder(Protocol):
 
     def encode(self, families: Sequence[Family]) -> Iterator[bytes]: ...
 
+    def forget(self) -> None:
+        """Drop what is kept across scrapes."""
+
 
 class Encoders:
-    """One encoder per format, kept across scrapes (they cache escaped label text). Two
-    scrapes at once may share one: its caches map label values to text, so the worst case
-    is a cache miss."""
+    """One encoder per format, kept across scrapes: each keeps the encodings of unchanged
+    metrics (and escaped label text), which is most of an idle scrape's work. Only the
+    format asked for last keeps them: asking for another format drops the others' (a
+    Prometheus scrapes in one format; memory stays one encoding's worth, ~1 byte per byte
+    of body). Two scrapes at once may share an encoder: its caches map label values to what
+    they encode to, so the worst case is a cache miss."""
 
     def __init__(self) -> None:
         self.by_format: Dict[str, Encoder] = {
@@ -30,9 +36,16 @@ class Encoders:
             negotiate.OPENMETRICS: TextEncoder(openmetrics=True),
             negotiate.PROTOBUF: ProtobufEncoder(),
         }
+        self.last = ""
 
     def for_accept(self, accept: str) -> Encoder:
-        return self.by_format[negotiate.choose(accept)]
+        fmt = negotiate.choose(accept)
+        if fmt != self.last:
+            for other, encoder in self.by_format.items():
+                if other != fmt:
+                    encoder.forget()
+            self.last = fmt
+        return self.by_format[fmt]
 
     def encode(self, families: Sequence[Family], fmt: str = negotiate.TEXT) -> bytes:
         return b"".join(self.by_format[fmt].encode(families))

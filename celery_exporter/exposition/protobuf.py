@@ -15,11 +15,12 @@ them, so a Prometheus that keeps classic histograms gets what text gives it.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 from celery_exporter import nativehist
+from celery_exporter.exposition.kept import KeepingEncoder, Piece
 from celery_exporter.exposition.model import COUNTER, GAUGE, HISTOGRAM, Exemplar, Family, Histogram, Metric
 
 CONTENT_TYPE = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
@@ -216,41 +217,32 @@ def family_message(family: Family) -> Any:
     return msg
 
 
-class ProtobufEncoder:
-    """Writes each family as a length-delimited MetricFamily. The family's header fields are
-    serialized by the library, then each Metric message as the repeated field 4 (the wire
-    format of a repeated message is its elements one after another, so this is the same
-    message as `family_message(...).SerializeToString()`). A metric's bytes are kept while
-    the collector hands over the same Metric object (its label set did not change), so an
-    idle scrape of thousands of label sets serializes almost nothing."""
+class ProtobufEncoder(KeepingEncoder):
+    """Writes each family as a length-delimited MetricFamily: the family's header fields
+    serialized by the library, then each Metric message as the repeated field 4, then the
+    unit (field 5). The wire format of a repeated message is its elements one after
+    another, so this is byte for byte `family_message(...).SerializeToString()` (tested),
+    and unchanged metrics' bytes are kept across scrapes (see `kept`)."""
 
     content_type = CONTENT_TYPE
-    openmetrics = False
 
-    def __init__(self) -> None:
-        # family name -> label values -> (the Metric encoded, its field bytes)
-        self._cache: Dict[str, Dict[Tuple[str, ...], Tuple[Metric, bytes]]] = {}
+    def head(self, family: Family) -> bytes:
+        return bytes(
+            MetricFamily(name=family.name, help=family.help, type=TYPE_NUMBER[family.kind]).SerializeToString()
+        )
 
-    def encode(self, families: Sequence[Family]) -> Iterator[bytes]:
-        old, self._cache = self._cache, {}
-        for family in families:
-            head = MetricFamily(name=family.name, help=family.help, type=TYPE_NUMBER[family.kind])
-            previous = old.get(family.name, {})
-            cache = self._cache[family.name] = {}
-            parts = [head.SerializeToString()]
-            for metric in family.metrics:
-                hit = previous.get(metric.labels)
-                if hit is not None and hit[0] is metric:
-                    field = hit[1]
-                else:
-                    data = metric_message(family, metric).SerializeToString()
-                    field = METRIC_FIELD + varint(len(data)) + data
-                cache[metric.labels] = (metric, field)
-                parts.append(field)
-            if family.unit:  # field 5, after the metrics: the order the library writes
-                parts.append(MetricFamily(unit=family.unit).SerializeToString())
-            body = b"".join(parts)
-            yield varint(len(body)) + body
+    def metrics(self, family: Family, metrics: Sequence[Metric]) -> List[bytes]:
+        out = []
+        for metric in metrics:
+            data = metric_message(family, metric).SerializeToString()
+            out.append(METRIC_FIELD + varint(len(data)) + data)
+        return out
+
+    def frame(self, head: bytes, body: Sequence[Piece], family: Family) -> Tuple[bytes, int]:
+        unit = MetricFamily(unit=family.unit).SerializeToString() if family.unit else b""
+        size = len(head) + sum(map(len, body)) + len(unit)
+        prefix = varint(size)
+        return b"".join([prefix, head, *body, unit]), len(prefix)
 
 
 def decode(body: bytes) -> List[Any]:

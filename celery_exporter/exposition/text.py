@@ -1,8 +1,7 @@
 """Text encoders: Prometheus text format 0.0.4 and OpenMetrics 1.0.
 
-Both write one chunk of bytes per family, so a scrape never holds its lines and its body
-at once. With thousands of task label sets a scrape is 100k+ lines, so the label part of a
-line is escaped once per label set and kept across scrapes (until the label set is gone).
+Both write one chunk of bytes per family and keep what they wrote for the next scrape (see
+`kept`): with thousands of task label sets a scrape is 100k+ lines, nearly all unchanged.
 Exemplars and `# UNIT` exist only in OpenMetrics; native histograms only in protobuf, so
 here a histogram is its classic buckets.
 """
@@ -12,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
+from celery_exporter.exposition.kept import KeepingEncoder
 from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Exemplar, Family, Histogram, Metric
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -55,50 +55,26 @@ def exemplar_text(exemplar: Exemplar) -> str:
     return f" # {{{labels}}} {number(exemplar.value)}{ts}"
 
 
-class TextEncoder:
+class TextEncoder(KeepingEncoder):
     """Encodes families as text 0.0.4 (openmetrics=False) or OpenMetrics 1.0."""
 
     def __init__(self, openmetrics: bool = False):
+        super().__init__()
         self.openmetrics = openmetrics
         self.content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
-        # label names -> label values -> escaped text; rebuilt by every scrape from what
-        # it used, so label sets that expired fall out
-        self._labels: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
         self._le: Dict[Tuple[float, ...], List[str]] = {}
-        # histogram family -> label values -> (the Metric encoded, its lines): a histogram's
-        # lines are kept while the collector hands over the same Metric object (unchanged)
-        self._histogram_lines: Dict[str, Dict[Tuple[str, ...], Tuple[Metric, str]]] = {}
+        # label names -> label values -> escaped text, for the metrics one scrape encodes
+        self._labels: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
 
     def encode(self, families: Sequence[Family]) -> Iterator[bytes]:
-        old, self._labels = self._labels, {}
-        old_lines, self._histogram_lines = self._histogram_lines, {}
-        for family in families:
-            yield self._family(family, old, old_lines.get(family.name, {})).encode()
-        if self.openmetrics:
-            yield b"# EOF\n"
+        self._labels = {}
+        yield from super().encode(families)
+        self._labels = {}
 
-    def _label_texts(self, family: Family, old: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]]) -> List[str]:
-        names = family.label_names
-        previous = old.get(names, {})
-        cache = self._labels.setdefault(names, {})
-        out = []
-        for metric in family.metrics:
-            values = metric.labels
-            text = cache.get(values)
-            if text is None:
-                text = previous.get(values)
-                if text is None:
-                    text = labels_text(names, values)
-                cache[values] = text
-            out.append(text)
-        return out
+    def trailer(self) -> Optional[bytes]:
+        return b"# EOF\n" if self.openmetrics else None
 
-    def _family(
-        self,
-        family: Family,
-        old: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]],
-        old_lines: Dict[Tuple[str, ...], Tuple[Metric, str]],
-    ) -> str:
+    def head(self, family: Family) -> bytes:
         name, kind = family.name, family.kind
         # Text 0.0.4 names a counter family by its sample name (with _total), OpenMetrics
         # by the name without it.
@@ -109,42 +85,34 @@ class TextEncoder:
         head = f"# HELP {header} {help_}\n# TYPE {header} {kind}\n"
         if self.openmetrics and family.unit:
             head += f"# UNIT {header} {family.unit}\n"
-        if kind == HISTOGRAM:
-            return head + self._histograms(family, old, old_lines)
-        texts = self._label_texts(family, old)
-        sample = name + "_total" if kind == COUNTER else name
-        open_ = sample + "{"
-        lines = [
-            f"{open_}{text}}} {number(cast(float, m.value))}\n"
-            if text
-            else f"{sample} {number(cast(float, m.value))}\n"
-            for text, m in zip(texts, family.metrics)
-        ]
-        return head + "".join(lines)
+        return head.encode()
 
-    def _histograms(
-        self,
-        family: Family,
-        old: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]],
-        old_lines: Dict[Tuple[str, ...], Tuple[Metric, str]],
-    ) -> str:
-        kept = self._histogram_lines[family.name] = {}
-        fresh: List[Metric] = []
-        for metric in family.metrics:
-            hit = old_lines.get(metric.labels)
-            if hit is None or hit[0] is not metric:
-                fresh.append(metric)
-        if fresh:  # label texts only for what is encoded anew
-            encoded = Family(family.name, family.kind, family.help, family.label_names, family.unit)
-            encoded.metrics = fresh
-            for metric, text in zip(fresh, self._label_texts(encoded, old)):
-                old_lines[metric.labels] = (metric, self._histogram(family.name, text, metric))
-        parts = []
-        for metric in family.metrics:
-            hit = old_lines[metric.labels]
-            kept[metric.labels] = hit
-            parts.append(hit[1])
-        return "".join(parts)
+    def metrics(self, family: Family, metrics: Sequence[Metric]) -> List[bytes]:
+        texts = self._label_texts(family.label_names, metrics)
+        name = family.name
+        if family.kind == HISTOGRAM:
+            return [self._histogram(name, text, metric).encode() for text, metric in zip(texts, metrics)]
+        sample = name + "_total" if family.kind == COUNTER else name
+        open_ = sample + "{"
+        return [
+            (
+                f"{open_}{text}}} {number(cast(float, m.value))}\n"
+                if text
+                else f"{sample} {number(cast(float, m.value))}\n"
+            ).encode()
+            for text, m in zip(texts, metrics)
+        ]
+
+    def _label_texts(self, names: Tuple[str, ...], metrics: Sequence[Metric]) -> List[str]:
+        cache = self._labels.setdefault(names, {})
+        out = []
+        for metric in metrics:
+            values = metric.labels
+            text = cache.get(values)
+            if text is None:
+                text = cache[values] = labels_text(names, values)
+            out.append(text)
+        return out
 
     def _histogram(self, name: str, text: str, metric: Metric) -> str:
         hist = metric.value

@@ -17,7 +17,7 @@ from prometheus_client import PlatformCollector, ProcessCollector
 from celery_exporter import nativehist
 from celery_exporter.collector import exemplar
 from celery_exporter.exposition import negotiate, protobuf
-from celery_exporter.exposition.model import Exemplar, Family, Histogram
+from celery_exporter.exposition.model import Exemplar, Family, Histogram, Metric
 from celery_exporter.exposition.text import TextEncoder
 
 from .conftest import T0, Rig, failed, heartbeat, received, retried, sent, started, succeeded, text_samples
@@ -305,12 +305,61 @@ def test_openmetrics_exemplars_parse_and_text_has_none():
     assert "# UNIT celery_task_runtime_seconds seconds" in om
 
 
-def test_label_text_cache_drops_label_sets_that_are_gone():
+def test_kept_families_follow_changes_and_drop_what_is_gone():
     encoder = TextEncoder()
     family = Family("g", "gauge", "g", ("a",))
     family.add(("x",), 1)
     family.add(("y",), 2)
-    assert b"".join(encoder.encode([family])) == b'# HELP g g\n# TYPE g gauge\ng{a="x"} 1\ng{a="y"} 2\n'
-    family.metrics.pop()
-    b"".join(encoder.encode([family]))
-    assert encoder._labels == {("a",): {("x",): 'a="x"'}}
+    first = b"".join(encoder.encode([family]))
+    assert first == b'# HELP g g\n# TYPE g gauge\ng{a="x"} 1\ng{a="y"} 2\n'
+    # the same Metric objects: the very same bytes object comes back
+    again = list(encoder.encode([family]))
+    assert again[0] is encoder._kept["g"].data and b"".join(again) == first
+    # one metric replaced, one added, one gone: kept slices and fresh encodings mix
+    family2 = Family("g", "gauge", "g", ("a",))
+    family2.metrics = [family.metrics[1], Metric(("z",), 3.5), Metric(("x",), 7)]
+    assert b"".join(encoder.encode([family2])) == b'# HELP g g\n# TYPE g gauge\ng{a="y"} 2\ng{a="z"} 3.5\ng{a="x"} 7\n'
+    assert b"".join(encoder.encode([])) == b"" and encoder._kept == {}
+
+
+def test_only_the_format_asked_for_last_keeps_its_encodings():
+    from celery_exporter.exposition import Encoders
+
+    rig = workload()
+    encoders = Encoders()
+    for accept in ("text/plain", PROMETHEUS_3_DEFAULT, PROMETHEUS_2_NATIVE, "text/plain"):
+        encoder = encoders.for_accept(accept)
+        b"".join(encoder.encode(rig.collector.families()))
+        kept = {fmt: bool(e._kept) for fmt, e in encoders.by_format.items()}
+        assert [fmt for fmt, has in kept.items() if has] == [negotiate.choose(accept)], (accept, kept)
+
+
+def test_gzip_stream_decodes_and_reuses_the_pieces_of_unchanged_chunks():
+    import gzip
+    import subprocess
+    import zlib
+
+    from celery_exporter.web import Gzip
+
+    stream = Gzip()
+    same, changing = b"# unchanged family\n" * 300, b"x 1\n"
+    first = b"".join(stream.stream([same, changing]))
+    piece = stream._kept[id(same)][1]
+    second = b"".join(stream.stream([same, b"x 2\n", b""]))
+    assert stream._kept[id(same)][1] is piece  # not compressed again
+    for body, plain in ((first, same + changing), (second, same + b"x 2\n")):
+        assert gzip.decompress(body) == plain and zlib.decompress(body, 31) == plain
+        assert subprocess.run(["gzip", "-dc"], input=body, capture_output=True, check=True).stdout == plain
+
+
+def test_gzipped_scrape_is_the_plain_scrape():
+    import gzip
+
+    rig = workload()
+    web = web_for(rig)
+    for accept in ("text/plain", PROMETHEUS_3_DEFAULT, PROMETHEUS_2_NATIVE):
+        for _ in range(2):  # the second from kept families and pieces
+            _, plain_headers, plain = call(web, "/metrics", {"Accept": accept})
+            _, headers, body = call(web, "/metrics", {"Accept": accept, "Accept-Encoding": "gzip"})
+            assert headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain_headers
+            assert gzip.decompress(body) == plain
