@@ -121,8 +121,9 @@ class Handler:
         key: TaskKey = record.labels
         if self.with_hostname:
             key = key + ("" if etype == "task-sent" else (event.hostname or ""),)
-        trace = (record.uuid, event.hostname or record.worker or "")
-        if not self._count(key, event.state, now, attempts.observations(record, event), trace):
+        observations = attempts.observations(record, event)
+        trace = (record.uuid, event.hostname or record.worker or "") if observations else None
+        if not self._count(key, event.state, now, observations, trace):
             return
         if event.exception is not None:  # task-failed, task-retried
             self.store.tasks.exception(key, event.exception, now)

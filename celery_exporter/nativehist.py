@@ -27,7 +27,7 @@ DEFAULT_MAX_BUCKETS = 160
 
 # For schema s > 0: the s-th list holds 2**(j / 2**s - 1) for j in 0 .. 2**s - 1, the bucket
 # boundaries inside [0.5, 1), where math.frexp puts every mantissa.
-_MANTISSA_BOUNDS = [[0.5]] + [[2.0 ** (j / 2**s - 1) for j in range(2**s)] for s in range(1, MAX_SCHEMA + 1)]
+MANTISSA_BOUNDS = [[0.5]] + [[2.0 ** (j / 2**s - 1) for j in range(2**s)] for s in range(1, MAX_SCHEMA + 1)]
 
 
 def schema_for_factor(factor: float) -> Optional[int]:
@@ -43,8 +43,8 @@ def bucket_key(value: float, schema: int) -> int:
     """Index of the bucket that holds `value` (> 0, finite) at `schema`."""
     frac, exp = math.frexp(value)  # value = frac * 2**exp, 0.5 <= frac < 1
     if schema > 0:
-        bounds = _MANTISSA_BOUNDS[schema]
-        return bisect_left(bounds, frac) + (exp - 1) * len(bounds)
+        bounds = MANTISSA_BOUNDS[schema]
+        return bisect_left(bounds, frac) + ((exp - 1) << schema)
     key = exp - 1 if frac == 0.5 else exp  # an exact power of two is its bucket's upper bound
     if schema == 0:
         return key
@@ -68,15 +68,20 @@ class NativeBuckets:
         self.buckets: Dict[int, int] = {}
 
     def observe(self, value: float, zero_threshold: float, max_buckets: int) -> None:
+        """Count one finite value (the store inlines this on its hot path)."""
         if value <= zero_threshold:
             self.zero_count += 1
             return
-        if math.isinf(value):  # no bucket holds +Inf; client_golang counts it in the top one
-            value = 1.7976931348623157e308
         key = bucket_key(value, self.schema)
         buckets = self.buckets
         buckets[key] = buckets.get(key, 0) + 1
-        while len(buckets) > max_buckets and self.schema > MIN_SCHEMA:
+        if len(buckets) > max_buckets:
+            self.fit(max_buckets)
+
+    def fit(self, max_buckets: int) -> None:
+        """Lower the schema until at most `max_buckets` buckets are populated (or the
+        schema is the lowest)."""
+        while len(self.buckets) > max_buckets and self.schema > MIN_SCHEMA:
             self.downscale()
 
     def downscale(self) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 from bisect import bisect_left
+from math import frexp
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from celery_exporter import catalogue
-from celery_exporter.nativehist import NativeBuckets
+from celery_exporter.nativehist import MANTISSA_BOUNDS, NativeBuckets, bucket_key
 from celery_exporter.settings import Settings
 from celery_exporter.store.budget import SeriesBudget
 
@@ -126,25 +127,42 @@ class TaskSeriesStore:
             last = LAST_SEEN_INDEX.get(state)
             if last is not None:
                 series.last_seen[last] = now
-            for index, value in observations:
+            for index, value in observations:  # (hot: inlined, see nativehist for the rules)
                 counts = series.hist_counts[index]
-                bounds = self.bounds[index]
                 if counts is None:
-                    counts = series.hist_counts[index] = [0] * (len(bounds) + 1)
-                    if self.native_schema is not None:
-                        series.native[index] = NativeBuckets(self.native_schema)
-                bucket = bisect_left(bounds, value)
+                    counts = self._start_histogram(series, index)
+                bucket = bisect_left(self.bounds[index], value)
                 counts[bucket] += 1
                 series.hist_sums[index] += value
                 native = series.native[index]
                 if native is not None:
-                    native.observe(value, self.zero_threshold, self.max_native_buckets)
-                if trace is not None:
-                    exemplars = series.exemplars[index]
-                    if exemplars is None:
-                        exemplars = series.exemplars[index] = [None] * (len(bounds) + 1)
+                    if value > self.zero_threshold:
+                        schema = native.schema
+                        if schema > 0:
+                            frac, exp = frexp(value)
+                            slot = bisect_left(MANTISSA_BOUNDS[schema], frac) + ((exp - 1) << schema)
+                        else:
+                            slot = bucket_key(value, schema)
+                        buckets = native.buckets
+                        buckets[slot] = buckets.get(slot, 0) + 1
+                        if len(buckets) > self.max_native_buckets:
+                            native.fit(self.max_native_buckets)
+                    else:
+                        native.zero_count += 1
+                exemplars = series.exemplars[index]
+                if trace is not None and exemplars is not None:  # (exemplars: set with the counts)
                     exemplars[bucket] = (value, now, trace[0], trace[1])
             return True
+
+    def _start_histogram(self, series: TaskSeries, index: int) -> List[int]:
+        """A histogram's first observation: its classic buckets, exemplar slots and (when
+        on) native buckets."""
+        size = len(self.bounds[index]) + 1
+        counts = series.hist_counts[index] = [0] * size
+        series.exemplars[index] = [None] * size
+        if self.native_schema is not None:
+            series.native[index] = NativeBuckets(self.native_schema)
+        return counts
 
     def exception(self, key: TaskKey, exception: str, now: float) -> bool:
         """Count a failed or retried attempt's exception class. False if refused."""
