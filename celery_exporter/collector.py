@@ -119,7 +119,7 @@ class CeleryCollector:
         for row in snap.rows:
             made = old.get(row.key)
             if made is None or made[0] is not row:  # the store hands out a new row only on change
-                made = (row, self._row_metrics_of(row))
+                made = (row, self._row_metrics_of(row, made))
             self._row_metrics[row.key] = made
             for metrics, metric in zip(families, made[1]):
                 if metric is not None:
@@ -130,10 +130,30 @@ class CeleryCollector:
         for exc in snap.exceptions:
             family.add(exc.key + (exc.exception,), exc.total)
 
-    def _row_metrics_of(self, row: TaskRow) -> List[Optional[Metric]]:
+    @staticmethod
+    def _exemplars(
+        stored: List[Optional[StoredExemplar]], index: int, before: Optional[Tuple[TaskRow, List[Optional[Metric]]]]
+    ) -> List[Optional[Exemplar]]:
+        if before is not None:
+            old_metric = before[1][len(catalogue.TASK_COUNTERS) + index]
+            old_stored = before[0].exemplars[index]
+            if old_metric is not None and old_stored is not None and len(old_stored) == len(stored):
+                old_hist = old_metric.value
+                assert isinstance(old_hist, Histogram) and old_hist.exemplars is not None
+                return [
+                    made if e is was else (None if e is None else exemplar(e))
+                    for e, was, made in zip(stored, old_stored, old_hist.exemplars)
+                ]
+        return [None if e is None else exemplar(e) for e in stored]
+
+    def _row_metrics_of(
+        self, row: TaskRow, before: Optional[Tuple[TaskRow, List[Optional[Metric]]]]
+    ) -> List[Optional[Metric]]:
         """One row's metric in each task family (counters, histograms, last-seen gauges), or
         None where it has none. Kept while the row is unchanged, so the encoders can keep
-        their encodings of them too."""
+        their encodings of them too. `before`: the label set's previous row and metrics,
+        whose Exemplar objects are reused for the buckets whose latest observation is the
+        same (a changed row has mostly unchanged buckets)."""
         key = row.key
         out: List[Optional[Metric]] = [Metric(key, count) for count in row.counts]
         zero_threshold = self.settings.native_zero_threshold
@@ -142,7 +162,7 @@ class CeleryCollector:
                 out.append(None)
                 continue
             stored = row.exemplars[index]
-            exemplars = [None if e is None else exemplar(e) for e in stored] if stored is not None else None
+            exemplars = None if stored is None else self._exemplars(stored, index, before)
             bounds = self.store.tasks.bounds[index]
             hist = Histogram(bounds, counts, row.hist_sums[index], exemplars, row.native[index], zero_threshold)
             out.append(Metric(key, hist))

@@ -16,10 +16,27 @@ COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 KINDS = (COUNTER, GAUGE, HISTOGRAM)
 
 
-class Exemplar(NamedTuple):
-    labels: Tuple[Tuple[str, str], ...]  # (name, value) pairs, e.g. task_id and hostname
-    value: float
-    timestamp: Optional[float]  # Unix seconds
+class Exemplar:
+    """One observation shown beside a bucket: its labels ((name, value) pairs, e.g. task_id
+    and hostname), value and time (Unix seconds). Never changed once made, so an encoder
+    may keep its encoding in `text` (the OpenMetrics encoder does)."""
+
+    __slots__ = ("labels", "value", "timestamp", "text")
+
+    def __init__(self, labels: Tuple[Tuple[str, str], ...], value: float, timestamp: Optional[float]):
+        self.labels, self.value, self.timestamp = labels, value, timestamp
+        self.text: Optional[str] = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Exemplar):
+            return NotImplemented
+        return (self.labels, self.value, self.timestamp) == (other.labels, other.value, other.timestamp)
+
+    def __hash__(self) -> int:
+        return hash((self.labels, self.value, self.timestamp))
+
+    def __repr__(self) -> str:
+        return f"Exemplar({self.labels!r}, {self.value!r}, {self.timestamp!r})"
 
 
 class Histogram(NamedTuple):

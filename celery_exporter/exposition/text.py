@@ -130,7 +130,12 @@ class TextEncoder(KeepingEncoder):
         else:
             for le_text, c, ex in zip(le, hist.counts, exemplars):
                 running += c
-                tail = exemplar_text(ex) if ex is not None else ""
+                if ex is None:
+                    add(f"{bucket}{le_text}}} {running}\n")
+                    continue
+                tail = ex.text
+                if tail is None:  # made once per exemplar: a changed histogram keeps most of them
+                    tail = ex.text = exemplar_text(ex)
                 add(f"{bucket}{le_text}}} {running}{tail}\n")
         labels = f"{{{text}}}" if text else ""
         add(f"{name}_count{labels} {running}\n")
