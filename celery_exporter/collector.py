@@ -17,37 +17,18 @@ import kombu
 
 from celery_exporter import __version__, beat, catalogue
 from celery_exporter.clock import Clock
-from celery_exporter.exposition.model import COUNTER, GAUGE, HISTOGRAM, Exemplar, Family, Histogram, Metric
+from celery_exporter.exposition.model import COUNTER, GAUGE, HISTOGRAM, Family, Histogram, Metric
 from celery_exporter.settings import Settings
 from celery_exporter.store import Snapshot, Store
 from celery_exporter.store.budget import KINDS
 from celery_exporter.store.own import ExporterSnapshot
 from celery_exporter.store.queues import QueueSnapshot
 from celery_exporter.store.running import RunningSnapshot
-from celery_exporter.store.tasks import Exemplar as StoredExemplar
 from celery_exporter.store.tasks import TaskKey, TaskRow, TaskSnapshot
 from celery_exporter.store.workers import WorkerSnapshot
 
 # position of task-received's time in the snapshot's last-seen times (a beat entry's last run)
 LAST_RECEIVED = [state for state, _, _ in catalogue.LAST_SEEN].index("received")
-# OpenMetrics caps an exemplar's label names and values at 128 characters together
-EXEMPLAR_LABEL_BUDGET = 128
-
-
-def exemplar(stored: Optional[StoredExemplar]) -> Optional[Exemplar]:
-    """The model exemplar of a bucket's latest observation: task_id and hostname, the
-    hostname shortened (then dropped) to stay within OpenMetrics' 128 characters; none for
-    a task id too long to fit on its own."""
-    if stored is None:
-        return None
-    value, when, task_id, hostname = stored
-    room = EXEMPLAR_LABEL_BUDGET - len("task_id") - len(task_id)
-    if room < 0:
-        return None
-    room -= len("hostname")
-    if hostname and room > 0:
-        return Exemplar((("task_id", task_id), ("hostname", hostname[:room])), value, when)
-    return Exemplar((("task_id", task_id),), value, when)
 
 
 def registry_families(registry: Any) -> List[Family]:
@@ -119,7 +100,7 @@ class CeleryCollector:
         for row in snap.rows:
             made = old.get(row.key)
             if made is None or made[0] is not row:  # the store hands out a new row only on change
-                made = (row, self._row_metrics_of(row, made))
+                made = (row, self._row_metrics_of(row))
             self._row_metrics[row.key] = made
             for metrics, metric in zip(families, made[1]):
                 if metric is not None:
@@ -130,30 +111,10 @@ class CeleryCollector:
         for exc in snap.exceptions:
             family.add(exc.key + (exc.exception,), exc.total)
 
-    @staticmethod
-    def _exemplars(
-        stored: List[Optional[StoredExemplar]], index: int, before: Optional[Tuple[TaskRow, List[Optional[Metric]]]]
-    ) -> List[Optional[Exemplar]]:
-        if before is not None:
-            old_metric = before[1][len(catalogue.TASK_COUNTERS) + index]
-            old_stored = before[0].exemplars[index]
-            if old_metric is not None and old_stored is not None and len(old_stored) == len(stored):
-                old_hist = old_metric.value
-                assert isinstance(old_hist, Histogram) and old_hist.exemplars is not None
-                return [
-                    made if e is was else (None if e is None else exemplar(e))
-                    for e, was, made in zip(stored, old_stored, old_hist.exemplars)
-                ]
-        return [None if e is None else exemplar(e) for e in stored]
-
-    def _row_metrics_of(
-        self, row: TaskRow, before: Optional[Tuple[TaskRow, List[Optional[Metric]]]]
-    ) -> List[Optional[Metric]]:
+    def _row_metrics_of(self, row: TaskRow) -> List[Optional[Metric]]:
         """One row's metric in each task family (counters, histograms, last-seen gauges), or
         None where it has none. Kept while the row is unchanged, so the encoders can keep
-        their encodings of them too. `before`: the label set's previous row and metrics,
-        whose Exemplar objects are reused for the buckets whose latest observation is the
-        same (a changed row has mostly unchanged buckets)."""
+        their encodings of them too."""
         key = row.key
         out: List[Optional[Metric]] = [Metric(key, count) for count in row.counts]
         zero_threshold = self.settings.native_zero_threshold
@@ -161,10 +122,10 @@ class CeleryCollector:
             if counts is None:
                 out.append(None)
                 continue
-            stored = row.exemplars[index]
-            exemplars = None if stored is None else self._exemplars(stored, index, before)
             bounds = self.store.tasks.bounds[index]
-            hist = Histogram(bounds, counts, row.hist_sums[index], exemplars, row.native[index], zero_threshold)
+            hist = Histogram(
+                bounds, counts, row.hist_sums[index], row.exemplars[index], row.native[index], zero_threshold
+            )
             out.append(Metric(key, hist))
         out.extend(None if seen is None else Metric(key, seen) for seen in row.last_seen)
         return out

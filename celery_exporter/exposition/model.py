@@ -16,27 +16,25 @@ COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 KINDS = (COUNTER, GAUGE, HISTOGRAM)
 
 
-class Exemplar:
-    """One observation shown beside a bucket: its labels ((name, value) pairs, e.g. task_id
-    and hostname), value and time (Unix seconds). Never changed once made, so an encoder
-    may keep its encoding in `text` (the OpenMetrics encoder does)."""
+# A bucket's exemplar: its latest observation as (value, Unix time, task id, worker hostname).
+# The store's own tuple, shared by the store, its snapshots and the model (never changed
+# once made), so it costs no copy; its labels come from `exemplar_labels`.
+Exemplar = Tuple[float, float, str, str]
+# OpenMetrics caps an exemplar's label names and values at 128 characters together
+EXEMPLAR_LABEL_BUDGET = 128
 
-    __slots__ = ("labels", "value", "timestamp", "text")
 
-    def __init__(self, labels: Tuple[Tuple[str, str], ...], value: float, timestamp: Optional[float]):
-        self.labels, self.value, self.timestamp = labels, value, timestamp
-        self.text: Optional[str] = None
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Exemplar):
-            return NotImplemented
-        return (self.labels, self.value, self.timestamp) == (other.labels, other.value, other.timestamp)
-
-    def __hash__(self) -> int:
-        return hash((self.labels, self.value, self.timestamp))
-
-    def __repr__(self) -> str:
-        return f"Exemplar({self.labels!r}, {self.value!r}, {self.timestamp!r})"
+def exemplar_labels(exemplar: Exemplar) -> Tuple[Tuple[str, str], ...]:
+    """task_id and hostname, the hostname shortened (then dropped) to stay within
+    OpenMetrics' 128 characters; () for a task id too long to fit on its own (no exemplar)."""
+    _, _, task_id, hostname = exemplar
+    room = EXEMPLAR_LABEL_BUDGET - len("task_id") - len(task_id)
+    if room < 0:
+        return ()
+    room -= len("hostname")
+    if hostname and room > 0:
+        return (("task_id", task_id), ("hostname", hostname[:room]))
+    return (("task_id", task_id),)
 
 
 class Histogram(NamedTuple):

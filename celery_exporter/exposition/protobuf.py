@@ -21,7 +21,16 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 
 from celery_exporter import nativehist
 from celery_exporter.exposition.kept import KeepingEncoder, Piece
-from celery_exporter.exposition.model import COUNTER, GAUGE, HISTOGRAM, Exemplar, Family, Histogram, Metric
+from celery_exporter.exposition.model import (
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    Exemplar,
+    Family,
+    Histogram,
+    Metric,
+    exemplar_labels,
+)
 
 CONTENT_TYPE = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
 PACKAGE = "io.prometheus.client"
@@ -147,13 +156,12 @@ def varint(n: int) -> bytes:
 
 
 def _set_exemplar(target: Any, exemplar: Exemplar) -> None:
-    for name, value in exemplar.labels:
-        target.label.add(name=name, value=value)
-    target.value = exemplar.value
-    if exemplar.timestamp is not None:
-        seconds = int(exemplar.timestamp // 1)
-        target.timestamp.seconds = seconds
-        target.timestamp.nanos = int(round((exemplar.timestamp - seconds) * 1e9)) % 1_000_000_000
+    for name, label in exemplar_labels(exemplar):
+        target.label.add(name=name, value=label)
+    target.value, when = exemplar[0], exemplar[1]
+    seconds = int(when // 1)
+    target.timestamp.seconds = seconds
+    target.timestamp.nanos = min(int(round((when - seconds) * 1e9)), 999_999_999)
 
 
 def _histogram(target: Any, hist: Histogram) -> None:
@@ -163,13 +171,15 @@ def _histogram(target: Any, hist: Histogram) -> None:
     for i, (bound, count) in enumerate(zip(hist.bounds, hist.counts)):
         running += count
         bucket = buckets.add(cumulative_count=running, upper_bound=bound)
-        if i < len(exemplars) and exemplars[i] is not None:
-            _set_exemplar(bucket.exemplar, exemplars[i])  # type: ignore[arg-type]
+        ex = exemplars[i] if i < len(exemplars) else None
+        if ex is not None and exemplar_labels(ex):
+            _set_exemplar(bucket.exemplar, ex)
     total = running + hist.counts[-1]
     # the +Inf bucket is implied by sample_count; it is written only for its exemplar
-    if len(exemplars) == len(hist.counts) and exemplars[-1] is not None:
+    last = exemplars[-1] if len(exemplars) == len(hist.counts) else None
+    if last is not None and exemplar_labels(last):
         bucket = buckets.add(cumulative_count=total, upper_bound=float("inf"))
-        _set_exemplar(bucket.exemplar, exemplars[-1])
+        _set_exemplar(bucket.exemplar, last)
     target.sample_count = total
     target.sample_sum = hist.sum
     native = hist.native
@@ -184,7 +194,7 @@ def _histogram(target: Any, hist: Histogram) -> None:
             target.positive_span.add(offset=offset, length=length)
         target.positive_delta.extend(deltas)
         for exemplar in exemplars:
-            if exemplar is not None:
+            if exemplar is not None and exemplar_labels(exemplar):
                 _set_exemplar(target.exemplars.add(), exemplar)
 
 

@@ -12,7 +12,7 @@ import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 from celery_exporter.exposition.kept import KeepingEncoder
-from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Exemplar, Family, Histogram, Metric
+from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Exemplar, Family, Histogram, Metric, exemplar_labels
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -50,9 +50,13 @@ def bound(b: float) -> str:
 
 
 def exemplar_text(exemplar: Exemplar) -> str:
-    labels = ",".join(f'{n}="{escape_label(v)}"' for n, v in exemplar.labels)
-    ts = "" if exemplar.timestamp is None else " " + number(float(exemplar.timestamp))
-    return f" # {{{labels}}} {number(exemplar.value)}{ts}"
+    """What follows a bucket's value: ` # {task_id="…",hostname="…"} value timestamp`, or ""
+    when the exemplar cannot be shown (its task id alone is over the label budget)."""
+    pairs = exemplar_labels(exemplar)
+    if not pairs:
+        return ""
+    labels = ",".join(f'{n}="{escape_label(v)}"' for n, v in pairs)
+    return f" # {{{labels}}} {number(exemplar[0])} {number(exemplar[1])}"
 
 
 class TextEncoder(KeepingEncoder):
@@ -65,11 +69,19 @@ class TextEncoder(KeepingEncoder):
         self._le: Dict[Tuple[float, ...], List[str]] = {}
         # label names -> label values -> escaped text, for the metrics one scrape encodes
         self._labels: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
+        # id of an exemplar -> (it, its text), for those of the histograms the last scrape
+        # encoded again: under load most of a changed histogram's exemplars are the same
+        self._exemplar_texts: Dict[int, Tuple[Exemplar, str]] = {}
+        self._exemplar_texts_now: Dict[int, Tuple[Exemplar, str]] = {}
+
+    def forget(self) -> None:
+        super().forget()
+        self._exemplar_texts = {}
 
     def encode(self, families: Sequence[Family]) -> Iterator[bytes]:
-        self._labels = {}
+        self._labels, self._exemplar_texts_now = {}, {}
         yield from super().encode(families)
-        self._labels = {}
+        self._labels, self._exemplar_texts = {}, self._exemplar_texts_now
 
     def trailer(self) -> Optional[bytes]:
         return b"# EOF\n" if self.openmetrics else None
@@ -128,15 +140,17 @@ class TextEncoder(KeepingEncoder):
                 running += c
                 add(f"{bucket}{le_text}}} {running}\n")
         else:
+            before, made = self._exemplar_texts, self._exemplar_texts_now
             for le_text, c, ex in zip(le, hist.counts, exemplars):
                 running += c
                 if ex is None:
                     add(f"{bucket}{le_text}}} {running}\n")
                     continue
-                tail = ex.text
-                if tail is None:  # made once per exemplar: a changed histogram keeps most of them
-                    tail = ex.text = exemplar_text(ex)
-                add(f"{bucket}{le_text}}} {running}{tail}\n")
+                hit = before.get(id(ex))
+                if hit is None or hit[0] is not ex:
+                    hit = (ex, exemplar_text(ex))
+                made[id(ex)] = hit
+                add(f"{bucket}{le_text}}} {running}{hit[1]}\n")
         labels = f"{{{text}}}" if text else ""
         add(f"{name}_count{labels} {running}\n")
         add(f"{name}_sum{labels} {number(hist.sum)}\n")

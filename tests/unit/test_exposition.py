@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from prometheus_client import PlatformCollector, ProcessCollector
 
 from celery_exporter import nativehist
-from celery_exporter.collector import exemplar
 from celery_exporter.exposition import negotiate, protobuf
-from celery_exporter.exposition.model import Exemplar, Family, Histogram, Metric
+from celery_exporter.exposition.model import Family, Histogram, Metric, exemplar_labels
 from celery_exporter.exposition.text import TextEncoder
 
 from .conftest import T0, Rig, failed, heartbeat, received, retried, sent, started, succeeded, text_samples
@@ -278,14 +277,19 @@ def test_a_histogram_with_only_zero_observations_is_still_native():
 
 
 def test_exemplar_label_sets_stay_within_the_openmetrics_limit():
-    short = exemplar((0.5, T0, "abc", "w1@h"))
-    assert short == Exemplar((("task_id", "abc"), ("hostname", "w1@h")), 0.5, T0)
-    long_host = exemplar((0.5, T0, "u" * 36, "h" * 200))
-    assert long_host is not None
-    assert sum(len(n) + len(v) for n, v in long_host.labels) == 128
-    assert exemplar((0.5, T0, "u" * 121, "w1@h")).labels == (("task_id", "u" * 121),)
-    assert exemplar((0.5, T0, "u" * 122, "w1@h")) is None
-    assert exemplar((0.5, T0, "abc", "")).labels == (("task_id", "abc"),)
+    assert exemplar_labels((0.5, T0, "abc", "w1@h")) == (("task_id", "abc"), ("hostname", "w1@h"))
+    long_host = exemplar_labels((0.5, T0, "u" * 36, "h" * 200))
+    assert sum(len(n) + len(v) for n, v in long_host) == 128 and long_host[1][1] == "h" * 77
+    assert exemplar_labels((0.5, T0, "u" * 121, "w1@h")) == (("task_id", "u" * 121),)
+    assert exemplar_labels((0.5, T0, "u" * 122, "w1@h")) == ()  # no exemplar at all
+    assert exemplar_labels((0.5, T0, "abc", "")) == (("task_id", "abc"),)
+    # an exemplar that cannot be shown is left out of both formats, the bucket stays
+    family = Family("h_seconds", "histogram", "h", ("a",))
+    family.add(("x",), Histogram((1.0,), [1, 0], 0.5, [(0.5, T0, "u" * 122, "w"), None]))
+    om = b"".join(TextEncoder(openmetrics=True).encode([family])).decode()
+    assert 'h_seconds_bucket{a="x",le="1.0"} 1\n' in om and "# {" not in om
+    (mf,) = protobuf.decode(b"".join(protobuf.ProtobufEncoder().encode([family])))
+    assert not mf.metric[0].histogram.bucket[0].HasField("exemplar")
 
 
 def test_openmetrics_exemplars_parse_and_text_has_none():
