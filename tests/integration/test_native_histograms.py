@@ -63,7 +63,13 @@ def test_native_histograms_and_exemplars_in_prometheus(make_rig, tmp_path, capsy
         15,
         what="the exporter to count every it.sleep run",
     )
-    time.sleep(2)  # two more scrapes of the final counts
+
+    def both_scraped_the_final_counts():
+        native_count = native.query("sum(histogram_count(celery_task_runtime_seconds{name='it.sleep'}))")
+        classic_count = classic.query("sum(celery_task_runtime_seconds_count{name='it.sleep'})")
+        return [float(r["value"][1]) for r in native_count + classic_count] == [43.0, 43.0]
+
+    wait_for(both_scraped_the_final_counts, 15, interval=0.5, what="both Prometheus to scrape the final counts")
     workload_end = time.time()
 
     # 1. histogram_count over the native histogram: one value per task name
