@@ -35,7 +35,17 @@ Exemplar = Tuple[float, float, str, str]
 class TaskSeries:
     """Counters and histograms of one task label set."""
 
-    __slots__ = ("counts", "hist_counts", "hist_sums", "native", "exemplars", "updated", "last_seen", "version")
+    __slots__ = (
+        "counts",
+        "hist_counts",
+        "hist_sums",
+        "native",
+        "exemplars",
+        "updated",
+        "last_seen",
+        "version",
+        "shared",
+    )
 
     def __init__(self, now: float):
         self.counts = [0] * N_STATES
@@ -47,13 +57,27 @@ class TaskSeries:
         self.updated = now
         # exporter time of the last event of each catalogue.LAST_SEEN state, or None
         self.last_seen: List[Optional[float]] = [None] * len(catalogue.LAST_SEEN)
-        self.version = 0  # bumped by every change: a snapshot copies only changed series
+        self.version = 0  # bumped by every change: a snapshot makes a new row only for changed series
+        # True while a snapshot's row holds these very lists: the next change copies them
+        # first (copy on write), so an unchanged series is held once, not twice
+        self.shared = False
+
+    def unshare(self) -> None:
+        """Own copies of everything a row may hold, before a change."""
+        self.counts = self.counts[:]
+        self.hist_counts = [c[:] if c is not None else None for c in self.hist_counts]
+        self.hist_sums = self.hist_sums[:]
+        self.last_seen = self.last_seen[:]
+        self.native = [n.copy() if n is not None else None for n in self.native]
+        self.exemplars = [e[:] if e is not None else None for e in self.exemplars]
+        self.shared = False
 
 
 class TaskRow(NamedTuple):
-    """One task label set as a scrape sees it: copies, never changed once made. A series
-    that did not change since the last snapshot is given as the same TaskRow object, so
-    whoever builds on a row (the collector, the encoders) can keep what it built."""
+    """One task label set as a scrape sees it, never changed once made: it holds the
+    series' own lists, which the series copies before its next change. A series that did
+    not change since the last snapshot is given as the same TaskRow object, so whoever
+    builds on a row (the collector, the encoders) can keep what it built."""
 
     key: TaskKey
     counts: List[int]  # by catalogue.TASK_COUNTERS
@@ -121,6 +145,8 @@ class TaskSeriesStore:
                     return False
                 # All state counters start at 0, so the first failure shows in increase().
                 series = self._series[key] = TaskSeries(now)
+            elif series.shared:
+                series.unshare()
             series.counts[state] += 1
             series.version += 1
             series.updated = now
@@ -206,15 +232,9 @@ class TaskSeriesStore:
             row = made.get(key)
             if row is None or row.version != s.version:
                 row = made[key] = TaskRow(
-                    key,
-                    s.counts[:],
-                    [c[:] if c is not None else None for c in s.hist_counts],
-                    s.hist_sums[:],
-                    s.last_seen[:],
-                    [n.copy() if n is not None else None for n in s.native],
-                    [e[:] if e is not None else None for e in s.exemplars],
-                    s.version,
+                    key, s.counts, s.hist_counts, s.hist_sums, s.last_seen, s.native, s.exemplars, s.version
                 )
+                s.shared = True
             rows.append(row)
         exceptions = [
             ExceptionRow(key, exc, entry.count)

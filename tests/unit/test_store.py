@@ -80,3 +80,24 @@ def test_hostile_events_never_crash_and_the_exposition_still_parses(rig):
 )
 def test_every_drop_reason_is_exported_from_the_start(rig, reason):
     assert rig.value("celery_exporter_events_dropped_total", reason=reason) == 0
+
+
+def test_a_row_is_never_changed_by_later_events_and_an_unchanged_series_is_held_once():
+    """Copy on write: a snapshot's row holds the series' own lists (no copy per scrape);
+    the next change copies them first, so the row handed out before stays as it was."""
+    rig = Rig()
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.observe(key, 3, T0, [(0, 0.2)], ("id-1", "w1"))
+    first = tasks.snapshot_locked(T0).rows[0]
+    series = tasks._series[key]
+    assert first.counts is series.counts and first.hist_counts is series.hist_counts
+    assert tasks.snapshot_locked(T0).rows[0] is first  # unchanged: the same row again
+    tasks.observe(key, 3, T0 + 1, [(0, 0.2), (1, 3.0)], ("id-2", "w2"))
+    assert first.counts[3] == 1 and sum(first.hist_counts[0]) == 1 and first.hist_counts[1] is None
+    assert sum(first.native[0].buckets.values()) == 1 and first.hist_sums[0] == 0.2
+    assert [e[2] for e in first.exemplars[0] if e] == ["id-1"]
+    second = tasks.snapshot_locked(T0 + 1).rows[0]
+    assert second is not first and second.counts[3] == 2 and sum(second.hist_counts[0]) == 2
+    assert sum(second.hist_counts[1]) == 1 and sum(second.native[0].buckets.values()) == 2
+    assert [e[2] for e in second.exemplars[0] if e] == ["id-2"]
