@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import html
 import logging
-import struct
 import threading
 import urllib.parse
-import zlib
-from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
@@ -36,39 +34,6 @@ log = logging.getLogger(__name__)
 
 
 HEALTH_PATHS = ("/-/healthy", "/-/ready")
-
-
-GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
-
-
-class Gzip:
-    """One gzip stream over a body's chunks, compressed chunk by chunk: each chunk is
-    deflated on its own (level 1: 3x faster than 6, 8% larger) and ends on a byte boundary
-    (a sync flush), so the deflate pieces of consecutive chunks simply follow one another
-    and a chunk that comes again as the very same bytes object (an unchanged family, see
-    exposition.kept) reuses its piece. The CRC-32 is computed over the chunks as they go."""
-
-    def __init__(self) -> None:
-        self._kept: Dict[int, Tuple[bytes, bytes]] = {}  # id(chunk) -> (chunk, its deflate piece)
-
-    def stream(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        old, kept = self._kept, {}
-        crc = size = 0
-        yield GZIP_HEADER
-        for chunk in chunks:
-            hit = old.get(id(chunk))
-            if hit is not None and hit[0] is chunk:
-                piece = hit[1]
-            else:
-                deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
-                piece = deflate.compress(chunk) + deflate.flush(zlib.Z_SYNC_FLUSH)
-            kept[id(chunk)] = (chunk, piece)
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-            yield piece
-        self._kept = kept
-        yield zlib.compressobj(1, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)  # the final (empty) block
-        yield struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
 
 
 def status_hints(snap: ExporterSnapshot) -> List[str]:
@@ -119,7 +84,6 @@ class Web:
         self.collector = collector
         self.process_registry = process_registry
         self.encoders = Encoders()
-        self.gzip = Gzip()
         self.server: Optional[httpserver.Server] = None
         self.thread: Optional[threading.Thread] = None
         config = settings.web_config
@@ -164,13 +128,12 @@ class Web:
         encoder = self.encoders.for_accept(environ.get("HTTP_ACCEPT", ""))
         families = self.collector.families() + registry_families(self.process_registry)
         names = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("name[]", [])
-        chunks = encoder.encode(select(families, names))
+        gzip = gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))
         headers = [("Content-Type", encoder.content_type)]
-        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+        if gzip:
             headers.append(("Content-Encoding", "gzip"))
-            chunks = self.gzip.stream(chunks)
         start_response("200 OK", headers)
-        return chunks
+        return encoder.encode(select(families, names), gzip)
 
     @staticmethod
     def _text(start_response: StartResponse, status: str, text: str) -> Iterable[bytes]:

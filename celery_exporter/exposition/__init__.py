@@ -16,7 +16,7 @@ class Encoder(Protocol):
     content_type: str
     openmetrics: bool
 
-    def encode(self, families: Sequence[Family]) -> Iterator[bytes]: ...
+    def encode(self, families: Sequence[Family], gzip: bool = False) -> Iterator[bytes]: ...
 
     def forget(self) -> None:
         """Drop what is kept across scrapes."""
@@ -47,5 +47,5 @@ class Encoders:
             self.last = fmt
         return self.by_format[fmt]
 
-    def encode(self, families: Sequence[Family], fmt: str = negotiate.TEXT) -> bytes:
-        return b"".join(self.by_format[fmt].encode(families))
+    def encode(self, families: Sequence[Family], fmt: str = negotiate.TEXT, gzip: bool = False) -> bytes:
+        return b"".join(self.by_format[fmt].encode(families, gzip))

@@ -10,27 +10,46 @@ encoding lies in them:
 * otherwise the family is written anew from the kept slices of unchanged metrics and fresh
   encodings of the others.
 
+With gzip (`encode(..., gzip=True)`) a family is kept compressed as well (`gzipped.Packed`),
+and an unchanged family keeps only that: an idle scrape neither encodes nor compresses, and
+what is held is the compressed body (a tenth of the plain one). A family that changed keeps
+its plain bytes too until a scrape finds it unchanged, so that under load its unchanged
+metrics are still spliced in rather than encoded again (a family new to the format, as on
+the first scrape, is kept compressed only).
+
 What is kept is rebuilt by every scrape from what it wrote, so families and label sets that
-are gone fall out; memory is about one body's worth.
+are gone fall out; memory is at most about one body's worth.
 """
 
 from __future__ import annotations
 
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from celery_exporter.exposition import gzipped
 from celery_exporter.exposition.model import Family, Metric
 
 Piece = Union[bytes, memoryview]
 
 
 class Kept:
-    """A family as last written: its head, its metrics, where each one's bytes start in
-    `data` and where the last one ends."""
+    """A family as last written: its head, its metrics, its plain bytes `data` (or None once
+    only the compressed form is kept), where each metric's bytes start in them and where the
+    last one ends, and its compressed form when gzip was asked for. Never changed once made
+    (two scrapes at once may read the same one)."""
 
-    __slots__ = ("head", "metrics", "starts", "end", "data")
+    __slots__ = ("head", "metrics", "starts", "end", "data", "packed")
 
-    def __init__(self, head: bytes, metrics: List[Metric], starts: List[int], end: int, data: bytes):
-        self.head, self.metrics, self.starts, self.end, self.data = head, metrics, starts, end, data
+    def __init__(
+        self,
+        head: bytes,
+        metrics: List[Metric],
+        starts: List[int],
+        end: int,
+        data: Optional[bytes],
+        packed: Optional[gzipped.Packed] = None,
+    ):
+        self.head, self.metrics, self.starts, self.end = head, metrics, starts, end
+        self.data, self.packed = data, packed
 
 
 class KeepingEncoder:
@@ -64,15 +83,31 @@ class KeepingEncoder:
 
     # -- the shared part ------------------------------------------------------------------
 
-    def encode(self, families: Sequence[Family]) -> Iterator[bytes]:
+    def encode(self, families: Sequence[Family], gzip: bool = False) -> Iterator[bytes]:
+        """The body, family by family; with gzip, as one gzip stream."""
+        if gzip:
+            yield from gzipped.stream(self._packed(families))
+            return
         old, self._kept = self._kept, {}
         for family in families:
-            yield self._family(family, old.get(family.name))
+            data = self._family(family, old.get(family.name), False).data
+            assert data is not None  # kept plain when gzip is off
+            yield data
         trailer = self.trailer()
         if trailer:
             yield trailer
 
-    def _family(self, family: Family, kept: Optional[Kept]) -> bytes:
+    def _packed(self, families: Sequence[Family]) -> Iterator[gzipped.Packed]:
+        old, self._kept = self._kept, {}
+        for family in families:
+            packed = self._family(family, old.get(family.name), True).packed
+            assert packed is not None  # kept compressed when gzip is on
+            yield packed
+        trailer = self.trailer()
+        if trailer:
+            yield gzipped.pack(trailer)
+
+    def _family(self, family: Family, kept: Optional[Kept], gzip: bool) -> Kept:
         head = self.head(family)
         metrics = family.metrics
         if (
@@ -81,11 +116,20 @@ class KeepingEncoder:
             and len(kept.metrics) == len(metrics)
             and all(a is b for a, b in zip(kept.metrics, metrics))
         ):
-            self._kept[family.name] = kept
-            return kept.data
+            packed = kept.packed
+            if gzip and packed is None and kept.data is not None:
+                packed = gzipped.pack(kept.data)
+            if gzip and packed is not None:
+                if kept.data is not None:  # unchanged: from now on only its compressed form is kept
+                    kept = Kept(head, kept.metrics, [], 0, None, packed)
+                self._kept[family.name] = kept
+                return kept
+            if not gzip and kept.data is not None:
+                self._kept[family.name] = kept
+                return kept
         spans: Dict[Tuple[str, ...], Tuple[Metric, int, int]] = {}
         view: Optional[memoryview] = None
-        if kept is not None:
+        if kept is not None and kept.data is not None:
             view = memoryview(kept.data)
             ends = kept.starts[1:] + [kept.end]
             spans = {m.labels: (m, s, e) for m, s, e in zip(kept.metrics, kept.starts, ends)}
@@ -105,5 +149,11 @@ class KeepingEncoder:
         for piece in pieces:
             starts.append(pos)
             pos += len(piece)
-        self._kept[family.name] = Kept(head, list(metrics), starts, pos, data)
-        return data
+        if not gzip:
+            made = Kept(head, list(metrics), starts, pos, data)
+        elif kept is not None:  # changed: kept plain too, for splicing if it changes again
+            made = Kept(head, list(metrics), starts, pos, data, gzipped.pack(data))
+        else:  # new to this format: nothing says it will change
+            made = Kept(head, list(metrics), [], 0, None, gzipped.pack(data))
+        self._kept[family.name] = made
+        return made

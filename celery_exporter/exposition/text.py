@@ -78,9 +78,9 @@ class TextEncoder(KeepingEncoder):
         super().forget()
         self._exemplar_texts = {}
 
-    def encode(self, families: Sequence[Family]) -> Iterator[bytes]:
+    def encode(self, families: Sequence[Family], gzip: bool = False) -> Iterator[bytes]:
         self._labels, self._exemplar_texts_now = {}, {}
-        yield from super().encode(families)
+        yield from super().encode(families, gzip)
         self._labels, self._exemplar_texts = {}, self._exemplar_texts_now
 
     def trailer(self) -> Optional[bytes]:

@@ -338,22 +338,58 @@ def test_only_the_format_asked_for_last_keeps_its_encodings():
         assert [fmt for fmt, has in kept.items() if has] == [negotiate.choose(accept)], (accept, kept)
 
 
-def test_gzip_stream_decodes_and_reuses_the_pieces_of_unchanged_chunks():
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=3000))
+def test_crc32_combine_is_zlibs_crc_of_the_concatenation(first, second):
+    import zlib
+
+    from celery_exporter.exposition.gzipped import crc32_combine, shift_of
+
+    assert crc32_combine(zlib.crc32(first), zlib.crc32(second), shift_of(len(second))) == zlib.crc32(first + second)
+
+
+def test_gzip_stream_of_packed_pieces_decodes_everywhere():
     import gzip
     import subprocess
     import zlib
 
-    from celery_exporter.web import Gzip
+    from celery_exporter.exposition import gzipped
 
-    stream = Gzip()
-    same, changing = b"# unchanged family\n" * 300, b"x 1\n"
-    first = b"".join(stream.stream([same, changing]))
-    piece = stream._kept[id(same)][1]
-    second = b"".join(stream.stream([same, b"x 2\n", b""]))
-    assert stream._kept[id(same)][1] is piece  # not compressed again
-    for body, plain in ((first, same + changing), (second, same + b"x 2\n")):
-        assert gzip.decompress(body) == plain and zlib.decompress(body, 31) == plain
-        assert subprocess.run(["gzip", "-dc"], input=body, capture_output=True, check=True).stdout == plain
+    pieces = [b"# a family\n" * 300, b"", b"x 1\n", bytes(range(256)) * 50]
+    body = b"".join(gzipped.stream(gzipped.pack(p) for p in pieces))
+    plain = b"".join(pieces)
+    assert gzip.decompress(body) == plain and zlib.decompress(body, 31) == plain
+    assert subprocess.run(["gzip", "-dc"], input=body, capture_output=True, check=True).stdout == plain
+    assert gzip.decompress(b"".join(gzipped.stream([]))) == b""
+
+
+def test_gzip_keeps_an_unchanged_family_compressed_only_and_a_changed_one_plain_too():
+    import gzip
+
+    encoder = TextEncoder()
+    same = Family("same", "gauge", "h", ["a"])
+    for i in range(100):
+        same.add([str(i)], i)
+    m1 = Metric(("1",), 1.0)
+
+    def other(*metrics):
+        family = Family("other", "gauge", "h", ["a"])
+        family.metrics.extend(metrics)
+        return family
+
+    plain = b"".join(encoder.encode([same, other(m1)]))
+    kept_same = encoder._kept["same"]
+    assert gzip.decompress(b"".join(encoder.encode([same, other(m1)], gzip=True))) == plain
+    # unchanged since the plain scrape: compressed once, then held only compressed
+    assert encoder._kept["same"].data is None and encoder._kept["same"].metrics is kept_same.metrics
+    packed = encoder._kept["same"].packed
+    m2 = Metric(("2",), 2.0)
+    body = gzip.decompress(b"".join(encoder.encode([same, other(m1, m2)], gzip=True)))
+    assert encoder._kept["same"].packed is packed  # not compressed again
+    assert encoder._kept["other"].data is not None  # changed: kept plain for splicing next time
+    assert body == b"".join(TextEncoder().encode([same, other(m1, m2)]))
+    # a plain scrape after it encodes the compressed-only family again
+    assert b"".join(encoder.encode([same, other(m1, m2)])) == body and encoder._kept["same"].data is not None
 
 
 def test_gzipped_scrape_is_the_plain_scrape():
