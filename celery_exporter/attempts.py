@@ -17,6 +17,7 @@ from celery_exporter.store.tasks import Observation
 from celery_exporter.tasks import Attempt, TaskRecord
 
 QUEUE_WAIT_BIT, PREFETCH_WAIT_BIT = 1, 2
+BOTH_WAITS = QUEUE_WAIT_BIT | PREFETCH_WAIT_BIT  # nothing left to observe
 
 
 def learn(record: TaskRecord, event: TaskEvent) -> None:
@@ -87,7 +88,7 @@ def observations(record: TaskRecord, event: TaskEvent) -> List[Observation]:
             out.append((catalogue.RUNTIME, max(runtime, 0.0)))
     if event.type != "task-sent":  # with the hostname label, task-sent has none: keep waits per worker
         previous = record.previous
-        if previous is not None and previous.started_ts is not None:
+        if previous is not None and previous.started_ts is not None and previous.waits_observed != BOTH_WAITS:
             previous.waits_observed = _observe_waits(
                 out,
                 previous.started_ts,
@@ -96,7 +97,7 @@ def observations(record: TaskRecord, event: TaskEvent) -> List[Observation]:
                 previous.eta_ts,
                 previous.waits_observed,
             )
-        if record.started_ts is not None:
+        if record.started_ts is not None and record.waits_observed != BOTH_WAITS:
             record.waits_observed = _observe_waits(
                 out, record.started_ts, record.sent_ts, record.received_ts, record.eta_ts, record.waits_observed
             )

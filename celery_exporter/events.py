@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 from celery_exporter import catalogue
 from celery_exporter.drops import Drops
@@ -37,6 +37,8 @@ RawEvent = Mapping[str, Any]
 
 
 def number(value: Any) -> Optional[float]:
+    if type(value) is float:  # the usual case, first (NaN fails both comparisons)
+        return value if -math.inf < value < math.inf else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
@@ -56,6 +58,24 @@ def label(value: Any) -> Optional[str]:
     return None
 
 
+# Label values that passed `label`, for the fields that repeat (task names, hostnames): a
+# lookup is a third of the check. Bounded: emptied when full.
+_GOOD_LABELS: Dict[str, None] = {}
+_GOOD_LABELS_MAX = 4096
+
+
+def repeated_label(value: Any) -> Optional[str]:
+    """`label`, remembered for values that come again and again."""
+    if type(value) is str and value in _GOOD_LABELS:
+        return value
+    checked = label(value)
+    if checked is not None and type(checked) is str:
+        if len(_GOOD_LABELS) >= _GOOD_LABELS_MAX:
+            _GOOD_LABELS.clear()
+        _GOOD_LABELS[checked] = None
+    return checked
+
+
 def parse_eta(value: Any) -> Optional[float]:
     """ETA/expires as sent in events: ISO-8601 strings, usually with an offset. A naive
     value is taken as UTC (Celery's default `enable_utc`)."""
@@ -72,7 +92,7 @@ def parse_eta(value: Any) -> Optional[float]:
 
 def queue_from_sent(event: RawEvent) -> Optional[str]:
     """The queue a task-sent event was published to."""
-    queue = label(event.get("queue"))
+    queue = repeated_label(event.get("queue"))
     if queue is not None:
         return queue
     routing_key = event.get("routing_key")
@@ -263,9 +283,9 @@ class Validator:
         if uuid is None or ts is None:
             self._drop("bad_field", f"{etype} without a valid uuid or timestamp")
             return None
-        hostname = label(raw.get("hostname")) if etype in self._hostname_types else None
+        hostname = repeated_label(raw.get("hostname")) if etype in self._hostname_types else None
         if etype == "task-sent" or etype == "task-received":
-            name = label(raw.get("name"))
+            name = repeated_label(raw.get("name"))
             if name is None:
                 self._drop("bad_field", f"{etype} without a valid task name")
                 return None
@@ -287,7 +307,7 @@ class Validator:
         return TaskEvent(etype, state, uuid, ts, hostname)
 
     def _worker(self, raw: RawEvent, etype: str) -> Optional[WorkerEvent]:
-        hostname = label(raw.get("hostname"))
+        hostname = repeated_label(raw.get("hostname"))
         ts = number(raw.get("timestamp"))
         if hostname is None or ts is None:
             self._drop("bad_field", f"{etype} without a valid hostname or timestamp")

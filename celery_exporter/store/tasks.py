@@ -153,11 +153,14 @@ class TaskSeriesStore:
             last = LAST_SEEN_INDEX.get(state)
             if last is not None:
                 series.last_seen[last] = now
+            if not observations:
+                return True
+            bounds, exemplars_of = self.bounds, series.exemplars
             for index, value in observations:  # (hot: inlined, see nativehist for the rules)
                 counts = series.hist_counts[index]
                 if counts is None:
                     counts = self._start_histogram(series, index)
-                bucket = bisect_left(self.bounds[index], value)
+                bucket = bisect_left(bounds[index], value)
                 counts[bucket] += 1
                 series.hist_sums[index] += value
                 native = series.native[index]
@@ -170,14 +173,18 @@ class TaskSeriesStore:
                         else:
                             slot = bucket_key(value, schema)
                         buckets = native.buckets
-                        buckets[slot] = buckets.get(slot, 0) + 1
-                        if len(buckets) > self.max_native_buckets:
-                            native.fit(self.max_native_buckets)
+                        try:
+                            buckets[slot] += 1
+                        except KeyError:  # a bucket's first observation
+                            buckets[slot] = 1
+                            if len(buckets) > self.max_native_buckets:
+                                native.fit(self.max_native_buckets)
                     else:
                         native.zero_count += 1
-                exemplars = series.exemplars[index]
-                if trace is not None and exemplars is not None:  # (exemplars: set with the counts)
-                    exemplars[bucket] = (value, now, trace[0], trace[1])
+                if trace is not None:
+                    slots = exemplars_of[index]
+                    if slots is not None:  # (always: set with the counts)
+                        slots[bucket] = (value, now, trace[0], trace[1])
             return True
 
     def _start_histogram(self, series: TaskSeries, index: int) -> List[int]:
