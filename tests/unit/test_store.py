@@ -101,3 +101,15 @@ def test_a_row_is_never_changed_by_later_events_and_an_unchanged_series_is_held_
     assert second is not first and second.counts[3] == 2 and sum(second.hist_counts[0]) == 2
     assert sum(second.hist_counts[1]) == 1 and sum(second.native[0].buckets.values()) == 2
     assert [e[2] for e in second.exemplars[0] if e] == ["id-2"]
+
+
+def test_remembered_label_values_are_bounded_and_a_bad_value_is_never_remembered():
+    from celery_exporter import events
+
+    for i in range(events._GOOD_LABELS_MAX + 10):
+        assert events.repeated_label(f"app.t{i}") == f"app.t{i}"
+    assert 0 < len(events._GOOD_LABELS) <= events._GOOD_LABELS_MAX
+    for bad in ("bad\x00name", "\ud800", "", "x" * (events.MAX_LABEL_LENGTH + 1), 7, None):
+        assert events.repeated_label(bad) is None and events.repeated_label(bad) is None
+        assert bad not in events._GOOD_LABELS
+    assert events.repeated_label("app.ok") == "app.ok" and "app.ok" in events._GOOD_LABELS
