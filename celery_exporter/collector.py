@@ -10,6 +10,7 @@ Each concern's snapshot part is turned into families by its own method here.
 from __future__ import annotations
 
 import platform
+from itertools import repeat
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import celery
@@ -17,7 +18,7 @@ import kombu
 
 from celery_exporter import __version__, beat, catalogue
 from celery_exporter.clock import Clock
-from celery_exporter.exposition.model import COUNTER, GAUGE, HISTOGRAM, Family, Histogram, Metric
+from celery_exporter.exposition.model import COUNTER, GAUGE, HISTOGRAM, Family, Metric, new_histogram, new_metric
 from celery_exporter.settings import Settings
 from celery_exporter.store import Snapshot, Store
 from celery_exporter.store.budget import KINDS
@@ -116,18 +117,19 @@ class CeleryCollector:
         None where it has none. Kept while the row is unchanged, so the encoders can keep
         their encodings of them too."""
         key = row.key
-        out: List[Optional[Metric]] = [Metric(key, count) for count in row.counts]
+        keys = repeat(key)
+        out: List[Optional[Metric]] = list(map(new_metric, zip(keys, row.counts)))
         zero_threshold = self.settings.native_zero_threshold
         for index, counts in enumerate(row.hist_counts):
             if counts is None:
                 out.append(None)
                 continue
             bounds = self.store.tasks.bounds[index]
-            hist = Histogram(
-                bounds, counts, row.hist_sums[index], row.exemplars[index], row.native[index], zero_threshold
+            hist = new_histogram(
+                (bounds, counts, row.hist_sums[index], row.exemplars[index], row.native[index], zero_threshold)
             )
-            out.append(Metric(key, hist))
-        out.extend(None if seen is None else Metric(key, seen) for seen in row.last_seen)
+            out.append(new_metric((key, hist)))
+        out.extend(None if seen is None else new_metric((key, seen)) for seen in row.last_seen)
         return out
 
     def _running(self, snap: RunningSnapshot, rows: List[TaskRow], new: NewFamily) -> None:

@@ -11,7 +11,7 @@ import html
 import logging
 import threading
 import urllib.parse
-from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
@@ -34,6 +34,28 @@ log = logging.getLogger(__name__)
 
 
 HEALTH_PATHS = ("/-/healthy", "/-/ready")
+
+
+# Chunks of a response body are sent in writes of at least this size (a family of a few
+# label sets is a few hundred bytes; a write each would be a system call each).
+WRITE_SIZE = 1 << 16
+
+
+def coalesce(chunks: Iterable[bytes], size: int = WRITE_SIZE) -> Iterator[bytes]:
+    """The same bytes, small chunks joined up to about `size`; a large chunk goes as it is."""
+    pending: List[bytes] = []
+    held = 0
+    for chunk in chunks:
+        if held and held + len(chunk) > size:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, held = [], 0
+        if len(chunk) >= size:
+            yield chunk
+            continue
+        pending.append(chunk)
+        held += len(chunk)
+    if held:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)
 
 
 def status_hints(snap: ExporterSnapshot) -> List[str]:
@@ -124,7 +146,7 @@ class Web:
         the process/platform/GC collectors. The families are taken at once (one snapshot);
         the body is then encoded, compressed and sent family by family, with no
         Content-Length (the response is HTTP/1.0: it ends when the connection closes), so
-        a scrape never holds its whole body."""
+        a scrape never holds its whole body; small families go out together (`coalesce`)."""
         encoder = self.encoders.for_accept(environ.get("HTTP_ACCEPT", ""))
         families = self.collector.families() + registry_families(self.process_registry)
         names = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("name[]", [])
@@ -133,7 +155,7 @@ class Web:
         if gzip:
             headers.append(("Content-Encoding", "gzip"))
         start_response("200 OK", headers)
-        return encoder.encode(select(families, names), gzip)
+        return coalesce(encoder.encode(select(families, names), gzip))
 
     @staticmethod
     def _text(start_response: StartResponse, status: str, text: str) -> Iterable[bytes]:

@@ -23,6 +23,8 @@ are gone fall out; memory is at most about one body's worth.
 
 from __future__ import annotations
 
+from itertools import accumulate, compress
+from operator import is_, not_
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from celery_exporter.exposition import gzipped
@@ -110,49 +112,47 @@ class KeepingEncoder:
     def _family(self, family: Family, kept: Optional[Kept], gzip: bool) -> Kept:
         head = self.head(family)
         metrics = family.metrics
-        if (
-            kept is not None
-            and kept.head == head
-            and len(kept.metrics) == len(metrics)
-            and all(a is b for a, b in zip(kept.metrics, metrics))
-        ):
-            packed = kept.packed
-            if gzip and packed is None and kept.data is not None:
-                packed = gzipped.pack(kept.data)
-            if gzip and packed is not None:
-                if kept.data is not None:  # unchanged: from now on only its compressed form is kept
-                    kept = Kept(head, kept.metrics, [], 0, None, packed)
-                self._kept[family.name] = kept
-                return kept
-            if not gzip and kept.data is not None:
-                self._kept[family.name] = kept
-                return kept
-        spans: Dict[Tuple[str, ...], Tuple[Metric, int, int]] = {}
-        view: Optional[memoryview] = None
-        if kept is not None and kept.data is not None:
+        # which metrics are the very objects kept, by position (the usual case: the same
+        # label sets in the same order), or None when the positions do not line up
+        same: Optional[List[bool]] = None
+        if kept is not None and kept.head == head and len(kept.metrics) == len(metrics):
+            same = list(map(is_, kept.metrics, metrics))
+            if all(same):
+                packed = kept.packed
+                if gzip and packed is None and kept.data is not None:
+                    packed = gzipped.pack(kept.data)
+                if gzip and packed is not None:
+                    if kept.data is not None:  # unchanged: from now on only its compressed form is kept
+                        kept = Kept(head, kept.metrics, [], 0, None, packed)
+                    self._kept[family.name] = kept
+                    return kept
+                if not gzip and kept.data is not None:
+                    self._kept[family.name] = kept
+                    return kept
+        pieces: List[Piece]
+        if kept is None or kept.data is None:
+            pieces = list(self.metrics(family, metrics))
+        else:
             view = memoryview(kept.data)
             ends = kept.starts[1:] + [kept.end]
-            spans = {m.labels: (m, s, e) for m, s, e in zip(kept.metrics, kept.starts, ends)}
-        fresh = [m for m in metrics if (hit := spans.get(m.labels)) is None or hit[0] is not m]
-        encoded = iter(self.metrics(family, fresh)) if fresh else iter(())
-        pieces: List[Piece] = []
-        for metric in metrics:
-            hit = spans.get(metric.labels)
-            if hit is not None and hit[0] is metric:
-                assert view is not None
-                pieces.append(view[hit[1] : hit[2]])
-            else:
-                pieces.append(next(encoded))
+            if same is not None:
+                if any(same):
+                    fresh = iter(self.metrics(family, list(compress(metrics, map(not_, same)))))
+                    pieces = [view[s:e] if hit else next(fresh) for hit, s, e in zip(same, kept.starts, ends)]
+                else:
+                    pieces = list(self.metrics(family, metrics))
+            else:  # label sets came or went: find the kept ones by their labels
+                spans = {m.labels: (m, s, e) for m, s, e in zip(kept.metrics, kept.starts, ends)}
+                hits = [hit if (hit := spans.get(m.labels)) is not None and hit[0] is m else None for m in metrics]
+                fresh = iter(self.metrics(family, [m for m, hit in zip(metrics, hits) if hit is None]))
+                pieces = [view[hit[1] : hit[2]] if hit is not None else next(fresh) for hit in hits]
         data, offset = self.frame(head, pieces, family)
-        starts = []
-        pos = offset + len(head)
-        for piece in pieces:
-            starts.append(pos)
-            pos += len(piece)
+        bounds = list(accumulate(map(len, pieces), initial=offset + len(head)))
+        end = bounds.pop()
         if not gzip:
-            made = Kept(head, list(metrics), starts, pos, data)
+            made = Kept(head, list(metrics), bounds, end, data)
         elif kept is not None:  # changed: kept plain too, for splicing if it changes again
-            made = Kept(head, list(metrics), starts, pos, data, gzipped.pack(data))
+            made = Kept(head, list(metrics), bounds, end, data, gzipped.pack(data))
         else:  # new to this format: nothing says it will change
             made = Kept(head, list(metrics), [], 0, None, gzipped.pack(data))
         self._kept[family.name] = made

@@ -8,7 +8,8 @@ counter or gauge, a `Histogram` for a histogram.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from celery_exporter.nativehist import NativeBuckets
 
@@ -48,11 +49,21 @@ class Histogram(NamedTuple):
 
 
 Value = Union[int, float, Histogram]
+# Histogram((all six fields)) without the NamedTuple's Python-level __new__ (see new_metric)
+HistogramFields = Tuple[
+    Sequence[float], Sequence[int], float, Optional[Sequence[Optional[Exemplar]]], Optional[NativeBuckets], float
+]
+new_histogram: Callable[[HistogramFields], Histogram] = partial(tuple.__new__, Histogram)
 
 
 class Metric(NamedTuple):
     labels: Tuple[str, ...]  # values, in the order of the family's label_names
     value: Value
+
+
+# Metric((labels, value)) without the Python-level __new__ a NamedTuple call goes through:
+# a scrape makes a Metric per changed sample, tens of thousands at 2,000 label sets.
+new_metric: Callable[[Tuple[Tuple[str, ...], Value]], Metric] = partial(tuple.__new__, Metric)
 
 
 class Family:
@@ -69,7 +80,7 @@ class Family:
         self.metrics: List[Metric] = []
 
     def add(self, labels: Sequence[str], value: Value) -> None:
-        self.metrics.append(Metric(tuple(labels), value))
+        self.metrics.append(new_metric((tuple(labels), value)))
 
     def sample_names(self) -> Tuple[str, ...]:
         """The names its samples carry in the text formats."""

@@ -9,7 +9,8 @@ here a histogram is its classic buckets.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, cast
+from itertools import accumulate
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 from celery_exporter.exposition.kept import KeepingEncoder
 from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Exemplar, Family, Histogram, Metric, exemplar_labels
@@ -26,8 +27,13 @@ def labels_text(names: Sequence[str], values: Sequence[str]) -> str:
     return ",".join(f'{n}="{escape_label(v)}"' for n, v in zip(names, values))
 
 
-def number(value: float) -> str:
+def number(value: Union[int, float]) -> str:
     """Sample value: integers as they are, floats as Python's shortest repr."""
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if kind is float and -math.inf < value < math.inf:  # (NaN fails both)
+        return repr(value)
     if isinstance(value, int):
         return str(value)
     if math.isinf(value):
@@ -67,8 +73,11 @@ class TextEncoder(KeepingEncoder):
         self.openmetrics = openmetrics
         self.content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
         self._le: Dict[Tuple[float, ...], List[str]] = {}
-        # label names -> label values -> escaped text, for the metrics one scrape encodes
+        self._heads: Dict[Tuple[str, str, str, str], bytes] = {}
+        # label names -> label values -> escaped text, for the metrics this scrape encodes,
+        # and for those the last scrape encoded (under load the same label sets change again)
         self._labels: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
+        self._labels_before: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
         # id of an exemplar -> (it, its text), for those of the histograms the last scrape
         # encoded again: under load most of a changed histogram's exemplars are the same
         self._exemplar_texts: Dict[int, Tuple[Exemplar, str]] = {}
@@ -76,17 +85,27 @@ class TextEncoder(KeepingEncoder):
 
     def forget(self) -> None:
         super().forget()
-        self._exemplar_texts = {}
+        self._exemplar_texts, self._labels_before = {}, {}
 
     def encode(self, families: Sequence[Family], gzip: bool = False) -> Iterator[bytes]:
         self._labels, self._exemplar_texts_now = {}, {}
         yield from super().encode(families, gzip)
-        self._labels, self._exemplar_texts = {}, self._exemplar_texts_now
+        self._labels_before, self._labels = self._labels, {}
+        self._exemplar_texts = self._exemplar_texts_now
 
     def trailer(self) -> Optional[bytes]:
         return b"# EOF\n" if self.openmetrics else None
 
     def head(self, family: Family) -> bytes:
+        key = (family.name, family.kind, family.help, family.unit)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) > 1000:  # (families are fixed; registry collectors could vary)
+                self._heads.clear()
+            head = self._heads[key] = self._head(family)
+        return head
+
+    def _head(self, family: Family) -> bytes:
         name, kind = family.name, family.kind
         # Text 0.0.4 names a counter family by its sample name (with _total), OpenMetrics
         # by the name without it.
@@ -117,12 +136,16 @@ class TextEncoder(KeepingEncoder):
 
     def _label_texts(self, names: Tuple[str, ...], metrics: Sequence[Metric]) -> List[str]:
         cache = self._labels.setdefault(names, {})
+        before = self._labels_before.get(names, {})
         out = []
         for metric in metrics:
             values = metric.labels
             text = cache.get(values)
             if text is None:
-                text = cache[values] = labels_text(names, values)
+                text = before.get(values)
+                if text is None:
+                    text = labels_text(names, values)
+                cache[values] = text
             out.append(text)
         return out
 
@@ -131,26 +154,23 @@ class TextEncoder(KeepingEncoder):
         assert isinstance(hist, Histogram)
         le = self._le_texts(hist.bounds)
         bucket = f"{name}_bucket{{{text}," if text else f"{name}_bucket{{"
-        lines: List[str] = []
-        add = lines.append
-        running = 0
         exemplars: Optional[Sequence[Optional[Exemplar]]] = hist.exemplars if self.openmetrics else None
         if exemplars is None:
-            for le_text, c in zip(le, hist.counts):
-                running += c
-                add(f"{bucket}{le_text}}} {running}\n")
+            lines = [f"{bucket}{le_text}}} {upto}\n" for le_text, upto in zip(le, accumulate(hist.counts))]
         else:
+            lines = []
             before, made = self._exemplar_texts, self._exemplar_texts_now
-            for le_text, c, ex in zip(le, hist.counts, exemplars):
-                running += c
+            for le_text, upto, ex in zip(le, accumulate(hist.counts), exemplars):
                 if ex is None:
-                    add(f"{bucket}{le_text}}} {running}\n")
+                    lines.append(f"{bucket}{le_text}}} {upto}\n")
                     continue
                 hit = before.get(id(ex))
                 if hit is None or hit[0] is not ex:
                     hit = (ex, exemplar_text(ex))
                 made[id(ex)] = hit
-                add(f"{bucket}{le_text}}} {running}{hit[1]}\n")
+                lines.append(f"{bucket}{le_text}}} {upto}{hit[1]}\n")
+        running = sum(hist.counts)
+        add = lines.append
         labels = f"{{{text}}}" if text else ""
         add(f"{name}_count{labels} {running}\n")
         add(f"{name}_sum{labels} {number(hist.sum)}\n")

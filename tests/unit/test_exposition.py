@@ -403,3 +403,15 @@ def test_gzipped_scrape_is_the_plain_scrape():
             _, headers, body = call(web, "/metrics", {"Accept": accept, "Accept-Encoding": "gzip"})
             assert headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain_headers
             assert gzip.decompress(body) == plain
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=30), st.integers(1, 100))
+def test_coalesced_chunks_are_the_same_bytes_in_few_writes(chunks, size):
+    from celery_exporter.web import coalesce
+
+    out = list(coalesce(chunks, size))
+    assert b"".join(out) == b"".join(chunks) and all(out)
+    # every write but the last is at least `size`, or a chunk that was itself that big, or
+    # stopped short because the next chunk would have pushed it past `size`
+    assert len(out) <= sum(1 for c in chunks if c) and len(out) <= 2 * (len(b"".join(chunks)) // size) + 2
