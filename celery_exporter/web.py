@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 HEALTH_PATHS = ("/-/healthy", "/-/ready")
 
 
-# Chunks of a response body are sent in writes of at least this size (a family of a few
-# label sets is a few hundred bytes; a write each would be a system call each).
-WRITE_SIZE = 1 << 16
+# Chunks of a response body are sent in writes of at least this size: a family of a few
+# label sets is a few hundred bytes, and a write each would be a system call each. Under
+# load every write also hands the GIL to the event thread, which may keep it for the whole
+# switch interval (1 ms): a typical body of a few hundred kB goes in one or two writes.
+WRITE_SIZE = 1 << 18
 
 
 def coalesce(chunks: Iterable[bytes], size: int = WRITE_SIZE) -> Iterator[bytes]:
