@@ -177,10 +177,11 @@ SCENARIOS: Dict[str, Scenario] = {
             quick=dict(tasks=2_000, idle_scrapes=5),
         ),
         Scenario(
-            # ~5,000 sample lines: a (name, queue) label set with all three histograms renders
-            # 8 counters + 23 runtime + 21 queue-wait + 21 prefetch-wait lines = 73 lines, so
-            # 64 names -> 4,672, plus up to 4 exception lines per name (3 failure classes and
-            # the retry one) -> 256, 10 workers x 6 lines, and ~70 self/process lines.
+            # ~5,400 sample lines: a (name, queue) label set with all three histograms renders
+            # 10 counters, running and 2-3 last-seen gauges + 23 runtime + 21 queue-wait +
+            # 21 prefetch-wait lines = ~78 lines, so 64 names -> ~5,000, plus up to 4
+            # exception lines per name (3 failure classes and the retry one), 10 workers x 6
+            # lines, and ~70 self/process lines (see benchmarks/README.md).
             "scrape",
             "~5,000 sample lines in /metrics while 5,000 events/s flow; scraped every 100 ms",
             duration=20,
