@@ -112,6 +112,13 @@ def test_protobuf_encoder_writes_what_the_library_writes_for_whole_families():
     body = b"".join(encoder.encode(families))
     (runtime,) = [mf for mf in protobuf.decode(body) if mf.name == "celery_task_runtime_seconds"]
     assert sum(m.histogram.sample_count for m in runtime.metric) == 5  # 4 successes before, one now
+    # changed metrics are encoded with the label bytes kept from the scrape before: still the
+    # library's bytes
+    expected = b""
+    for family in families:
+        data = protobuf.family_message(family).SerializeToString()
+        expected += protobuf.varint(len(data)) + data
+    assert body == expected
 
 
 def test_web_serves_each_format_and_the_name_filter():
