@@ -211,10 +211,12 @@ def code_version() -> Dict[str, Any]:
 
     h = hashlib.sha1()
     pkg = os.path.join(REPO, "celery_exporter")
-    for name in sorted(os.listdir(pkg)):
-        if name.endswith(".py"):
-            with open(os.path.join(pkg, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+    sources = []
+    for root, _, files in os.walk(pkg):  # the subpackages too (store/, exposition/)
+        sources.extend(os.path.join(root, name) for name in files if name.endswith(".py"))
+    for path in sorted(sources):
+        with open(path, "rb") as f:
+            h.update(os.path.relpath(path, pkg).encode() + b"\0" + f.read())
     try:
         head = (
             subprocess.run(
