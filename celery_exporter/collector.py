@@ -117,8 +117,7 @@ class CeleryCollector:
         None where it has none. Kept while the row is unchanged, so the encoders can keep
         their encodings of them too."""
         key = row.key
-        keys = repeat(key)
-        out: List[Optional[Metric]] = list(map(new_metric, zip(keys, row.counts)))
+        out: List[Optional[Metric]] = list(map(new_metric, zip(repeat(key), row.counts)))
         zero_threshold = self.settings.native_zero_threshold
         for index, counts in enumerate(row.hist_counts):
             if counts is None:

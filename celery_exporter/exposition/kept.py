@@ -23,9 +23,9 @@ are gone fall out; memory is at most about one body's worth.
 
 from __future__ import annotations
 
-from itertools import accumulate, compress
+from itertools import accumulate, chain, compress
 from operator import is_, not_
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from celery_exporter.exposition import gzipped
 from celery_exporter.exposition.model import Family, Metric
@@ -53,6 +53,50 @@ class Kept:
         self.head, self.metrics, self.starts, self.end = head, metrics, starts, end
         self.data, self.packed = data, packed
 
+    def plain(self) -> bytes:
+        assert self.data is not None  # a family kept without gzip always has its plain bytes
+        return self.data
+
+    def compressed(self) -> gzipped.Packed:
+        assert self.packed is not None  # a family kept with gzip always has its compressed form
+        return self.packed
+
+
+T = TypeVar("T")
+
+
+class LabelMemo(Generic[T]):
+    """What an encoder made of a label set (escaped text, serialized label pairs), for the
+    metrics this scrape encodes and those the last one did: a label set is in every task
+    family, and under load the same label sets change again scrape after scrape. `turn`
+    at the end of a scrape; label sets not encoded in two scrapes fall out."""
+
+    def __init__(self) -> None:
+        self._now: Dict[Tuple[str, ...], Dict[Tuple[str, ...], T]] = {}
+        self._before: Dict[Tuple[str, ...], Dict[Tuple[str, ...], T]] = {}
+
+    def of(self, names: Tuple[str, ...], metrics: Sequence[Metric], make: Callable[[Tuple[str, ...]], T]) -> List[T]:
+        """For each metric, what `make` makes of its label values (once per scrape)."""
+        now = self._now.setdefault(names, {})
+        before = self._before.get(names, {})
+        out = []
+        for metric in metrics:
+            values = metric.labels
+            made = now.get(values)
+            if made is None:
+                made = before.get(values)
+                if made is None:
+                    made = make(values)
+                now[values] = made
+            out.append(made)
+        return out
+
+    def turn(self) -> None:
+        self._before, self._now = self._now, {}
+
+    def forget(self) -> None:
+        self._now, self._before = {}, {}
+
 
 class KeepingEncoder:
     content_type = ""
@@ -60,9 +104,11 @@ class KeepingEncoder:
 
     def __init__(self) -> None:
         self._kept: Dict[str, Kept] = {}
+        self.labels: LabelMemo[Any] = LabelMemo()
 
     def forget(self) -> None:
         self._kept = {}
+        self.labels.forget()
 
     # -- what an encoder defines ----------------------------------------------------------
 
@@ -87,27 +133,21 @@ class KeepingEncoder:
 
     def encode(self, families: Sequence[Family], gzip: bool = False) -> Iterator[bytes]:
         """The body, family by family; with gzip, as one gzip stream."""
+        trailer = self.trailer()
         if gzip:
-            yield from gzipped.stream(self._packed(families))
-            return
-        old, self._kept = self._kept, {}
-        for family in families:
-            data = self._family(family, old.get(family.name), False).data
-            assert data is not None  # kept plain when gzip is off
-            yield data
-        trailer = self.trailer()
-        if trailer:
-            yield trailer
+            packed = [gzipped.pack(trailer)] if trailer else []
+            yield from gzipped.stream(chain(map(Kept.compressed, self._renew(families, True)), packed))
+        else:
+            yield from map(Kept.plain, self._renew(families, False))
+            if trailer:
+                yield trailer
+        self.labels.turn()
 
-    def _packed(self, families: Sequence[Family]) -> Iterator[gzipped.Packed]:
+    def _renew(self, families: Sequence[Family], gzip: bool) -> Iterator[Kept]:
+        """Each family as kept for this scrape; what is kept is rebuilt from them."""
         old, self._kept = self._kept, {}
         for family in families:
-            packed = self._family(family, old.get(family.name), True).packed
-            assert packed is not None  # kept compressed when gzip is on
-            yield packed
-        trailer = self.trailer()
-        if trailer:
-            yield gzipped.pack(trailer)
+            yield self._family(family, old.get(family.name), gzip)
 
     def _family(self, family: Family, kept: Optional[Kept], gzip: bool) -> Kept:
         head = self.head(family)
@@ -117,18 +157,12 @@ class KeepingEncoder:
         same: Optional[List[bool]] = None
         if kept is not None and kept.head == head and len(kept.metrics) == len(metrics):
             same = list(map(is_, kept.metrics, metrics))
-            if all(same):
-                packed = kept.packed
-                if gzip and packed is None and kept.data is not None:
-                    packed = gzipped.pack(kept.data)
-                if gzip and packed is not None:
-                    if kept.data is not None:  # unchanged: from now on only its compressed form is kept
-                        kept = Kept(head, kept.metrics, [], 0, None, packed)
-                    self._kept[family.name] = kept
-                    return kept
-                if not gzip and kept.data is not None:
-                    self._kept[family.name] = kept
-                    return kept
+            if all(same) and (gzip or kept.data is not None):
+                if gzip and kept.data is not None:  # unchanged: from now on only its compressed form is kept
+                    packed = kept.packed if kept.packed is not None else gzipped.pack(kept.data)
+                    kept = Kept(head, kept.metrics, [], 0, None, packed)
+                self._kept[family.name] = kept
+                return kept
         pieces: List[Piece]
         if kept is None or kept.data is None:
             pieces = list(self.metrics(family, metrics))

@@ -15,7 +15,8 @@ them, so a Prometheus that keeps classic histograms gets what text gives it.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
@@ -202,6 +203,14 @@ MetricMessage = MESSAGES["Metric"]
 METRIC_FIELD = b"\x22"  # MetricFamily.metric: field 4, length-delimited
 
 
+def label_pairs(names: Sequence[str], values: Sequence[str]) -> bytes:
+    """A Metric's label fields, serialized."""
+    message = MetricMessage()
+    for name, value in zip(names, values):
+        message.label.add(name=name, value=value)
+    return bytes(message.SerializeToString())
+
+
 def metric_message(family: Family, metric: Metric, labels: bool = True) -> Any:
     """The Metric message; without its labels for `labels=False` (see ProtobufEncoder)."""
     m = MetricMessage()
@@ -238,45 +247,18 @@ class ProtobufEncoder(KeepingEncoder):
 
     content_type = CONTENT_TYPE
 
-    def __init__(self) -> None:
-        super().__init__()
-        # label names -> label values -> their serialized LabelPair fields, for this scrape
-        # and the last: a label set is in every task family, and labels are field 1 of a
-        # Metric, which the library writes first, so these bytes followed by the rest of the
-        # message serialized without labels are the whole message's bytes
-        self._labels: Dict[Tuple[str, ...], Dict[Tuple[str, ...], bytes]] = {}
-        self._labels_before: Dict[Tuple[str, ...], Dict[Tuple[str, ...], bytes]] = {}
-
-    def forget(self) -> None:
-        super().forget()
-        self._labels_before = {}
-
-    def encode(self, families: Sequence[Family], gzip: bool = False) -> Iterator[bytes]:
-        self._labels = {}
-        yield from super().encode(families, gzip)
-        self._labels_before, self._labels = self._labels, {}
-
     def head(self, family: Family) -> bytes:
         return bytes(
             MetricFamily(name=family.name, help=family.help, type=TYPE_NUMBER[family.kind]).SerializeToString()
         )
 
     def metrics(self, family: Family, metrics: Sequence[Metric]) -> List[bytes]:
-        names = family.label_names
-        cache = self._labels.setdefault(names, {})
-        before = self._labels_before.get(names, {})
+        # A Metric's labels are its field 1, which the library writes first: a label set's
+        # serialized pairs (made once per scrape, see LabelMemo) followed by the rest of the
+        # message serialized without labels are the whole message's bytes.
         out = []
-        for metric in metrics:
-            values = metric.labels
-            labels = cache.get(values)
-            if labels is None:
-                labels = before.get(values)
-                if labels is None:
-                    message = MetricMessage()
-                    for name, value in zip(names, values):
-                        message.label.add(name=name, value=value)
-                    labels = message.SerializeToString()
-                cache[values] = labels
+        names = family.label_names
+        for labels, metric in zip(self.labels.of(names, metrics, partial(label_pairs, names)), metrics):
             data = labels + metric_message(family, metric, labels=False).SerializeToString()
             out.append(METRIC_FIELD + varint(len(data)) + data)
         return out

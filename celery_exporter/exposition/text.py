@@ -9,6 +9,7 @@ here a histogram is its classic buckets.
 from __future__ import annotations
 
 import math
+from functools import partial
 from itertools import accumulate
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
@@ -74,10 +75,6 @@ class TextEncoder(KeepingEncoder):
         self.content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
         self._le: Dict[Tuple[float, ...], List[str]] = {}
         self._heads: Dict[Tuple[str, str, str, str], bytes] = {}
-        # label names -> label values -> escaped text, for the metrics this scrape encodes,
-        # and for those the last scrape encoded (under load the same label sets change again)
-        self._labels: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
-        self._labels_before: Dict[Tuple[str, ...], Dict[Tuple[str, ...], str]] = {}
         # id of an exemplar -> (it, its text), for those of the histograms the last scrape
         # encoded again: under load most of a changed histogram's exemplars are the same
         self._exemplar_texts: Dict[int, Tuple[Exemplar, str]] = {}
@@ -85,12 +82,11 @@ class TextEncoder(KeepingEncoder):
 
     def forget(self) -> None:
         super().forget()
-        self._exemplar_texts, self._labels_before = {}, {}
+        self._exemplar_texts = {}
 
     def encode(self, families: Sequence[Family], gzip: bool = False) -> Iterator[bytes]:
-        self._labels, self._exemplar_texts_now = {}, {}
+        self._exemplar_texts_now = {}
         yield from super().encode(families, gzip)
-        self._labels_before, self._labels = self._labels, {}
         self._exemplar_texts = self._exemplar_texts_now
 
     def trailer(self) -> Optional[bytes]:
@@ -135,19 +131,7 @@ class TextEncoder(KeepingEncoder):
         ]
 
     def _label_texts(self, names: Tuple[str, ...], metrics: Sequence[Metric]) -> List[str]:
-        cache = self._labels.setdefault(names, {})
-        before = self._labels_before.get(names, {})
-        out = []
-        for metric in metrics:
-            values = metric.labels
-            text = cache.get(values)
-            if text is None:
-                text = before.get(values)
-                if text is None:
-                    text = labels_text(names, values)
-                cache[values] = text
-            out.append(text)
-        return out
+        return self.labels.of(names, metrics, partial(labels_text, names))
 
     def _histogram(self, name: str, text: str, metric: Metric) -> str:
         hist = metric.value
