@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import platform
 from itertools import repeat
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import celery
 import kombu
 
 from celery_exporter import __version__, beat, catalogue
 from celery_exporter.clock import Clock
-from celery_exporter.exposition.model import COUNTER, GAUGE, HISTOGRAM, Family, Metric, new_histogram, new_metric
+from celery_exporter.exposition.model import (
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    Family,
+    Histogram,
+    Metric,
+    new_histogram,
+    new_metric,
+)
 from celery_exporter.settings import Settings
 from celery_exporter.store import Snapshot, Store
 from celery_exporter.store.budget import KINDS
@@ -49,6 +58,27 @@ def registry_families(registry: Any) -> List[Family]:
     return out
 
 
+class MetricMemo:
+    """A family's Metric objects from the last scrape, by label values: a label set whose
+    value did not change gets the same object again, so the encoders keep its bytes (for
+    families built anew each scrape, such as the running tasks of thousands of label sets)."""
+
+    def __init__(self) -> None:
+        self._before: Dict[Tuple[str, ...], Metric] = {}
+        self._now: Dict[Tuple[str, ...], Metric] = {}
+
+    def add(self, family: Family, labels: Tuple[str, ...], value: Union[int, float]) -> None:
+        metric = self._before.get(labels)
+        if metric is None or metric[1] != value:
+            metric = new_metric((labels, value))
+        self._now[labels] = metric
+        family.metrics.append(metric)
+
+    def turn(self) -> None:
+        """At the end of a scrape: what it added is what the next one compares with."""
+        self._before, self._now = self._now, {}
+
+
 # adds a family (name, type, help, label names) to the scrape being built and returns it
 NewFamily = Callable[..., Family]
 HOSTNAME = ("hostname",)
@@ -67,6 +97,7 @@ class CeleryCollector:
             names.append(catalogue.HOSTNAME_LABEL)
         self.task_label_names = tuple(names)
         self._row_metrics: Dict[TaskKey, Tuple[TaskRow, List[Optional[Metric]]]] = {}
+        self._running_memo, self._oldest_memo, self._exceptions_memo = MetricMemo(), MetricMemo(), MetricMemo()
         self._build_info = (__version__, celery.__version__, kombu.__version__, platform.python_version())
 
     def families(self) -> List[Family]:
@@ -100,8 +131,10 @@ class CeleryCollector:
         old, self._row_metrics = self._row_metrics, {}
         for row in snap.rows:
             made = old.get(row.key)
-            if made is None or made[0] is not row:  # the store hands out a new row only on change
-                made = (row, self._row_metrics_of(row))
+            if made is None:
+                made = (row, self._row_metrics_of(row, None))
+            elif made[0] is not row:  # the store hands out a new row only on change
+                made = (row, self._row_metrics_of(row, made[1]))
             self._row_metrics[row.key] = made
             for metrics, metric in zip(families, made[1]):
                 if metric is not None:
@@ -109,26 +142,51 @@ class CeleryCollector:
         family = new(
             catalogue.TASK_EXCEPTIONS, COUNTER, catalogue.TASK_EXCEPTIONS_HELP, names + (catalogue.EXCEPTION_LABEL,)
         )
+        memo = self._exceptions_memo
         for exc in snap.exceptions:
-            family.add(exc.key + (exc.exception,), exc.total)
+            memo.add(family, exc.key + (exc.exception,), exc.total)
+        memo.turn()
 
-    def _row_metrics_of(self, row: TaskRow) -> List[Optional[Metric]]:
+    def _row_metrics_of(self, row: TaskRow, before: Optional[List[Optional[Metric]]]) -> List[Optional[Metric]]:
         """One row's metric in each task family (counters, histograms, last-seen gauges), or
         None where it has none. Kept while the row is unchanged, so the encoders can keep
-        their encodings of them too."""
+        their encodings of them too; when the row changed, each metric whose value did not
+        (`before`: the row's metrics from the last scrape) is kept as well. Under load a
+        changed label set has one or two changed counters of ten and often an unchanged
+        histogram, and the encoders then splice in their kept bytes for the rest."""
         key = row.key
-        out: List[Optional[Metric]] = list(map(new_metric, zip(repeat(key), row.counts)))
+        if before is None:
+            out: List[Optional[Metric]] = list(map(new_metric, zip(repeat(key), row.counts)))
+        else:
+            out = [m if m is not None and m[1] == c else new_metric((key, c)) for m, c in zip(before, row.counts)]
         zero_threshold = self.settings.native_zero_threshold
+        at = len(row.counts)
         for index, counts in enumerate(row.hist_counts):
             if counts is None:
                 out.append(None)
                 continue
+            # An observation always adds to a classic bucket: equal counts and sum mean that
+            # this histogram (its exemplars and native buckets too) did not change.
+            was = before[at + index] if before is not None else None
+            if was is not None:
+                hist = was[1]
+                if isinstance(hist, Histogram) and hist.counts == counts and hist.sum == row.hist_sums[index]:
+                    out.append(was)
+                    continue
             bounds = self.store.tasks.bounds[index]
             hist = new_histogram(
                 (bounds, counts, row.hist_sums[index], row.exemplars[index], row.native[index], zero_threshold)
             )
             out.append(new_metric((key, hist)))
-        out.extend(None if seen is None else new_metric((key, seen)) for seen in row.last_seen)
+        at += len(row.hist_counts)
+        for index, seen in enumerate(row.last_seen):
+            was = before[at + index] if before is not None else None
+            if seen is None:
+                out.append(None)
+            elif was is not None and was[1] == seen:
+                out.append(was)
+            else:
+                out.append(new_metric((key, seen)))
         return out
 
     def _running(self, snap: RunningSnapshot, rows: List[TaskRow], new: NewFamily) -> None:
@@ -139,14 +197,17 @@ class CeleryCollector:
         running = new(catalogue.TASK_RUNNING[0], GAUGE, catalogue.TASK_RUNNING[1], names)
         oldest = new(catalogue.TASK_RUNNING_OLDEST[0], GAUGE, catalogue.TASK_RUNNING_OLDEST[1], names)
         by_key = {r.key: r for r in snap.rows}
+        add_running, add_oldest = self._running_memo.add, self._oldest_memo.add
         for row in rows:
             run = by_key.pop(row.key, None)
-            running.add(row.key, run.running if run is not None else 0)
+            add_running(running, row.key, run.running if run is not None else 0)
             if run is not None:
-                oldest.add(row.key, run.oldest_start)
+                add_oldest(oldest, row.key, run.oldest_start)
         for key, run in sorted(by_key.items()):
-            running.add(key, run.running)
-            oldest.add(key, run.oldest_start)
+            add_running(running, key, run.running)
+            add_oldest(oldest, key, run.oldest_start)
+        self._running_memo.turn()
+        self._oldest_memo.turn()
 
     def _beat(self, snap: Snapshot, new: NewFamily) -> None:
         entries = snap.schedule.entries

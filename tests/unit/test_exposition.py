@@ -333,6 +333,49 @@ def test_kept_families_follow_changes_and_drop_what_is_gone():
     assert b"".join(encoder.encode([])) == b"" and encoder._kept == {}
 
 
+def test_a_changed_label_set_keeps_the_metrics_whose_values_did_not_change():
+    rig = Rig()
+    rig.feed(sent("u1", queue="q"), received("u1"), started("u1"), succeeded("u1", runtime=0.2))
+    rig.settle()
+
+    def metrics_of(families):
+        return {(f.name, m.labels): m for f in families for m in f.metrics if f.name.startswith("celery_task_")}
+
+    before = metrics_of(rig.collector.families())
+    rig.feed(sent("u2", queue="q"), received("u2"))  # the same label set: sent and received change
+    rig.settle()
+    after = metrics_of(rig.collector.families())
+    key = ("app.add", "q")
+    changed = {"celery_task_sent", "celery_task_received", "celery_task_last_received_timestamp_seconds"}
+    for name in ("celery_task_started", "celery_task_failed", "celery_task_revoked", "celery_task_runtime_seconds"):
+        assert after[(name, key)] is before[(name, key)]
+    for name in changed:
+        assert after[(name, key)] is not before[(name, key)]
+    assert after[("celery_task_received", key)].value == 2
+    # an observation makes a new histogram even where the sum stays the same
+    rig.feed(started("u2"), succeeded("u2", runtime=0.0))
+    rig.settle()
+    again = metrics_of(rig.collector.families())
+    assert again[("celery_task_runtime_seconds", key)] is not after[("celery_task_runtime_seconds", key)]
+    assert sum(again[("celery_task_runtime_seconds", key)].value.counts) == 2
+    # families built anew each scrape (running tasks, exceptions) keep unchanged metrics too
+    rig.feed(sent("u3", queue="q"), received("u3"), started("u3"), failed("u3"))
+    rig.settle()
+    first, second = metrics_of(rig.collector.families()), metrics_of(rig.collector.families())
+    for name in ("celery_task_running", "celery_task_exceptions"):
+        [labels] = [labels for (n, labels) in first if n == name]
+        assert second[(name, labels)] is first[(name, labels)]
+    rig.feed(sent("u4", queue="q"), received("u4"), started("u4"))
+    rig.settle()
+    third = metrics_of(rig.collector.families())
+    assert third[("celery_task_running", key)].value == 1 and second[("celery_task_running", key)].value == 0
+    # and every format still carries the right values
+    assert rig.value("celery_task_running", name="app.add", queue_name="q") == 1
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="q") == 4
+    assert rig.value("celery_task_runtime_seconds_count", name="app.add", queue_name="q") == 2
+    assert rig.value("celery_task_exceptions_total", name="app.add", queue_name="q", exception="ValueError") == 1
+
+
 def test_only_the_format_asked_for_last_keeps_its_encodings():
     from celery_exporter.exposition import Encoders
 
