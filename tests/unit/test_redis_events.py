@@ -6,7 +6,18 @@ import pickle
 
 import pytest
 
+from celery_exporter import redis_events
 from celery_exporter.redis_events import UndecodableMessage, decode
+
+
+@pytest.fixture(params=["orjson", "json"])
+def json_decoder(request, monkeypatch):
+    """Every decoding test runs with orjson (a default dependency) and without it."""
+    if request.param == "orjson":
+        assert redis_events.fast_loads is not None, "orjson is a dependency: it must be installed"
+    else:
+        monkeypatch.setattr(redis_events, "fast_loads", None)
+    return request.param
 
 
 def envelope(body, content_type="application/json", encoding="base64"):
@@ -28,20 +39,31 @@ def envelope(body, content_type="application/json", encoding="base64"):
     ).encode()
 
 
-def test_a_batch_and_a_single_event():
+def test_a_batch_and_a_single_event(json_decoder):
     batch = [{"type": "task-started", "uuid": "u1"}, {"type": "task-succeeded", "uuid": "u1", "runtime": 0.1}]
     assert decode(envelope(batch), ("json",)) == batch
     assert decode(envelope({"type": "worker-heartbeat"}), ("json",)) == {"type": "worker-heartbeat"}
     assert decode(envelope({"type": "x"}, encoding="utf-8"), ("json",)) == {"type": "x"}
 
 
-def test_other_content_types_follow_accept_content():
+def test_other_content_types_follow_accept_content(json_decoder):
     body = pickle.dumps({"type": "worker-heartbeat"})
     with pytest.raises(UndecodableMessage, match="ContentDisallowed"):
         decode(envelope(body, content_type="application/x-python-serialize"), ("json",))
     assert decode(envelope(body, content_type="application/x-python-serialize"), ("json", "pickle")) == {
         "type": "worker-heartbeat"
     }
+
+
+def test_what_only_the_standard_library_reads_is_read_the_same(json_decoder):
+    # kombu's json.dumps writes NaN for such floats and \ud800 for a lone surrogate; orjson
+    # refuses both, and the standard library reads them as it always did
+    data = envelope(None, encoding="utf-8").replace(b'"null"', b'"[NaN, -Infinity, \\"\\ud800\\", 7]"')
+    value = decode(data, ("json",))
+    assert value[0] != value[0] and value[1] == float("-inf") and value[2] == "\ud800" and value[3] == 7
+    # the one difference: an integer beyond 64 bits (no Celery field) is a float to orjson
+    huge = decode(envelope(None, encoding="utf-8").replace(b'"null"', b'"18446744073709551616"'), ("json",))
+    assert huge == 2**64 and type(huge) is (float if json_decoder == "orjson" else int)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +77,7 @@ def test_other_content_types_follow_accept_content():
         json.dumps({"body": "x", "properties": {"body_encoding": "rot13"}}).encode(),
     ],
 )
-def test_garbage_is_undecodable_not_a_crash(data):
+def test_garbage_is_undecodable_not_a_crash(data, json_decoder):
     with pytest.raises(UndecodableMessage):
         decode(data, ("json",))
 
