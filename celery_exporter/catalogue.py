@@ -180,6 +180,12 @@ BROKER_RECONNECTS = (
     "celery_exporter_broker_reconnects",
     "Broker outages seen by the event receiver (a lost connection, or a failed first connect).",
 )
+EVENT_READER = (
+    "celery_exporter_event_reader_info",
+    "How events are read: redis-hiredis (the subscription's socket, parsed with hiredis), redis-py "
+    "(redis-py's PubSub: hiredis missing, or redis-py changed), kombu (kombu's consumer: RabbitMQ and others). "
+    "Always 1.",
+)
 LAST_EVENT = ("celery_exporter_last_event_timestamp_seconds", "When the last event was received (exporter clock).")
 SERIES = ("celery_exporter_series", "Label sets held in memory, by kind (task, exception, worker).")
 SERIES_EXPIRED = ("celery_exporter_series_expired", "Label sets removed after their TTL, by kind.")

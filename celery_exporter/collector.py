@@ -280,6 +280,8 @@ class CeleryCollector:
             dropped.add((reason,), count)
         new(catalogue.BROKER_CONNECTED[0], GAUGE, catalogue.BROKER_CONNECTED[1]).add((), 1 if own.connected else 0)
         new(catalogue.BROKER_RECONNECTS[0], COUNTER, catalogue.BROKER_RECONNECTS[1]).add((), own.reconnects)
+        if own.reader is not None:
+            new(catalogue.EVENT_READER[0], GAUGE, catalogue.EVENT_READER[1], ("reader",)).add((own.reader,), 1)
         if own.last_event is not None:
             new(catalogue.LAST_EVENT[0], GAUGE, catalogue.LAST_EVENT[1]).add((), own.last_event)
         series = new(catalogue.SERIES[0], GAUGE, catalogue.SERIES[1], KIND)

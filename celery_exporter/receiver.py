@@ -107,18 +107,19 @@ class Receiver(threading.Thread):
 
     def _consume_redis(self, connection: Connection) -> bool:
         """Redis: read the PUB/SUB subscription directly (redis_events.py)."""
-        stream = redis_events.RedisEventStream(connection, self.settings.events_exchange)
+        stream = redis_events.open_stream(connection, self.settings.events_exchange)
         try:
             early = stream.wait_subscribed(SUBSCRIBE_TIMEOUT)
-            self._connected()
+            self._connected(stream.name)
             accept = redis_events.accepted(self.settings.accept_content)  # once, not per message
             for first in early:
                 self._on_data(first, accept, self.clock.now())
-            while not self.stop_event.is_set():
-                data = stream.read(DRAIN_TIMEOUT)
-                now = self.clock.now()
-                if data is not None:
-                    self._on_data(data, accept, now)
+            on_data, stop = self._on_data, self.stop_event.is_set
+            while not stop():
+                batch = stream.read_many(DRAIN_TIMEOUT)
+                now = self.clock.now()  # messages of one read arrived together
+                for data in batch:
+                    on_data(data, accept, now)
                 self._tick(now, received=stream.replies)
             return True
         finally:
@@ -189,7 +190,7 @@ class Receiver(threading.Thread):
         # PSUBSCRIBE lazily, on the first drain: do one before reporting ready, so /-/ready
         # never says yes while events still go unheard.
         self._drain(connection, 0.01)
-        self._connected()
+        self._connected("kombu")
         while not self.stop_event.is_set():
             self._drain(connection, DRAIN_TIMEOUT)
             self._tick(self.clock.now(), connection)
@@ -212,11 +213,11 @@ class Receiver(threading.Thread):
             self.stop_event.wait(min(TICK_INTERVAL, remaining))
             self._upkeep(self.clock.now())
 
-    def _connected(self) -> None:
-        self.store.exporter.set_connected(True, self.clock.now())
+    def _connected(self, reader: str) -> None:
+        self.store.exporter.set_connected(True, self.clock.now(), reader)
         url = mask_url(self.settings.broker_url)
         if self._outage_since is None:
-            log.info("receiving events from %s", url)
+            log.info("receiving events from %s (reader: %s)", url, reader)
         else:
             log.info(
                 "reconnected to %s after %.1f s; receiving events again", url, time.monotonic() - self._outage_since

@@ -21,14 +21,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import json
+import logging
+import socket
+import ssl
 import time
-from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Union
+from types import ModuleType
+from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Tuple, Type, Union
 
+from kombu import __version__ as _kombu_version
 from kombu.connection import Connection
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
 from kombu.serialization import prepare_accept_content
+from redis import __version__ as _redis_version
+
+
+def _import_hiredis() -> Optional[ModuleType]:
+    try:
+        return importlib.import_module("hiredis")
+    except ImportError:  # not installed (it is a default dependency): redis-py's PubSub reads
+        return None
+
+
+_hiredis = _import_hiredis()
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 
@@ -105,67 +124,207 @@ PING_AFTER = 5.0
 PING_TIMEOUT = 10.0
 
 
-class RedisEventStream:
-    """The PUB/SUB subscription to one event exchange, read message by message."""
+class _Subscription:
+    """What both readers of the subscription share: turning replies into event data,
+    counting them, the confirmation of PSUBSCRIBE, and pinging a quiet connection."""
 
-    def __init__(self, connection: Connection, exchange: str):
-        # kombu's Redis Channel: its pub/sub client and topic layout are transport internals
-        channel: Any = connection.default_channel
-        # The pubsub client first: creating kombu's pool fills in the {db} of the fanout prefix.
-        self.pubsub = channel.subclient
-        # What kombu would subscribe to for a queue bound to `exchange` with routing key '#'
-        # (kombu turns '#' into the PUB/SUB pattern '*').
-        self.topics: List[str] = channel._get_publish_topics(exchange, "*")
-        self.pubsub.psubscribe(*self.topics)
+    topics: List[str]
+
+    def __init__(self) -> None:
         self.subscribed = False
         self._last_reply = time.monotonic()
         self._ping_sent: Optional[float] = None
         self.replies = 0  # replies read: messages, pongs, confirmations
 
-    def read(self, timeout: float) -> Optional[bytes]:
-        """The data of the next event message, or None when none came within `timeout`
-        (or the next reply was a subscription confirmation or a pong). Connection errors
-        propagate, and so does silence: after PING_AFTER seconds without a message the
+    def _replies(self, timeout: float) -> List[Any]:
+        """The replies that arrive within `timeout` (none when none did)."""
+        raise NotImplementedError
+
+    def _ping(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def read_many(self, timeout: float) -> List[bytes]:
+        """The data of the event messages that arrived within `timeout`, in order (none when
+        no message came, or only a subscription confirmation or a pong). Connection errors
+        propagate, and so does silence: after PING_AFTER seconds without a reply the
         server is pinged, and without any reply PING_TIMEOUT seconds later the connection
         counts as dead (a vanished server or a NAT that dropped the flow send no reset)."""
         now = time.monotonic()
         if self._ping_sent is None:
             if now - self._last_reply >= PING_AFTER:
-                self.pubsub.ping()
+                self._ping()
                 self._ping_sent = now
         elif now - self._ping_sent >= PING_TIMEOUT:
             raise ConnectionError(f"the Redis server did not answer PING within {PING_TIMEOUT:g} s")
-        response = self.pubsub.parse_response(block=False, timeout=timeout)
-        if not response:
-            return None
+        replies = self._replies(timeout)
+        if not replies:
+            return []
         self._last_reply = time.monotonic()
         self._ping_sent = None
-        self.replies += 1
-        kind = response[0]
-        if isinstance(kind, bytes):
-            kind = kind.decode()
-        if kind == "pmessage":
-            return bytes(response[3])
-        if kind == "message":
-            return bytes(response[2])
-        if kind == "psubscribe":
-            self.subscribed = True
-        return None
+        self.replies += len(replies)
+        out = []
+        for reply in replies:
+            if isinstance(reply, list) and reply:  # (hiredis gives a RESP3 push as a list subclass)
+                kind = reply[0]
+                if kind == b"pmessage" or kind == "pmessage":
+                    out.append(bytes(reply[3]))
+                elif kind == b"message" or kind == "message":
+                    out.append(bytes(reply[2]))
+                elif kind == b"psubscribe" or kind == "psubscribe":
+                    self.subscribed = True
+            elif isinstance(reply, Exception):  # an error reply (hiredis hands them over as values)
+                raise ConnectionError(f"the Redis server replied with an error: {reply}")
+        return out
 
     def wait_subscribed(self, timeout: float) -> List[bytes]:
         """Wait for the broker to confirm the subscription; events read meanwhile are returned."""
         early: List[bytes] = []
         deadline = time.monotonic() + timeout
         while not self.subscribed and time.monotonic() < deadline:
-            data = self.read(0.05)
-            if data is not None:
-                early.append(data)
+            early.extend(self.read_many(0.05))
         if not self.subscribed:
             raise TimeoutError(f"no confirmation of PSUBSCRIBE {self.topics} within {timeout:g} s")
         return early
+
+
+def _kombu_subscription(connection: Connection, exchange: str) -> Tuple[Any, List[str]]:
+    """kombu's PUB/SUB client for the connection and the patterns to subscribe to: what
+    kombu would subscribe to for a queue bound to `exchange` with routing key '#' (kombu
+    turns '#' into the pattern '*'). Internals of kombu's Redis Channel (`subclient`,
+    `_get_publish_topics`), checked on kombu 5.3 to 5.7."""
+    channel: Any = connection.default_channel
+    # The pubsub client first: creating kombu's pool fills in the {db} of the fanout prefix.
+    pubsub = channel.subclient
+    return pubsub, list(channel._get_publish_topics(exchange, "*"))
+
+
+class RedisEventStream(_Subscription):
+    """The subscription read through redis-py's PubSub, one reply per call: the reader
+    when hiredis is not installed or the socket cannot be read directly."""
+
+    name = "redis-py"
+
+    def __init__(self, connection: Connection, exchange: str):
+        super().__init__()
+        self.pubsub, self.topics = _kombu_subscription(connection, exchange)
+        self.pubsub.psubscribe(*self.topics)
+
+    def _replies(self, timeout: float) -> List[Any]:
+        response = self.pubsub.parse_response(block=False, timeout=timeout)
+        return [response] if response else []
+
+    def _ping(self) -> None:
+        self.pubsub.ping()
 
     def close(self) -> None:
         try:
             self.pubsub.close()
         except Exception:  # the connection is already gone
             pass
+
+
+READ_SIZE = 65536  # bytes per recv: under load one read brings dozens of messages
+
+
+class HiredisEventStream(_Subscription):
+    """The subscription read straight from the connection's socket into a hiredis Reader:
+    one `recv` and one parse for every message that has arrived, instead of redis-py's
+    per-reply layers (retry wrapper, a readiness poll, the parser object) for each.
+
+    The connection itself is redis-py's, made by kombu's pool: address, Sentinel master
+    lookup, TLS, AUTH, HELLO and SELECT are all as kombu would have them. After that
+    handshake nothing else is read from it by redis-py: PSUBSCRIBE and PING are sent with
+    `send_command`, and every reply is read here. RESP2 and RESP3 replies alike (hiredis
+    gives a RESP3 push as a list)."""
+
+    name = "redis-hiredis"
+
+    def __init__(self, connection: Connection, exchange: str):
+        super().__init__()
+        if _hiredis is None:
+            raise ImportError("hiredis is not installed")
+        pubsub, self.topics = _kombu_subscription(connection, exchange)
+        # a connection of kombu's pool of its own, outside the pool's bookkeeping
+        self._conn = pubsub.connection_pool.make_connection()
+        try:
+            self._conn.connect()
+            # redis-py's socket: an internal of its Connection (`_sock`, redis-py 4.5 to 8.2)
+            sock = self._conn._sock
+            if not isinstance(sock, socket.socket):
+                raise TypeError(f"redis-py's connection has no socket to read ({type(sock).__name__})")
+            self._sock: socket.socket = sock
+            self._reader = _hiredis.Reader()
+            self._protocol_error: Type[Exception] = _hiredis.ProtocolError
+            self._buffer = bytearray(READ_SIZE)
+            self._timeout: Optional[float] = None
+            self._conn.send_command("PSUBSCRIBE", *self.topics, check_health=False)
+        except BaseException:
+            self._conn.disconnect()
+            raise
+
+    def _replies(self, timeout: float) -> List[Any]:
+        reader = self._reader
+        try:
+            reply = reader.gets()
+            if reply is False:  # nothing parsed yet: wait for bytes
+                sock = self._sock
+                if timeout != self._timeout:  # (settimeout costs a system call)
+                    sock.settimeout(timeout)
+                    self._timeout = timeout
+                try:
+                    n = sock.recv_into(self._buffer)
+                except (socket.timeout, ssl.SSLWantReadError):
+                    return []
+                if not n:
+                    raise ConnectionError("the Redis server closed the connection")
+                reader.feed(self._buffer, 0, n)
+                reply = reader.gets()
+            replies = []
+            while reply is not False:
+                replies.append(reply)
+                reply = reader.gets()
+            return replies
+        except self._protocol_error as exc:
+            raise ConnectionError(f"unreadable reply from the Redis server: {exc}") from None
+
+    def _ping(self) -> None:
+        # check_health=False: redis-py's own health check would read the reply itself
+        self._conn.send_command("PING", check_health=False)
+
+    def close(self) -> None:
+        try:
+            self._conn.disconnect()
+        except Exception:  # the connection is already gone
+            pass
+
+
+Stream = Union[HiredisEventStream, RedisEventStream]
+
+
+def open_stream(connection: Connection, exchange: str) -> Stream:
+    """The fastest reader that works here: hiredis on the socket, else redis-py's PubSub
+    (hiredis missing, or redis-py's connection without the socket it reads, for example
+    after a redis-py release renamed it: logged once, and the reader in use is a metric)."""
+    try:
+        return HiredisEventStream(connection, exchange)
+    except (ImportError, AttributeError, TypeError) as exc:
+        _fallback_logged(exc)
+    return RedisEventStream(connection, exchange)
+
+
+_FALLBACK_LOGGED: List[str] = []
+
+
+def _fallback_logged(exc: BaseException) -> None:
+    if not _FALLBACK_LOGGED:
+        _FALLBACK_LOGGED.append(str(exc))
+        log.warning(
+            "reading Redis events through redis-py's PubSub, not the socket (%s: %s; redis-py %s, kombu %s)",
+            type(exc).__name__,
+            exc,
+            _redis_version,
+            _kombu_version,
+        )

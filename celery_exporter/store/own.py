@@ -19,6 +19,7 @@ class ExporterSnapshot:
     last_event: Optional[float]
     tasks_tracked: int
     tasks_evicted: int
+    reader: Optional[str]  # the event reader of the current or last connection
 
 
 class ExporterState:
@@ -33,6 +34,7 @@ class ExporterState:
         self._last_event: Optional[float] = None
         self._tasks_tracked = 0
         self._tasks_evicted = 0
+        self._reader: Optional[str] = None
 
     def count_event(self, type_label: str, now: float) -> None:
         with self._lock:
@@ -43,8 +45,11 @@ class ExporterState:
         with self._lock:
             self._dropped[reason] += n
 
-    def set_connected(self, connected: bool, now: Optional[float] = None) -> None:
-        """Set by the event thread; `now` (when connected) starts connected_since."""
+    def set_connected(self, connected: bool, now: Optional[float] = None, reader: Optional[str] = None) -> None:
+        """Set by the event thread; `now` (when connected) starts connected_since; `reader`
+        names how events are read on this connection (kept after it is lost)."""
+        if reader is not None:
+            self._reader = reader
         if connected and not self._connected:
             self._connected_since = now
         elif not connected:
@@ -92,4 +97,5 @@ class ExporterState:
             last_event=self._last_event,
             tasks_tracked=self._tasks_tracked,
             tasks_evicted=self._tasks_evicted,
+            reader=self._reader,
         )

@@ -47,8 +47,9 @@ def full(counts: Dict[str, int]) -> Dict[str, int]:
 
 
 class MixedRun:
-    def __init__(self, factory: RigFactory, rig: Rig, exporter: Exporter, worker: Worker):
+    def __init__(self, factory: RigFactory, rig: Rig, exporter: Exporter, worker: Worker, reader: str):
         self.factory = factory
+        self.reader = reader  # the event reader this exporter must use
         self.rig = rig
         self.exporter = exporter
         self.worker = worker
@@ -116,13 +117,24 @@ def mismatches(expected: Dict[Tuple[str, frozenset], float], m: Metrics) -> List
     return out
 
 
-@pytest.fixture(scope="module", params=BROKERS)
+# The event reader each run must use: on Redis the socket read with hiredis, and redis-py's
+# PubSub when hiredis cannot be imported (the fallback, shown to count exactly the same).
+READERS = {"redis": "redis-hiredis", "rabbitmq": "kombu", "redis-without-hiredis": "redis-py"}
+
+
+@pytest.fixture(scope="module", params=[*BROKERS, "redis-without-hiredis"])
 def mixed(request, tmp_path_factory, redis_dbs, truth_db) -> MixedRun:
     factory = RigFactory(tmp_path_factory.mktemp(f"mixed-{request.param}"), redis_dbs, truth_db)
     request.addfinalizer(factory.close)
-    rig = factory(request.param)
+    env = {}
+    if request.param == "redis-without-hiredis":
+        shim = tmp_path_factory.mktemp("no-hiredis") / "hiredis"
+        shim.mkdir()
+        (shim / "__init__.py").write_text('raise ImportError("hiredis hidden by the test")\n')
+        env["PYTHONPATH"] = str(shim.parent)
+    rig = factory(request.param.split("-")[0])
     # fast queue polling, so the queue families are in every scrape the tests check
-    exporter = rig.start_exporter("--queue-poll-interval", "1s", "--inspect-interval", "2s")
+    exporter = rig.start_exporter("--queue-poll-interval", "1s", "--inspect-interval", "2s", env=env)
     worker = rig.start_worker(queues=("celery", "q2"), exporter=exporter)
     rig.prime(exporter)  # not part of PLAN; see Rig.prime
 
@@ -148,7 +160,7 @@ def mixed(request, tmp_path_factory, redis_dbs, truth_db) -> MixedRun:
     wait_for(lambda: never.id in scheduled_ids(), 10, what="the worker to hold it.never as scheduled")
     rig.producer.control.revoke(never.id)
 
-    run = MixedRun(factory, rig, exporter, worker)
+    run = MixedRun(factory, rig, exporter, worker, READERS[request.param])
     rig.truth.wait(
         {
             ("it.succeed", "celery", "succeeded"): 3,
@@ -160,6 +172,11 @@ def mixed(request, tmp_path_factory, redis_dbs, truth_db) -> MixedRun:
         }
     )
     return run
+
+
+def test_the_event_reader_is_the_expected_one(mixed: MixedRun):
+    readers = {labels: v for (name, labels), v in mixed.settle().items() if name == "celery_exporter_event_reader_info"}
+    assert readers == {frozenset({("reader", mixed.reader)}): 1.0}
 
 
 def test_workload_counters_equal_ground_truth(mixed: MixedRun):

@@ -3,6 +3,7 @@
 import base64
 import json
 import pickle
+import socket
 
 import pytest
 
@@ -119,25 +120,175 @@ def test_a_silent_subscription_is_pinged_and_a_dead_one_raises(monkeypatch):
     monkeypatch.setattr(redis_events.time, "monotonic", lambda: now[0])
     pubsub = FakePubSub()
     stream = redis_events.RedisEventStream(FakeConnection(pubsub), "celeryev")
-    assert stream.read(0.5) is None and stream.subscribed  # the psubscribe confirmation
+    assert stream.read_many(0.5) == [] and stream.subscribed  # the psubscribe confirmation
     now[0] += redis_events.PING_AFTER - 0.1
-    assert stream.read(0.5) is None and pubsub.pings == 0
+    assert stream.read_many(0.5) == [] and pubsub.pings == 0
     now[0] += 0.2
-    stream.read(0.5)
+    stream.read_many(0.5)
     assert pubsub.pings == 1  # silent for PING_AFTER: pinged once
     pubsub.replies.append([b"pong", b""])
     now[0] += 1.0
-    assert stream.read(0.5) is None  # the pong counts as a reply
+    assert stream.read_many(0.5) == []  # the pong counts as a reply
     now[0] += redis_events.PING_AFTER
-    stream.read(0.5)
+    stream.read_many(0.5)
     assert pubsub.pings == 2
     now[0] += redis_events.PING_TIMEOUT - 0.1
-    assert stream.read(0.5) is None  # still waiting for the reply
+    assert stream.read_many(0.5) == []  # still waiting for the reply
     pubsub.replies.append([b"pmessage", b"*", b"/0.celeryev/task.multi", b"{}"])
-    assert stream.read(0.5) == b"{}"  # any message is a reply: the ping is settled
+    assert stream.read_many(0.5) == [b"{}"]  # any message is a reply: the ping is settled
     now[0] += redis_events.PING_AFTER
-    stream.read(0.5)
+    stream.read_many(0.5)
     assert pubsub.pings == 3
     now[0] += redis_events.PING_TIMEOUT + 0.1
     with pytest.raises(ConnectionError, match="did not answer PING"):
-        stream.read(0.5)
+        stream.read_many(0.5)
+
+
+# -- the socket reader ----------------------------------------------------------------
+
+
+class FakeRedisConnection:
+    """What HiredisEventStream uses of a redis-py Connection: `connect`, `_sock`,
+    `send_command` (written to the socket as RESP, as redis-py does) and `disconnect`.
+    The test plays the server on the other end of a socket pair."""
+
+    def __init__(self, sock):
+        self._sock = None
+        self._pending = sock
+        self.sent = []
+
+    def connect(self):
+        self._sock = self._pending
+
+    def send_command(self, *args, check_health=True):
+        assert check_health is False, "redis-py's health check would read a reply itself"
+        self.sent.append(args)
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = arg.encode() if isinstance(arg, str) else arg
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self._sock.sendall(b"".join(parts))
+
+    def disconnect(self):
+        if isinstance(getattr(self, "_sock", None), socket.socket):
+            self._sock.close()
+
+
+class FakePool:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def make_connection(self):
+        return self.conn
+
+
+def push(*items, resp3=True):
+    """A PUB/SUB reply as the server writes it: a RESP3 push or a RESP2 array."""
+    out = [b">%d\r\n" % len(items) if resp3 else b"*%d\r\n" % len(items)]
+    for item in items:
+        out.append(b":%d\r\n" % item if isinstance(item, int) else b"$%d\r\n%s\r\n" % (len(item), item))
+    return b"".join(out)
+
+
+@pytest.fixture
+def socket_stream():
+    ours, server = socket.socketpair()
+    conn = FakeRedisConnection(ours)
+    pubsub = FakePubSub()
+    pubsub.connection_pool = FakePool(conn)
+    stream = redis_events.HiredisEventStream(FakeConnection(pubsub), "celeryev")
+    yield stream, conn, server
+    stream.close()
+    server.close()
+
+
+def test_the_socket_reader_subscribes_and_returns_every_message_of_one_read(socket_stream):
+    stream, conn, server = socket_stream
+    assert conn.sent == [("PSUBSCRIBE", "/0.celeryev/*")]
+    assert server.recv(100) == b"*2\r\n$10\r\nPSUBSCRIBE\r\n$13\r\n/0.celeryev/*\r\n"
+    server.sendall(
+        push(b"psubscribe", b"/0.celeryev/*", 1)
+        + push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/task.multi", b"one")
+        + push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/worker.heartbeat", b"two", resp3=False)
+        + push(b"message", b"/0.celeryev/x", b"three")
+    )
+    assert stream.wait_subscribed(1.0) == [b"one", b"two", b"three"]
+    assert stream.subscribed and stream.replies == 4
+    # a message split across reads comes out whole, once
+    whole = push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/task.multi", b"x" * 1000)
+    server.sendall(whole[:500])
+    assert stream.read_many(0.2) == []
+    server.sendall(whole[500:])
+    assert stream.read_many(0.2) == [b"x" * 1000]
+    assert stream.read_many(0.01) == []  # nothing came: an empty read after the timeout
+
+
+def test_the_socket_reader_pings_a_quiet_connection(socket_stream, monkeypatch):
+    stream, conn, server = socket_stream
+    now = [100.0]
+    monkeypatch.setattr(redis_events.time, "monotonic", lambda: now[0])
+    stream._last_reply = now[0]
+    server.sendall(push(b"psubscribe", b"/0.celeryev/*", 1))
+    assert stream.read_many(0.5) == [] and stream.subscribed
+    now[0] += redis_events.PING_AFTER
+    assert stream.read_many(0.01) == []
+    assert conn.sent[-1] == ("PING",)
+    server.sendall(b"+PONG\r\n")  # RESP3: a plain reply, even while subscribed
+    assert stream.read_many(0.5) == [] and stream._ping_sent is None and stream.replies == 2
+
+
+@pytest.mark.parametrize(
+    "server_says, error",
+    [
+        (None, "closed the connection"),
+        (b"-NOPERM this user has no permissions to access one of the channels\r\n", "NOPERM"),
+        (b"%%% not RESP\r\n", "unreadable reply"),
+    ],
+)
+def test_the_socket_reader_raises_connection_errors(socket_stream, server_says, error):
+    stream, _, server = socket_stream
+    server.recv(100)  # the PSUBSCRIBE
+    if server_says is None:
+        server.close()
+    else:
+        server.sendall(server_says)
+    with pytest.raises(Exception, match=error) as raised:
+        stream.read_many(1.0)
+    # the receiver treats it as a broker outage: reconnect with backoff
+    assert isinstance(raised.value, ConnectionError)
+
+
+def test_the_reader_falls_back_to_redis_pys_pubsub(monkeypatch, caplog):
+    pubsub = FakePubSub()
+    # no hiredis
+    monkeypatch.setattr(redis_events, "_hiredis", None)
+    monkeypatch.setattr(redis_events, "_FALLBACK_LOGGED", [])
+    stream = redis_events.open_stream(FakeConnection(pubsub), "celeryev")
+    assert stream.name == "redis-py" and isinstance(stream, redis_events.RedisEventStream)
+    assert stream.wait_subscribed(1.0) == [] and stream.subscribed
+    pubsub.replies.append([b"pmessage", b"*", b"/0.celeryev/task.multi", b"data"])
+    assert stream.read_many(0.1) == [b"data"]
+    assert "hiredis is not installed" in caplog.text and "kombu" in caplog.text
+
+
+@pytest.mark.parametrize("missing", ["make_connection", "_sock", "socket type"])
+def test_a_changed_redis_py_falls_back_too(monkeypatch, caplog, missing):
+    """Each internal the socket reader needs, removed in turn: redis-py's PubSub reads."""
+    ours, server = socket.socketpair()
+    conn = FakeRedisConnection(ours)
+    if missing == "socket type":
+        conn._pending = object()
+    pubsub = FakePubSub()
+    if missing != "make_connection":
+        pubsub.connection_pool = FakePool(conn)
+    if missing == "_sock":
+        conn.connect = lambda: None
+        del conn._sock
+    monkeypatch.setattr(redis_events, "_FALLBACK_LOGGED", [])
+    stream = redis_events.open_stream(FakeConnection(pubsub), "celeryev")
+    assert stream.name == "redis-py" and stream.wait_subscribed(1.0) == []
+    pubsub.replies.append([b"pmessage", b"*", b"/0.celeryev/task.multi", b"data"])
+    assert stream.read_many(0.1) == [b"data"]
+    assert caplog.text.count("reading Redis events through redis-py's PubSub") == 1
+    ours.close()
+    server.close()
