@@ -193,12 +193,16 @@ class _Subscription:
 def _kombu_subscription(connection: Connection, exchange: str) -> Tuple[Any, List[str]]:
     """kombu's PUB/SUB client for the connection and the patterns to subscribe to: what
     kombu would subscribe to for a queue bound to `exchange` with routing key '#' (kombu
-    turns '#' into the pattern '*'). Internals of kombu's Redis Channel (`subclient`,
-    `_get_publish_topics`), checked on kombu 5.3 to 5.7."""
+    turns '#' into the pattern '*'). Internals of kombu's Redis Channel: `subclient` and
+    `_get_publish_topic` (kombu 5.3.0 to 5.7.0), and `_get_publish_topics`, every topic a
+    fanout message goes to (kombu 5.7; without it, the one topic)."""
     channel: Any = connection.default_channel
     # The pubsub client first: creating kombu's pool fills in the {db} of the fanout prefix.
     pubsub = channel.subclient
-    return pubsub, list(channel._get_publish_topics(exchange, "*"))
+    topics_of = getattr(channel, "_get_publish_topics", None)
+    if topics_of is not None:
+        return pubsub, list(topics_of(exchange, "*"))
+    return pubsub, [channel._get_publish_topic(exchange, "*")]
 
 
 class RedisEventStream(_Subscription):
@@ -260,7 +264,9 @@ class HiredisEventStream(_Subscription):
             self._protocol_error: Type[Exception] = _hiredis.ProtocolError
             self._buffer = bytearray(READ_SIZE)
             self._timeout: Optional[float] = None
-            self._conn.send_command("PSUBSCRIBE", *self.topics, check_health=False)
+            # kombu's PubSub client adds the transport's global_keyprefix to the patterns
+            prefix = getattr(pubsub, "global_keyprefix", "") or ""
+            self._conn.send_command("PSUBSCRIBE", *(prefix + t for t in self.topics), check_health=False)
         except BaseException:
             self._conn.disconnect()
             raise

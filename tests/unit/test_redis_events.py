@@ -292,3 +292,32 @@ def test_a_changed_redis_py_falls_back_too(monkeypatch, caplog, missing):
     assert caplog.text.count("reading Redis events through redis-py's PubSub") == 1
     ours.close()
     server.close()
+
+
+class FakeChannel53(FakeChannel):
+    """kombu 5.3's Redis Channel: one topic per fanout message, no _get_publish_topics."""
+
+    _get_publish_topics = None  # (shadowed: getattr finds None, as on kombu 5.3)
+
+    def _get_publish_topic(self, exchange, routing_key):
+        return f"/0.{exchange}/{routing_key}"
+
+
+def test_kombu_53_topics_and_the_global_key_prefix():
+    ours, server = socket.socketpair()
+    conn = FakeRedisConnection(ours)
+    pubsub = FakePubSub()
+    pubsub.connection_pool = FakePool(conn)
+    pubsub.global_keyprefix = "acme:"  # kombu's PrefixedRedisPubSub carries it
+    connection = FakeConnection(pubsub)
+    connection.default_channel = FakeChannel53(pubsub)
+    stream = redis_events.HiredisEventStream(connection, "celeryev")
+    try:
+        assert stream.topics == ["/0.celeryev/*"]
+        assert conn.sent == [("PSUBSCRIBE", "acme:/0.celeryev/*")]  # as kombu's consumer subscribes
+    finally:
+        stream.close()
+        server.close()
+    # the redis-py reader leaves the prefix to kombu's PubSub, which adds it itself
+    fallback = redis_events.RedisEventStream(connection, "celeryev")
+    assert fallback.topics == ["/0.celeryev/*"] and pubsub.replies[-1][1] == b"/0.celeryev/*"
