@@ -22,6 +22,7 @@ import binascii
 import dataclasses
 import hashlib
 import hmac
+import re
 import ssl
 import threading
 from pathlib import Path
@@ -144,6 +145,10 @@ def _tls(path: str, base: Path, section: object) -> Optional[ssl.SSLContext]:
     return context
 
 
+# $2y$, two-digit cost, 22 characters of salt and 31 of hash in bcrypt's base64 alphabet
+BCRYPT_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
+
+
 def _users(path: str, section: object) -> Dict[str, bytes]:
     if section is None:
         return {}
@@ -155,6 +160,9 @@ def _users(path: str, section: object) -> Dict[str, bytes]:
             raise WebConfigError(f"{path}: basic_auth_users: invalid user name {user!r}")
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             raise WebConfigError(f"{path}: basic_auth_users.{user}: not a bcrypt hash")
+        # the shape checked first: bcrypt before 4.3 panics (a BaseException) on a short hash
+        if not BCRYPT_HASH.fullmatch(hashed):
+            raise WebConfigError(f"{path}: basic_auth_users.{user}: not a valid bcrypt hash")
         try:
             bcrypt.checkpw(b"", hashed.encode())  # a malformed hash raises here, not at the first scrape
         except ValueError:
