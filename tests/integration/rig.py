@@ -540,13 +540,14 @@ class Rig:
         exporter: Optional[Exporter] = None,
         broker_url: Optional[str] = None,
         hostname: Optional[str] = None,
+        celery_bin: Optional[str] = None,
     ) -> Worker:
         """`celery worker -E` with a unique node name (or `hostname`, to restart a worker
         under its old name). With `exporter`, waits until the exporter reports it up (its
-        heartbeats arrive)."""
+        heartbeats arrive). `celery_bin`: another environment's `celery` (another release)."""
         hostname = hostname or f"w-{uuid.uuid4().hex[:12]}@host"
         argv = [
-            executable("celery"),
+            celery_bin or executable("celery"),
             "-A",
             "it_worker_app",
             "worker",
