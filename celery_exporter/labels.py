@@ -6,7 +6,9 @@ queue label is the task-sent's queue when one is seen; else, when the receiving 
 consumes exactly one queue (from `inspect`), that queue; else "unknown". When task-sent
 events are flowing, a task's events are held on its record (up to sent_hold_seconds) for
 its task-sent, which can arrive after the worker's task-received and even its
-task-succeeded. Events of a task whose name never arrives are dropped as unknown_task.
+task-succeeded; a task of a worker that inspect has not reported yet is held a few seconds
+more, for the poller's early re-inspect of that worker. Events of a task whose name never
+arrives are dropped as unknown_task.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ MAX_PENDING_PER_TASK = 16
 # tasks after a start would otherwise be labelled by the fallback queue.
 SENT_RECENT_SECONDS = 600.0
 UNKNOWN_QUEUE = "unknown"
+# A task of a worker that inspect has not reported yet (the exporter started before it
+# answered, or it is new) waits this much longer than the hold, beyond --inspect-timeout,
+# for the poller's early re-inspect (poller.INSPECT_RETRY after the last, checked every
+# poller.INSPECT_CHECK) to tell that worker's queues; then it is "unknown" after all.
+INSPECT_WAIT = 3.0
+RECHECK = 0.5  # a hold kept for an inspect is looked at again this often (the receiver's tick)
 UNKNOWN_TASK_DETAIL = (
     "task events for a task id whose name never arrived (normal for tasks already running when the exporter started)"
 )
@@ -39,6 +47,9 @@ class LabelResolver:
         self._tracker = tracker
         self._queues = queues
         self._hold_seconds = settings.sent_hold_seconds
+        # how long after its first event a task may wait for its worker's first inspect reply
+        self._inspect_wait = settings.sent_hold_seconds + settings.inspect_timeout + INSPECT_WAIT
+        self._inspect = settings.inspect
         self._max_series = settings.max_series
         self._drop = drop
         self._emit = emit  # counts one event of a record whose labels are fixed
@@ -84,8 +95,22 @@ class LabelResolver:
             if record.name is None:
                 self._drop("unknown_task", UNKNOWN_TASK_DETAIL, len(record.pending or ()))
                 record.pending = None
+            elif self._awaits_inspect(record, now):
+                self._tracker.hold(record, now + RECHECK, again=True)
             else:
                 self._fix(record)
+
+    def _awaits_inspect(self, record: TaskRecord, now: float) -> bool:
+        """No task-sent came, and the worker that received the task has not been reported
+        by inspect yet: its queues may be known in a moment (see INSPECT_WAIT)."""
+        return (
+            self._inspect
+            and record.queue is None
+            and record.worker is not None
+            and record.worker not in self._queues.worker_queues
+            and bool(record.pending)
+            and now - record.pending[0][1] < self._inspect_wait
+        )
 
     def _sent_flowing(self, now: float) -> bool:
         """Whether a task's task-sent can be expected: one arrived lately, or none has yet

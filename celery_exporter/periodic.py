@@ -27,16 +27,26 @@ class Periodic(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 try:
-                    self.poll_once()
+                    if self.due():
+                        self.poll_once()
                 except Exception:  # a bug must not end polling for good
                     log.exception("polling %s failed unexpectedly", self.what)
                     self.count_error("error")
-                self.stop_event.wait(self.interval)
+                self.stop_event.wait(self.next_wait())
         finally:
             self.close()
 
     def poll_once(self) -> None:
         raise NotImplementedError  # every subclass does its own work
+
+    def due(self) -> bool:
+        """Whether to poll now (checked after every wait): always, unless a subclass polls
+        on its own schedule."""
+        return True
+
+    def next_wait(self) -> float:
+        """How long to wait before the next check."""
+        return self.interval
 
     def count_error(self, reason: str) -> None:
         raise NotImplementedError  # every subclass counts in its own metric

@@ -258,10 +258,18 @@ class QueuePoller(_BrokerPoller):
         self.succeeded()
 
 
+# A worker up by heartbeat that the last inspect did not report (the exporter started before
+# it answered, a slow or new worker) is inspected again after this long, then after twice as
+# long each time it is still missing, up to --inspect-interval. Until it is, tasks it receives
+# without a task-sent are labelled queue_name="unknown".
+INSPECT_RETRY = 2.0
+INSPECT_CHECK = 1.0  # how often the thread checks whether an inspect is due
+
+
 class Inspector(_BrokerPoller):
     """Remote-control inspect every --inspect-interval, in its own thread (a broadcast waits
     for replies, so it never delays the queue lengths): which queues each worker consumes
-    and its pool size."""
+    and its pool size. Sooner for a worker up by heartbeat that no inspect reported yet."""
 
     what = "inspect"
 
@@ -274,9 +282,27 @@ class Inspector(_BrokerPoller):
         backend: Optional[Backend] = None,
     ):
         super().__init__("inspector", settings.inspect_interval, settings, store, clock, stop_event, backend)
+        self._last: Optional[float] = None  # exporter clock at the last inspect
+        self._retry = INSPECT_RETRY  # wait before inspecting again for an unreported worker
+
+    def next_wait(self) -> float:
+        return min(self.interval, INSPECT_CHECK)
+
+    def due(self) -> bool:
+        """The first time, every --inspect-interval, and `_retry` after the last inspect
+        while a worker up by heartbeat is missing from what inspect reported."""
+        now = self.clock.now()
+        if self._last is None or now - self._last >= self.interval:
+            return True
+        if now - self._last < self._retry:
+            return False
+        return bool(self.store.workers.up_hosts(now) - set(self.store.queues.worker_queues))
 
     def poll_once(self) -> None:
         now = self.clock.now()
+        if self._last is not None and now - self._last < self.interval:
+            self._retry = min(self._retry * 2, self.interval)  # an early one: the next waits longer
+        self._last = now
         try:
             worker_queues, processes = self.backend.inspect(self.store.workers.up_count(now))
         except PollError as exc:
@@ -288,3 +314,5 @@ class Inspector(_BrokerPoller):
             # Per-queue worker counts still drop at once: they count only workers up by heartbeat.
             return
         self.store.queues.set_worker_queues(worker_queues, processes, now)
+        if not self.store.workers.up_hosts(self.clock.now()) - set(worker_queues):
+            self._retry = INSPECT_RETRY  # everyone up is reported: a new worker gets the short wait

@@ -116,8 +116,10 @@ class TaskTracker:
                 self.evicted += 1
         return record, evicted
 
-    def hold(self, record: TaskRecord, until: float) -> None:
-        if record.hold_until is None:
+    def hold(self, record: TaskRecord, until: float, again: bool = False) -> None:
+        """Hold the record's events until `until` (the first hold only, unless `again`:
+        a hold that ran out and is kept on)."""
+        if record.hold_until is None or again:
             record.hold_until = until
             self._holds.append((until, record.uuid))
 

@@ -110,6 +110,10 @@ class WorkerStore:
         with self._lock:
             return len(self.up_hosts_locked(now))
 
+    def up_hosts(self, now: float) -> Set[str]:
+        with self._lock:
+            return self.up_hosts_locked(now)
+
     # -- with the lock held -------------------------------------------------------------
 
     def _up(self, record: WorkerRecord, now: float) -> bool:

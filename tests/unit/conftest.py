@@ -15,6 +15,7 @@ from celery_exporter.collector import CeleryCollector
 from celery_exporter.exposition import Encoders, protobuf
 from celery_exporter.exposition.text import bound
 from celery_exporter.handlers import Handler
+from celery_exporter.labels import INSPECT_WAIT
 from celery_exporter.receiver import TICK_INTERVAL
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
@@ -59,8 +60,13 @@ class Rig:
 
     def settle(self) -> None:
         """Let held events go: a task's events wait up to sent_hold_seconds for its
-        task-sent (which carries the queue) before the fallback queue label is used."""
-        self.advance(self.settings.sent_hold_seconds + 0.1)
+        task-sent (which carries the queue) before the fallback queue label is used, and
+        a few seconds more while its worker is not known to inspect (see labels.py)."""
+        self.advance(self.settle_seconds)
+
+    @property
+    def settle_seconds(self) -> float:
+        return self.settings.sent_hold_seconds + self.settings.inspect_timeout + INSPECT_WAIT + 0.1
 
     def text(self, fmt: str = "text") -> str:
         return self.encoders.encode(self.collector.families(), fmt).decode()

@@ -145,3 +145,41 @@ def test_inspect_has_its_own_thread_and_interval_and_can_be_off():
     assert exporter.inspector.interval == 45 and exporter.inspector is not exporter.poller
     assert exporter.inspector.backend is not exporter.poller.backend  # own connection each
     assert Exporter(Rig(inspect=False).settings).inspector is None
+
+
+def test_a_worker_that_inspect_missed_is_inspected_again_soon():
+    """The exporter starts and inspects before a busy worker answers: without a task-sent,
+    that worker's tasks would be labelled "unknown" until the next --inspect-interval (30 s).
+    A worker up by heartbeat and missing from the last inspect is inspected again after 2 s,
+    then 4, 8... up to the interval; once every worker up is reported, the interval again."""
+    rig, backend, poller, inspector = make()  # --inspect-interval 30 s
+    assert inspector.due()  # the first inspect: at once
+    inspector.poll_once()  # nobody answered in time
+    rig.feed(heartbeat(host="w1@h"))  # the worker is up
+    rig.clock.advance(1.0)
+    assert not inspector.due()
+    rig.feed(received("u1", host="w1@h"))  # its task waits for its task-sent (the hold)
+    rig.clock.advance(1.0)
+    assert inspector.due()  # 2 s after the last inspect, w1 still unreported
+    backend.inspect_reply = ({"w1@h": ("only",)}, {"w1@h": 1})
+    inspector.poll_once()
+    assert len(backend.inspected) == 2
+    rig.settle()  # no task-sent came: the single queue of w1 is the label, not "unknown"
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="only") == 1
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") is None
+    # everyone up is reported: nothing more until the interval
+    for _ in range(30 - int(rig.settle_seconds) - 4):
+        rig.clock.advance(1.0)
+        rig.feed(heartbeat(host="w1@h"))
+        assert not inspector.due()
+    # a worker that never answers (remote control off) is retried less and less often
+    rig.feed(heartbeat(host="w2@h"))
+    polls = []
+    for second in range(1, 90):
+        rig.clock.advance(1.0)
+        rig.feed(heartbeat(host="w1@h"), heartbeat(host="w2@h"))
+        if inspector.due():
+            polls.append(second)
+            inspector.poll_once()  # still only w1 answers
+    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    assert polls[0] <= 5 and gaps == sorted(gaps) and gaps[-1] == 30, polls

@@ -6,8 +6,9 @@ import pytest
 
 from celery_exporter import catalogue
 from celery_exporter.events import exception_class, parse_eta, queue_from_sent
+from celery_exporter.labels import INSPECT_WAIT
 
-from .conftest import T0, Rig, failed, received, rejected, retried, revoked, sent, started, succeeded
+from .conftest import T0, Rig, failed, heartbeat, received, rejected, retried, revoked, sent, started, succeeded
 
 L = {"name": "app.add", "queue_name": "celery"}
 
@@ -175,7 +176,7 @@ def test_before_any_task_sent_a_task_waits_for_its_late_task_sent(rig):
 
 def test_without_task_sent_events_queue_is_unknown_after_the_hold_then_at_once(rig):
     rig.feed(received("u1"), started("u1"), succeeded("u1"))
-    rig.advance(rig.settings.sent_hold_seconds + 0.1)
+    rig.settle()  # (the hold, and the wait for a first inspect reply about w1)
     assert counters(rig, name="app.add", queue_name="unknown")["succeeded"] == 1
     # ten minutes without any task-sent: they are off, so nothing waits any more
     rig.advance(600)
@@ -197,7 +198,7 @@ def test_events_held_for_a_missing_task_sent_are_released_after_the_hold(rig):
     rig.feed(sent("u0"))
     rig.feed(received("u1"), started("u1"))
     assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") is None
-    rig.advance(rig.settings.sent_hold_seconds + 0.1)
+    rig.settle()
     assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
     assert rig.value("celery_task_started_total", name="app.add", queue_name="unknown") == 1
 
@@ -365,3 +366,40 @@ def test_last_received_succeeded_failed_times_on_the_exporter_clock(rig):
     rig.feed(sent("u2"), received("u2"), started("u2"), failed("u2"))
     assert rig.value("celery_task_last_failed_timestamp_seconds", **L) == rig.clock.now()
     assert rig.value("celery_task_last_received_timestamp_seconds", **L) == rig.clock.now()
+
+
+def test_without_task_sent_a_task_waits_a_little_for_its_workers_first_inspect_reply(rig):
+    """The exporter has just started and inspect has not reported w1 yet: its tasks' events
+    are held past the hold for the poller's early re-inspect, then counted under w1's queue
+    (not "unknown"), each as of its arrival."""
+    rig.feed(heartbeat(host="w1@h"), received("u1"), started("u1"), succeeded("u1"))
+    rig.advance(rig.settings.sent_hold_seconds + 0.6)  # the hold is over: still waiting for inspect
+    assert rig.family("celery_task_received") == {}
+    rig.store.queues.set_worker_queues({"w1@h": ("only",)})  # the re-inspect answered
+    rig.advance(0.6)
+    assert counters(rig, name="app.add", queue_name="only")["succeeded"] == 1
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") is None
+    # the next task of that worker is counted at once under its queue
+    rig.feed(received("u2"))
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="only") == 2
+
+
+def test_a_worker_inspect_never_reports_is_unknown_after_the_wait_and_without_inspect_after_the_hold():
+    rig = Rig()
+    rig.feed(received("u1", host="quiet@h"))  # e.g. worker_enable_remote_control=False
+    wait = rig.settings.sent_hold_seconds + rig.settings.inspect_timeout + INSPECT_WAIT
+    rig.advance(wait - 0.6)
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") is None
+    rig.advance(1.0)
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
+    # with --no-inspect nothing will tell the queue: "unknown" after the hold alone
+    rig = Rig(inspect=False)
+    rig.feed(received("u1", host="quiet@h"))
+    rig.advance(rig.settings.sent_hold_seconds + 0.1)
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
+    # a worker that inspect reports with two queues: "unknown" after the hold too
+    rig = Rig()
+    rig.store.queues.set_worker_queues({"w2@h": ("a", "b")})
+    rig.feed(received("u1", host="w2@h"))
+    rig.advance(rig.settings.sent_hold_seconds + 0.1)
+    assert rig.value("celery_task_received_total", name="app.add", queue_name="unknown") == 1
