@@ -103,13 +103,14 @@ class LabelResolver:
     def _awaits_inspect(self, record: TaskRecord, now: float) -> bool:
         """No task-sent came, and the worker that received the task has not been reported
         by inspect yet: its queues may be known in a moment (see INSPECT_WAIT)."""
-        return (
+        pending = record.pending
+        return bool(
             self._inspect
             and record.queue is None
             and record.worker is not None
             and record.worker not in self._queues.worker_queues
-            and bool(record.pending)
-            and now - record.pending[0][1] < self._inspect_wait
+            and pending
+            and now - pending[0][1] < self._inspect_wait
         )
 
     def _sent_flowing(self, now: float) -> bool:

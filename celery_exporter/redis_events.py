@@ -19,6 +19,7 @@ through kombu's consumer (see receiver.py).
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import importlib
@@ -124,11 +125,12 @@ PING_AFTER = 5.0
 PING_TIMEOUT = 10.0
 
 
-class _Subscription:
+class _Subscription(abc.ABC):
     """What both readers of the subscription share: turning replies into event data,
     counting them, the confirmation of PSUBSCRIBE, and pinging a quiet connection."""
 
     topics: List[str]
+    name: str  # the reader, for celery_exporter_event_reader_info
 
     def __init__(self) -> None:
         self.subscribed = False
@@ -136,15 +138,17 @@ class _Subscription:
         self._ping_sent: Optional[float] = None
         self.replies = 0  # replies read: messages, pongs, confirmations
 
+    @abc.abstractmethod
     def _replies(self, timeout: float) -> List[Any]:
         """The replies that arrive within `timeout` (none when none did)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _ping(self) -> None:
-        raise NotImplementedError
+        """Send PING on the subscription's connection."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the subscription's connection (quietly, if it is already gone)."""
 
     def read_many(self, timeout: float) -> List[bytes]:
         """The data of the event messages that arrived within `timeout`, in order (none when
