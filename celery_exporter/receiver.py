@@ -96,7 +96,9 @@ class Receiver(threading.Thread):
         try:
             connection.connect()
             if redis_events.usable(connection):
-                return self._consume_redis(connection)
+                stream = redis_events.open_stream(connection, self.settings.events_exchange)
+                if stream is not None:
+                    return self._consume_redis(stream)
             return self._consume_kombu(connection)
         finally:
             self.store.exporter.set_connected(False)
@@ -105,9 +107,8 @@ class Receiver(threading.Thread):
             except Exception:  # the connection is already broken; nothing left to close
                 log.debug("error while closing the broker connection", exc_info=True)
 
-    def _consume_redis(self, connection: Connection) -> bool:
+    def _consume_redis(self, stream: redis_events.Stream) -> bool:
         """Redis: read the PUB/SUB subscription directly (redis_events.py)."""
-        stream = redis_events.open_stream(connection, self.settings.events_exchange)
         try:
             early = stream.wait_subscribed(SUBSCRIBE_TIMEOUT)
             self._connected(stream.name)
@@ -164,8 +165,9 @@ class Receiver(threading.Thread):
                 log.debug("swept %d expired label sets", removed)
 
     def _consume_kombu(self, connection: Connection) -> bool:
-        """RabbitMQ (and any transport redis_events cannot read): kombu's consumer on an
-        exclusive, auto-delete queue of our own."""
+        """RabbitMQ (and Redis where redis_events cannot read: sentinel_fanout_compat, or a
+        kombu without the Channel internals it uses): kombu's consumer on an exclusive,
+        auto-delete queue of our own."""
         channel = connection.channel()
         exchange = get_exchange(connection, name=self.settings.events_exchange)
         queue = Queue(

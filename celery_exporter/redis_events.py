@@ -29,7 +29,7 @@ import socket
 import ssl
 import time
 from types import ModuleType
-from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Set, Tuple, Type, Union
 
 from kombu import __version__ as _kombu_version
 from kombu.connection import Connection
@@ -314,27 +314,27 @@ class HiredisEventStream(_Subscription):
 Stream = Union[HiredisEventStream, RedisEventStream]
 
 
-def open_stream(connection: Connection, exchange: str) -> Stream:
-    """The fastest reader that works here: hiredis on the socket, else redis-py's PubSub
-    (hiredis missing, or redis-py's connection without the socket it reads, for example
-    after a redis-py release renamed it: logged once, and the reader in use is a metric)."""
+def open_stream(connection: Connection, exchange: str) -> Optional[Stream]:
+    """The fastest reader that works here: hiredis on the socket; else redis-py's PubSub
+    (hiredis missing, or redis-py's connection without the socket it reads, as after a
+    redis-py release that renamed it); else None, when kombu's Redis Channel lacks what both
+    need (its PUB/SUB client or topic layout): then the caller uses kombu's own consumer.
+    Each fallback is logged once, and the reader in use is a metric."""
     try:
         return HiredisEventStream(connection, exchange)
     except (ImportError, AttributeError, TypeError) as exc:
-        _fallback_logged(exc)
-    return RedisEventStream(connection, exchange)
+        _warn_once("reading Redis events through redis-py's PubSub, not the socket", exc)
+    try:
+        return RedisEventStream(connection, exchange)
+    except (AttributeError, TypeError) as exc:
+        _warn_once("reading Redis events through kombu's consumer (slower)", exc)
+    return None
 
 
-_FALLBACK_LOGGED: List[str] = []
+_WARNED: Set[str] = set()
 
 
-def _fallback_logged(exc: BaseException) -> None:
-    if not _FALLBACK_LOGGED:
-        _FALLBACK_LOGGED.append(str(exc))
-        log.warning(
-            "reading Redis events through redis-py's PubSub, not the socket (%s: %s; redis-py %s, kombu %s)",
-            type(exc).__name__,
-            exc,
-            _redis_version,
-            _kombu_version,
-        )
+def _warn_once(what: str, exc: BaseException) -> None:
+    if what not in _WARNED:
+        _WARNED.add(what)
+        log.warning("%s (%s: %s; redis-py %s, kombu %s)", what, type(exc).__name__, exc, _redis_version, _kombu_version)

@@ -121,21 +121,41 @@ def mismatches(expected: Dict[Tuple[str, frozenset], float], m: Metrics) -> List
     return out
 
 
-# The event reader each run must use: on Redis the socket read with hiredis, and redis-py's
-# PubSub when hiredis cannot be imported (the fallback, shown to count exactly the same).
-READERS = {"redis": "redis-hiredis", "rabbitmq": "kombu", "redis-without-hiredis": "redis-py"}
+# The event reader each run must use: on Redis the socket read with hiredis; redis-py's
+# PubSub when hiredis cannot be imported; kombu's consumer when kombu's Redis Channel lacks
+# the internals both readers use (as after a kombu release that renamed them). Each
+# fallback is shown to count exactly the same.
+READERS = {
+    "redis": "redis-hiredis",
+    "rabbitmq": "kombu",
+    "redis-without-hiredis": "redis-py",
+    "redis-kombu-renamed": "kombu",
+}
+SHIMS = {
+    # a package that shadows hiredis and cannot be imported
+    "redis-without-hiredis": ("hiredis/__init__.py", 'raise ImportError("hiredis hidden by the test")\n'),
+    # sitecustomize runs at the exporter's start: the kombu internals the readers use are gone
+    "redis-kombu-renamed": (
+        "sitecustomize.py",
+        "import celery_exporter.redis_events as r\n\n\n"
+        "def renamed(connection, exchange):\n"
+        "    raise AttributeError(\"'Channel' has no attribute '_get_publish_topic' (hidden by the test)\")\n\n\n"
+        "r._kombu_subscription = renamed\n",
+    ),
+}
 
 
-@pytest.fixture(scope="module", params=[*BROKERS, "redis-without-hiredis"])
+@pytest.fixture(scope="module", params=[*BROKERS, *SHIMS])
 def mixed(request, tmp_path_factory, redis_dbs, truth_db) -> MixedRun:
     factory = RigFactory(tmp_path_factory.mktemp(f"mixed-{request.param}"), redis_dbs, truth_db)
     request.addfinalizer(factory.close)
     env = {}
-    if request.param == "redis-without-hiredis":
-        shim = tmp_path_factory.mktemp("no-hiredis") / "hiredis"
-        shim.mkdir()
-        (shim / "__init__.py").write_text('raise ImportError("hiredis hidden by the test")\n')
-        env["PYTHONPATH"] = str(shim.parent)
+    if request.param in SHIMS:
+        path, text = SHIMS[request.param]
+        shim = tmp_path_factory.mktemp("shim")
+        (shim / path).parent.mkdir(parents=True, exist_ok=True)
+        (shim / path).write_text(text)
+        env["PYTHONPATH"] = str(shim)
     rig = factory(request.param.split("-")[0])
     # fast queue polling, so the queue families are in every scrape the tests check
     exporter = rig.start_exporter("--queue-poll-interval", "1s", "--inspect-interval", "2s", env=env)

@@ -262,7 +262,7 @@ def test_the_reader_falls_back_to_redis_pys_pubsub(monkeypatch, caplog):
     pubsub = FakePubSub()
     # no hiredis
     monkeypatch.setattr(redis_events, "_hiredis", None)
-    monkeypatch.setattr(redis_events, "_FALLBACK_LOGGED", [])
+    monkeypatch.setattr(redis_events, "_WARNED", set())
     stream = redis_events.open_stream(FakeConnection(pubsub), "celeryev")
     assert stream.name == "redis-py" and isinstance(stream, redis_events.RedisEventStream)
     assert stream.wait_subscribed(1.0) == [] and stream.subscribed
@@ -284,7 +284,7 @@ def test_a_changed_redis_py_falls_back_too(monkeypatch, caplog, missing):
     if missing == "_sock":
         conn.connect = lambda: None
         del conn._sock
-    monkeypatch.setattr(redis_events, "_FALLBACK_LOGGED", [])
+    monkeypatch.setattr(redis_events, "_WARNED", set())
     stream = redis_events.open_stream(FakeConnection(pubsub), "celeryev")
     assert stream.name == "redis-py" and stream.wait_subscribed(1.0) == []
     pubsub.replies.append([b"pmessage", b"*", b"/0.celeryev/task.multi", b"data"])
@@ -321,3 +321,19 @@ def test_kombu_53_topics_and_the_global_key_prefix():
     # the redis-py reader leaves the prefix to kombu's PubSub, which adds it itself
     fallback = redis_events.RedisEventStream(connection, "celeryev")
     assert fallback.topics == ["/0.celeryev/*"] and pubsub.replies[-1][1] == b"/0.celeryev/*"
+
+
+def test_a_kombu_without_the_channel_internals_falls_back_to_kombus_consumer(monkeypatch, caplog):
+    """kombu's Redis Channel without its topic layout (as a release that renamed it would
+    be): neither reader can subscribe, open_stream says so, and the receiver then consumes
+    with kombu's own consumer (and says so in the log and celery_exporter_event_reader_info)."""
+
+    class Renamed(FakeChannel):
+        _get_publish_topics = None  # (getattr finds None) and no _get_publish_topic either
+
+    pubsub = FakePubSub()
+    connection = FakeConnection(pubsub)
+    connection.default_channel = Renamed(pubsub)
+    monkeypatch.setattr(redis_events, "_WARNED", set())
+    assert redis_events.open_stream(connection, "celeryev") is None
+    assert "through kombu's consumer" in caplog.text and "kombu 5." in caplog.text
