@@ -8,14 +8,17 @@ cell: successes on two queues, failures, a task retried twice, a countdown, and 
 task killed by its hard time limit. Every task counter by name and queue must equal what the
 tasks recorded, the worker must show up with its release, and once SIGKILLed it must go down.
 
-Known differences between releases, pinned here:
+Known differences between releases and pools, pinned here:
 - a hard time limit: Celery 5.7 sends task-failed twice for the killed task, earlier
   releases once; the exporter counts it once and drops the second as a duplicate.
+- task events in batches: prefork, threads and solo workers send them as task.multi lists,
+  gevent workers one message per event (seen by a subscriber of the test's own).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import shutil
 import signal
 import subprocess
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 import pytest
+import redis
 
 from .rig import WORKER_TIMEOUT, Metrics, wait_for
 
@@ -38,6 +42,42 @@ CELLS = [(release, "prefork") for release in RELEASES] + [(NEWEST, "threads"), (
 Cell = Tuple[str, str]
 
 STATES = ("sent", "received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
+# pools whose workers send task events as task.multi batches: Celery buffers them only when
+# the worker runs kombu's event loop (the hub), which green pools such as gevent do not
+BATCHING = {"prefork", "threads", "solo"}
+
+
+class EventMessages:
+    """Counts, by routing key, the event messages one worker publishes on Redis (a plain
+    redis-py subscriber of the test's own, beside the exporter)."""
+
+    def __init__(self, broker_url: str, hostname: str):
+        db = broker_url.rsplit("/", 1)[1]
+        self._client = redis.Redis.from_url(broker_url)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(f"/{db}.celeryev/*")
+        self._hostname = hostname
+        self.kinds: Dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
+            if not message or message["type"] != "pmessage":
+                continue
+            envelope = json.loads(message["data"])
+            if (envelope.get("headers") or {}).get("hostname") == self._hostname:
+                kind = message["channel"].decode().rsplit("celeryev/", 1)[1]
+                self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def stop(self) -> Dict[str, int]:
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self._client.close()
+        return self.kinds
 
 
 def _environment(release: str, gevent: bool) -> Path:
@@ -111,6 +151,7 @@ def test_a_worker_release_and_pool_counted_exactly(make_rig, environments, cell)
         queues=("celery", "q2"), concurrency=2, extra=("-P", pool), exporter=exporter, celery_bin=celery_bin
     )
     rig.prime(exporter)
+    batches = EventMessages(rig.broker_url, worker.hostname)
 
     for i in range(3):
         rig.send("it.succeed", [i])
@@ -180,6 +221,11 @@ def test_a_worker_release_and_pool_counted_exactly(make_rig, environments, cell)
     assert m.get_value("celery_worker_up", hostname=worker.hostname) == 1
     info = m.label_values("celery_worker_info", "sw_ver", hostname=worker.hostname)
     assert info == {version}, info
+
+    # how the worker sent its task events: prefork, threads and solo batch them (task.multi),
+    # gevent sends each on its own; the exporter counts both alike
+    kinds = batches.stop()
+    assert kinds.get("task.multi", 0) > 0 if pool in BATCHING else kinds.get("task.multi", 0) == 0, kinds
 
     # a worker killed without a goodbye goes down after the worker timeout
     worker.proc.signal_group(signal.SIGKILL)
