@@ -222,6 +222,11 @@ POLL_LAST_SUCCESS = (
     "celery_exporter_queue_poll_last_success_timestamp_seconds",
     "When a queue-length poll last succeeded (exporter clock).",
 )
+POLL_METHOD = (
+    "celery_exporter_queue_poll_method_info",
+    "How queue lengths are read: redis-lists (LLEN of every priority list, in one pipeline), declare "
+    "(a passive queue declare: RabbitMQ, or Redis when kombu's channel lacks what redis-lists reads). Always 1.",
+)
 POLL_ERRORS = (
     "celery_exporter_queue_poll_errors",
     "Failed polls, by reason (broker: queue lengths, inspect: remote control, error: a bug).",

@@ -262,6 +262,8 @@ class CeleryCollector:
         if snap.poll_success is not None and snap.poll_duration is not None:  # both set by every poll
             new(catalogue.POLL_SUCCESS[0], GAUGE, catalogue.POLL_SUCCESS[1]).add((), 1 if snap.poll_success else 0)
             new(catalogue.POLL_DURATION[0], GAUGE, catalogue.POLL_DURATION[1]).add((), snap.poll_duration)
+        if snap.poll_method is not None:
+            new(catalogue.POLL_METHOD[0], GAUGE, catalogue.POLL_METHOD[1], ("method",)).add((snap.poll_method,), 1)
         if snap.poll_last_success is not None:
             new(catalogue.POLL_LAST_SUCCESS[0], GAUGE, catalogue.POLL_LAST_SUCCESS[1]).add((), snap.poll_last_success)
         errors = new(catalogue.POLL_ERRORS[0], COUNTER, catalogue.POLL_ERRORS[1], ("reason",))

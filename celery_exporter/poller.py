@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterable, Optional, Protocol, Sequence, Tuple, cast
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, cast
 
+import kombu
 from celery import Celery
 from celery.app.control import Control
 from kombu.connection import Connection
@@ -45,8 +46,21 @@ def _is_not_found(exc: BaseException) -> bool:
     return code == 404 or str(code) == "404" or "NOT_FOUND" in str(exc)
 
 
+def redis_lists(channel: Any) -> Tuple[Any, List[Any], str]:
+    """What the Redis length poll reads of kombu's Redis Channel: its client (which adds
+    global_keyprefix to every key), its priority steps and the separator of the priority
+    lists' names. Internals of kombu's Channel, checked on kombu 5.3.0 to 5.7.0; missing or
+    of another type, an AttributeError or TypeError (then the poll uses a passive declare)."""
+    client, steps, sep = channel.client, list(channel.priority_steps), channel.sep
+    if not isinstance(sep, str) or not callable(client.pipeline):
+        raise TypeError(f"kombu's Redis channel: sep {type(sep).__name__}, pipeline {type(client.pipeline).__name__}")
+    return client, steps, sep
+
+
 class Backend(Protocol):
     """What the poller threads ask of the broker (KombuBackend; a fake in unit tests)."""
+
+    method: Optional[str]  # how the last queue_depths read the lengths
 
     def queue_depths(self, queues: Iterable[str]) -> Dict[str, QueueDepth]: ...
 
@@ -77,6 +91,8 @@ class KombuBackend:
         self.settings = settings
         self._connection: Optional[Connection] = None
         self._app: Optional[Celery] = None
+        self.method: Optional[str] = None
+        self._fallback_logged = False
 
     def _connect(self) -> Connection:
         """The poller's own connection, made once and kept; an error closes it, and the next
@@ -116,24 +132,41 @@ class KombuBackend:
             connection = self._connect()
             channel = connection.default_channel
             if connection.transport.driver_type == "redis":
-                return self._redis_depths(channel, list(queues))
+                try:
+                    lists = redis_lists(channel)
+                except (AttributeError, TypeError) as exc:
+                    self._fallback(exc)
+                else:
+                    self.method = "redis-lists"
+                    return self._redis_depths(*lists, list(queues))
+            self.method = "declare"
             return self._amqp_depths(connection, list(queues))
         except Exception as exc:
             self.close()
             raise PollError("broker", f"{type(exc).__name__}: {exc}") from exc
 
+    def _fallback(self, exc: BaseException) -> None:
+        if not self._fallback_logged:
+            self._fallback_logged = True
+            log.warning(
+                "reading Redis queue lengths with a passive declare (%s: %s; kombu %s); "
+                "with a global_keyprefix they read 0",
+                type(exc).__name__,
+                exc,
+                kombu.__version__,
+            )
+
     @staticmethod
-    def _redis_depths(channel: Any, queues: Sequence[str]) -> Dict[str, QueueDepth]:  # kombu's Redis Channel
+    def _redis_depths(client: Any, steps: List[Any], sep: str, queues: Sequence[str]) -> Dict[str, QueueDepth]:
         """LLEN of every priority list of every queue, in one pipeline. kombu names the list
         of priority step N `<queue><sep><N>` (step 0 is the bare name), and its client adds
         global_keyprefix to every key. A missing list is an empty queue: LLEN answers 0.
-        (kombu's passive queue_declare is not used: with global_keyprefix it answers 404 for
-        queues that exist, because its EXISTS check is not prefixed.)"""
-        steps = list(channel.priority_steps)
-        with channel.client.pipeline() as pipe:
+        (kombu's passive queue_declare is only the fallback: with global_keyprefix it answers
+        404 for queues that exist, because its EXISTS check is not prefixed.)"""
+        with client.pipeline() as pipe:
             for queue in queues:
                 for step in steps:
-                    pipe.llen(f"{queue}{channel.sep}{step}" if step else queue)
+                    pipe.llen(f"{queue}{sep}{step}" if step else queue)
             sizes = pipe.execute()
         depths: Dict[str, QueueDepth] = {}
         for i, queue in enumerate(queues):
@@ -254,7 +287,7 @@ class QueuePoller(_BrokerPoller):
             self.store.queues.poll_failed(time.monotonic() - started)
             self.failed(exc.reason, str(exc))
             return
-        self.store.queues.poll_succeeded(depths, time.monotonic() - started, self.clock.now())
+        self.store.queues.poll_succeeded(depths, time.monotonic() - started, self.clock.now(), self.backend.method)
         self.succeeded()
 
 

@@ -31,6 +31,7 @@ class QueueSnapshot:
     poll_duration: Optional[float]
     poll_last_success: Optional[float]
     poll_errors: Dict[str, int]
+    poll_method: Optional[str]  # how the last successful poll read the lengths
 
 
 POLL_ERROR_REASONS = ("broker", "inspect", "error")
@@ -44,6 +45,7 @@ class QueueStore:
         self._poll_success: Optional[bool] = None
         self._poll_duration: Optional[float] = None
         self._poll_last_success: Optional[float] = None
+        self._poll_method: Optional[str] = None
         self._poll_errors: Dict[str, int] = dict.fromkeys(POLL_ERROR_REASONS, 0)
         # worker hostname -> queue names it consumes; swapped whole (see the module doc)
         self._worker_queues: Mapping[str, Tuple[str, ...]] = MappingProxyType({})
@@ -55,8 +57,12 @@ class QueueStore:
 
     # -- writers (take the lock) --------------------------------------------------------
 
-    def poll_succeeded(self, depths: Mapping[str, Tuple[int, Optional[int]]], duration: float, now: float) -> None:
+    def poll_succeeded(
+        self, depths: Mapping[str, Tuple[int, Optional[int]]], duration: float, now: float, method: Optional[str] = None
+    ) -> None:
         with self._lock:
+            if method is not None:
+                self._poll_method = method
             # queues no longer polled disappear with this poll
             self._depths = {queue: QueueDepth(*depth) for queue, depth in depths.items()}
             self._poll_success = True
@@ -115,6 +121,7 @@ class QueueStore:
             poll_duration=self._poll_duration,
             poll_last_success=self._poll_last_success,
             poll_errors=dict(self._poll_errors),
+            poll_method=self._poll_method,
         )
 
     def _capacity(self, up_hosts: Set[str]) -> Dict[str, QueueCapacity]:

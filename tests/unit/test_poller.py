@@ -2,6 +2,8 @@
 
 import threading
 
+import pytest
+
 from celery_exporter.poller import Inspector, PollError, QueuePoller
 from celery_exporter.runtime import Exporter
 
@@ -10,6 +12,7 @@ from .conftest import Rig, heartbeat, received, sent
 
 class FakeBackend:
     def __init__(self):
+        self.method = "redis-lists"
         self.depths = {}
         self.fail = None
         self.inspect_reply = ({}, {})
@@ -183,3 +186,94 @@ def test_a_worker_that_inspect_missed_is_inspected_again_soon():
             inspector.poll_once()  # still only w1 answers
     gaps = [b - a for a, b in zip(polls, polls[1:])]
     assert polls[0] <= 5 and gaps == sorted(gaps) and gaps[-1] == 30, polls
+
+
+class FakePipeline:
+    def __init__(self, lists):
+        self.lists, self.asked = lists, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def llen(self, key):
+        self.asked.append(key)
+
+    def execute(self):
+        return [self.lists.get(key, 0) for key in self.asked]
+
+
+class FakeClient:
+    def __init__(self, lists):
+        self.lists = lists
+
+    def pipeline(self):
+        return FakePipeline(self.lists)
+
+
+class NotFound(Exception):
+    code = 404
+
+
+class FakeRedisChannel:
+    """kombu's Redis Channel as the length poll reads it, and its passive declare."""
+
+    def __init__(self, lists):
+        self.client = FakeClient(lists)
+        self.priority_steps = [0, 3]
+        self.sep = "\x06\x16"
+        self.lists = lists
+
+    def queue_declare(self, queue, passive):
+        assert passive
+        names = [queue, f"{queue}\x06\x163"]
+        if not any(name in self.lists for name in names):
+            raise NotFound(f"NOT_FOUND - no queue {queue!r}")
+        return queue, sum(self.lists.get(name, 0) for name in names), 0
+
+    def close(self):
+        pass
+
+
+class FakeRedisConnection:
+    channel_errors = (NotFound,)
+
+    def __init__(self, channel):
+        self.default_channel = channel
+        self.transport = type("Transport", (), {"driver_type": "redis"})()
+
+    def channel(self):
+        return self.default_channel
+
+
+@pytest.mark.parametrize("missing", [None, "client", "priority_steps", "sep"])
+def test_redis_lengths_fall_back_to_a_passive_declare_without_kombus_internals(missing, caplog):
+    from celery_exporter.poller import KombuBackend
+
+    lists = {"a": 5, "a\x06\x163": 2, "b": 1}
+    channel = FakeRedisChannel(lists)
+    if missing == "sep":
+        channel.sep = None  # another type: a TypeError
+    elif missing is not None:
+        delattr(channel, missing)  # gone: an AttributeError
+    backend = KombuBackend(Rig().settings)
+    backend._connection = FakeRedisConnection(channel)  # (no broker: the connection is given)
+    depths = backend.queue_depths(["a", "b", "none"])
+    assert {q: d.messages for q, d in depths.items()} == {"a": 7, "b": 1, "none": 0}
+    assert backend.method == ("redis-lists" if missing is None else "declare")
+    warned = "reading Redis queue lengths with a passive declare" in caplog.text
+    assert warned == (missing is not None)
+    backend.queue_depths(["a"])
+    assert caplog.text.count("passive declare") == (0 if missing is None else 1)  # logged once
+
+
+def test_the_poll_method_is_a_self_metric():
+    rig, backend, poller, inspector = make(queues=("q",))
+    poller.poll_once()
+    assert rig.value("celery_exporter_queue_poll_method_info", method="redis-lists") == 1
+    backend.method = "declare"
+    poller.poll_once()
+    assert rig.value("celery_exporter_queue_poll_method_info", method="declare") == 1
+    assert rig.value("celery_exporter_queue_poll_method_info", method="redis-lists") is None
