@@ -24,6 +24,7 @@ from celery.app.control import Control
 from kombu.connection import Connection
 from kombu.pidbox import Mailbox
 
+from celery_exporter import internals
 from celery_exporter.clock import Clock
 from celery_exporter.periodic import Periodic
 from celery_exporter.settings import Settings
@@ -44,17 +45,6 @@ class PollError(Exception):
 def _is_not_found(exc: BaseException) -> bool:
     code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
     return code == 404 or str(code) == "404" or "NOT_FOUND" in str(exc)
-
-
-def redis_lists(channel: Any) -> Tuple[Any, List[Any], str]:
-    """What the Redis length poll reads of kombu's Redis Channel: its client (which adds
-    global_keyprefix to every key), its priority steps and the separator of the priority
-    lists' names. Internals of kombu's Channel, checked on kombu 5.3.0 to 5.7.0; missing or
-    of another type, an AttributeError or TypeError (then the poll uses a passive declare)."""
-    client, steps, sep = channel.client, list(channel.priority_steps), channel.sep
-    if not isinstance(sep, str) or not callable(client.pipeline):
-        raise TypeError(f"kombu's Redis channel: sep {type(sep).__name__}, pipeline {type(client.pipeline).__name__}")
-    return client, steps, sep
 
 
 class Backend(Protocol):
@@ -133,7 +123,7 @@ class KombuBackend:
             channel = connection.default_channel
             if connection.transport.driver_type == "redis":
                 try:
-                    lists = redis_lists(channel)
+                    lists = internals.redis_lists(channel)
                 except (AttributeError, TypeError) as exc:
                     self._fallback(exc)
                 else:

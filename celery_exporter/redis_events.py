@@ -29,7 +29,7 @@ import socket
 import ssl
 import time
 from types import ModuleType
-from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Set, Type, Union
 
 from kombu import __version__ as _kombu_version
 from kombu.connection import Connection
@@ -37,6 +37,8 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
 from kombu.serialization import prepare_accept_content
 from redis import __version__ as _redis_version
+
+from celery_exporter import internals
 
 
 def _import_hiredis() -> Optional[ModuleType]:
@@ -82,9 +84,7 @@ def usable(connection: Connection) -> bool:
     """Whether the lean reader can stand in for kombu's consumer on this connection."""
     if connection.transport.driver_type != "redis":
         return False
-    channel = connection.default_channel
-    compat = getattr(channel, "_fanout_compat_active", None)
-    return not (callable(compat) and compat())
+    return not internals.fanout_compat_active(connection.default_channel)
 
 
 def accepted(accept: Iterable[str]) -> FrozenSet[str]:
@@ -194,21 +194,6 @@ class _Subscription(abc.ABC):
         return early
 
 
-def _kombu_subscription(connection: Connection, exchange: str) -> Tuple[Any, List[str]]:
-    """kombu's PUB/SUB client for the connection and the patterns to subscribe to: what
-    kombu would subscribe to for a queue bound to `exchange` with routing key '#' (kombu
-    turns '#' into the pattern '*'). Internals of kombu's Redis Channel: `subclient` and
-    `_get_publish_topic` (kombu 5.3.0 to 5.7.0), and `_get_publish_topics`, every topic a
-    fanout message goes to (kombu 5.7; without it, the one topic)."""
-    channel: Any = connection.default_channel
-    # The pubsub client first: creating kombu's pool fills in the {db} of the fanout prefix.
-    pubsub = channel.subclient
-    topics_of = getattr(channel, "_get_publish_topics", None)
-    if topics_of is not None:
-        return pubsub, list(topics_of(exchange, "*"))
-    return pubsub, [channel._get_publish_topic(exchange, "*")]
-
-
 class RedisEventStream(_Subscription):
     """The subscription read through redis-py's PubSub, one reply per call: the reader
     when hiredis is not installed or the socket cannot be read directly."""
@@ -217,7 +202,7 @@ class RedisEventStream(_Subscription):
 
     def __init__(self, connection: Connection, exchange: str):
         super().__init__()
-        self.pubsub, self.topics = _kombu_subscription(connection, exchange)
+        self.pubsub, self.topics = internals.redis_subscription(connection, exchange)
         self.pubsub.psubscribe(*self.topics)
 
     def _replies(self, timeout: float) -> List[Any]:
@@ -254,16 +239,11 @@ class HiredisEventStream(_Subscription):
         super().__init__()
         if _hiredis is None:
             raise ImportError("hiredis is not installed")
-        pubsub, self.topics = _kombu_subscription(connection, exchange)
-        # a connection of kombu's pool of its own, outside the pool's bookkeeping
-        self._conn = pubsub.connection_pool.make_connection()
+        pubsub, self.topics = internals.redis_subscription(connection, exchange)
+        self._conn = internals.redis_connection(pubsub)
         try:
             self._conn.connect()
-            # redis-py's socket: an internal of its Connection (`_sock`, redis-py 4.5 to 8.2)
-            sock = self._conn._sock
-            if not isinstance(sock, socket.socket):
-                raise TypeError(f"redis-py's connection has no socket to read ({type(sock).__name__})")
-            self._sock: socket.socket = sock
+            self._sock: socket.socket = internals.redis_socket(self._conn)
             self._reader = _hiredis.Reader()
             self._protocol_error: Type[Exception] = _hiredis.ProtocolError
             self._buffer = bytearray(READ_SIZE)

@@ -137,10 +137,10 @@ SHIMS = {
     # sitecustomize runs at the exporter's start: the kombu internals the readers use are gone
     "redis-kombu-renamed": (
         "sitecustomize.py",
-        "import celery_exporter.redis_events as r\n\n\n"
+        "import celery_exporter.internals as internals\n\n\n"
         "def renamed(connection, exchange):\n"
         "    raise AttributeError(\"'Channel' has no attribute '_get_publish_topic' (hidden by the test)\")\n\n\n"
-        "r._kombu_subscription = renamed\n",
+        "internals.redis_subscription = renamed\n",
     ),
 }
 

@@ -1,0 +1,71 @@
+"""Every use of kombu's and redis-py's internals, in one place.
+
+The exporter's fast paths read a few attributes that neither library documents. Each is
+read here, with the releases it was checked on. A release that renames or changes one
+makes these functions raise AttributeError or TypeError; their callers then take the slower
+documented path (logged once, and named in a self-metric):
+
+- kombu Redis `Channel._fanout_compat_active`: whether kombu de-duplicates a double
+  publish (read with getattr: absent means off);
+- kombu Redis `Channel.subclient`, `_get_publish_topic(s)`: the PUB/SUB client and the event
+  topics (fallback: kombu's consumer);
+- redis-py `ConnectionPool.make_connection`, `Connection._sock`: the socket the hiredis
+  reader reads (fallback: redis-py's PubSub);
+- kombu Redis `Channel.client`, `priority_steps`, `sep`: queue lengths, LLEN of every
+  priority list (fallback: a passive queue declare).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, List, Tuple
+
+from kombu.connection import Connection
+
+
+def fanout_compat_active(channel: Any) -> bool:
+    """Whether kombu's Redis channel publishes fanout messages twice and de-duplicates them
+    (`sentinel_fanout_compat`, kombu 5.7): only kombu's consumer is exact then."""
+    compat = getattr(channel, "_fanout_compat_active", None)
+    return bool(callable(compat) and compat())
+
+
+def redis_subscription(connection: Connection, exchange: str) -> Tuple[Any, List[str]]:
+    """kombu's PUB/SUB client for the connection and the patterns to subscribe to: what
+    kombu would subscribe to for a queue bound to `exchange` with routing key '#' (kombu
+    turns '#' into the pattern '*'). kombu's Redis Channel: `subclient` and
+    `_get_publish_topic` (kombu 5.3.0 to 5.7.0), and `_get_publish_topics`, every topic a
+    fanout message goes to (kombu 5.7; without it, the one topic)."""
+    channel: Any = connection.default_channel
+    # The pubsub client first: creating kombu's pool fills in the {db} of the fanout prefix.
+    pubsub = channel.subclient
+    topics_of = getattr(channel, "_get_publish_topics", None)
+    if topics_of is not None:
+        return pubsub, list(topics_of(exchange, "*"))
+    return pubsub, [channel._get_publish_topic(exchange, "*")]
+
+
+def redis_connection(pubsub: Any) -> Any:
+    """A connection of kombu's pool for `pubsub`, of our own (outside the pool's
+    bookkeeping), not yet connected: redis-py's `ConnectionPool.make_connection`
+    (redis-py 4.5.2 to 8.2.0)."""
+    return pubsub.connection_pool.make_connection()
+
+
+def redis_socket(conn: Any) -> socket.socket:
+    """The socket of a connected redis-py Connection: `Connection._sock` (redis-py 4.5.2 to
+    8.2.0; an SSL socket with TLS)."""
+    sock = conn._sock
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"redis-py's connection has no socket to read ({type(sock).__name__})")
+    return sock
+
+
+def redis_lists(channel: Any) -> Tuple[Any, List[Any], str]:
+    """What the Redis length poll reads of kombu's Redis Channel: its client (which adds
+    global_keyprefix to every key), its priority steps and the separator of the priority
+    lists' names (kombu 5.3.0 to 5.7.0)."""
+    client, steps, sep = channel.client, list(channel.priority_steps), channel.sep
+    if not isinstance(sep, str) or not callable(client.pipeline):
+        raise TypeError(f"kombu's Redis channel: sep {type(sep).__name__}, pipeline {type(client.pipeline).__name__}")
+    return client, steps, sep
