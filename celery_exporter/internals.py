@@ -17,10 +17,24 @@ documented path (logged once, and named in a self-metric):
 
 from __future__ import annotations
 
+import logging
 import socket
-from typing import Any, List, Tuple
+from typing import Any, List, Set, Tuple
 
+from kombu import __version__ as kombu_version
 from kombu.connection import Connection
+from redis import __version__ as redis_version
+
+log = logging.getLogger(__name__)
+_WARNED: Set[str] = set()
+
+
+def fell_back(what: str, exc: BaseException) -> None:
+    """Log a fallback from one of these internals once per process and kind, with the
+    versions that lack it (what an operator reports)."""
+    if what not in _WARNED:
+        _WARNED.add(what)
+        log.warning("%s (%s: %s; redis-py %s, kombu %s)", what, type(exc).__name__, exc, redis_version, kombu_version)
 
 
 def fanout_compat_active(channel: Any) -> bool:

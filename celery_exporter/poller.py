@@ -18,7 +18,6 @@ import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, cast
 
-import kombu
 from celery import Celery
 from celery.app.control import Control
 from kombu.connection import Connection
@@ -82,7 +81,6 @@ class KombuBackend:
         self._connection: Optional[Connection] = None
         self._app: Optional[Celery] = None
         self.method: Optional[str] = None
-        self._fallback_logged = False
 
     def _connect(self) -> Connection:
         """The poller's own connection, made once and kept; an error closes it, and the next
@@ -125,7 +123,9 @@ class KombuBackend:
                 try:
                     lists = internals.redis_lists(channel)
                 except (AttributeError, TypeError) as exc:
-                    self._fallback(exc)
+                    internals.fell_back(
+                        "reading Redis queue lengths with a passive declare; with a global_keyprefix they read 0", exc
+                    )
                 else:
                     self.method = "redis-lists"
                     return self._redis_depths(*lists, list(queues))
@@ -134,17 +134,6 @@ class KombuBackend:
         except Exception as exc:
             self.close()
             raise PollError("broker", f"{type(exc).__name__}: {exc}") from exc
-
-    def _fallback(self, exc: BaseException) -> None:
-        if not self._fallback_logged:
-            self._fallback_logged = True
-            log.warning(
-                "reading Redis queue lengths with a passive declare (%s: %s; kombu %s); "
-                "with a global_keyprefix they read 0",
-                type(exc).__name__,
-                exc,
-                kombu.__version__,
-            )
 
     @staticmethod
     def _redis_depths(client: Any, steps: List[Any], sep: str, queues: Sequence[str]) -> Dict[str, QueueDepth]:

@@ -107,7 +107,7 @@ class Receiver(threading.Thread):
             except Exception:  # the connection is already broken; nothing left to close
                 log.debug("error while closing the broker connection", exc_info=True)
 
-    def _consume_redis(self, stream: redis_events.Stream) -> bool:
+    def _consume_redis(self, stream: redis_events.Subscription) -> bool:
         """Redis: read the PUB/SUB subscription directly (redis_events.py)."""
         try:
             early = stream.wait_subscribed(SUBSCRIBE_TIMEOUT)

@@ -29,14 +29,12 @@ import socket
 import ssl
 import time
 from types import ModuleType
-from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Set, Type, Union
+from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Type, Union
 
-from kombu import __version__ as _kombu_version
 from kombu.connection import Connection
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
 from kombu.serialization import prepare_accept_content
-from redis import __version__ as _redis_version
 
 from celery_exporter import internals
 
@@ -125,7 +123,7 @@ PING_AFTER = 5.0
 PING_TIMEOUT = 10.0
 
 
-class _Subscription(abc.ABC):
+class Subscription(abc.ABC):
     """What both readers of the subscription share: turning replies into event data,
     counting them, the confirmation of PSUBSCRIBE, and pinging a quiet connection."""
 
@@ -194,7 +192,7 @@ class _Subscription(abc.ABC):
         return early
 
 
-class RedisEventStream(_Subscription):
+class RedisEventStream(Subscription):
     """The subscription read through redis-py's PubSub, one reply per call: the reader
     when hiredis is not installed or the socket cannot be read directly."""
 
@@ -222,7 +220,7 @@ class RedisEventStream(_Subscription):
 READ_SIZE = 65536  # bytes per recv: under load one read brings dozens of messages
 
 
-class HiredisEventStream(_Subscription):
+class HiredisEventStream(Subscription):
     """The subscription read straight from the connection's socket into a hiredis Reader:
     one `recv` and one parse for every message that has arrived, instead of redis-py's
     per-reply layers (retry wrapper, a readiness poll, the parser object) for each.
@@ -291,10 +289,7 @@ class HiredisEventStream(_Subscription):
             pass
 
 
-Stream = Union[HiredisEventStream, RedisEventStream]
-
-
-def open_stream(connection: Connection, exchange: str) -> Optional[Stream]:
+def open_stream(connection: Connection, exchange: str) -> Optional[Subscription]:
     """The fastest reader that works here: hiredis on the socket; else redis-py's PubSub
     (hiredis missing, or redis-py's connection without the socket it reads, as after a
     redis-py release that renamed it); else None, when kombu's Redis Channel lacks what both
@@ -303,18 +298,9 @@ def open_stream(connection: Connection, exchange: str) -> Optional[Stream]:
     try:
         return HiredisEventStream(connection, exchange)
     except (ImportError, AttributeError, TypeError) as exc:
-        _warn_once("reading Redis events through redis-py's PubSub, not the socket", exc)
+        internals.fell_back("reading Redis events through redis-py's PubSub, not the socket", exc)
     try:
         return RedisEventStream(connection, exchange)
     except (AttributeError, TypeError) as exc:
-        _warn_once("reading Redis events through kombu's consumer (slower)", exc)
+        internals.fell_back("reading Redis events through kombu's consumer (slower)", exc)
     return None
-
-
-_WARNED: Set[str] = set()
-
-
-def _warn_once(what: str, exc: BaseException) -> None:
-    if what not in _WARNED:
-        _WARNED.add(what)
-        log.warning("%s (%s: %s; redis-py %s, kombu %s)", what, type(exc).__name__, exc, _redis_version, _kombu_version)

@@ -249,8 +249,11 @@ class FakeRedisConnection:
 
 
 @pytest.mark.parametrize("missing", [None, "client", "priority_steps", "sep"])
-def test_redis_lengths_fall_back_to_a_passive_declare_without_kombus_internals(missing, caplog):
+def test_redis_lengths_fall_back_to_a_passive_declare_without_kombus_internals(missing, caplog, monkeypatch):
+    from celery_exporter import internals
     from celery_exporter.poller import KombuBackend
+
+    monkeypatch.setattr(internals, "_WARNED", set())
 
     lists = {"a": 5, "a\x06\x163": 2, "b": 1}
     channel = FakeRedisChannel(lists)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from celery_exporter import redis_events
+from celery_exporter import internals, redis_events
 from celery_exporter.redis_events import UndecodableMessage, decode
 
 
@@ -262,7 +262,7 @@ def test_the_reader_falls_back_to_redis_pys_pubsub(monkeypatch, caplog):
     pubsub = FakePubSub()
     # no hiredis
     monkeypatch.setattr(redis_events, "_hiredis", None)
-    monkeypatch.setattr(redis_events, "_WARNED", set())
+    monkeypatch.setattr(internals, "_WARNED", set())
     stream = redis_events.open_stream(FakeConnection(pubsub), "celeryev")
     assert stream.name == "redis-py" and isinstance(stream, redis_events.RedisEventStream)
     assert stream.wait_subscribed(1.0) == [] and stream.subscribed
@@ -284,7 +284,7 @@ def test_a_changed_redis_py_falls_back_too(monkeypatch, caplog, missing):
     if missing == "_sock":
         conn.connect = lambda: None
         del conn._sock
-    monkeypatch.setattr(redis_events, "_WARNED", set())
+    monkeypatch.setattr(internals, "_WARNED", set())
     stream = redis_events.open_stream(FakeConnection(pubsub), "celeryev")
     assert stream.name == "redis-py" and stream.wait_subscribed(1.0) == []
     pubsub.replies.append([b"pmessage", b"*", b"/0.celeryev/task.multi", b"data"])
@@ -334,6 +334,6 @@ def test_a_kombu_without_the_channel_internals_falls_back_to_kombus_consumer(mon
     pubsub = FakePubSub()
     connection = FakeConnection(pubsub)
     connection.default_channel = Renamed(pubsub)
-    monkeypatch.setattr(redis_events, "_WARNED", set())
+    monkeypatch.setattr(internals, "_WARNED", set())
     assert redis_events.open_stream(connection, "celeryev") is None
     assert "through kombu's consumer" in caplog.text and "kombu 5." in caplog.text
