@@ -7,8 +7,14 @@ same datasource and job variables, the same panel shapes). After a change, run
 when the JSON and this script disagree. Standard library only.
 
 Every panel reads the datasource from the `datasource` variable (no datasource UID of
-anyone's Grafana is in the files) and filters by the `job` variable, so several exporters
-(one per Celery cluster) can share a Prometheus.
+anyone's Grafana is in the files) and filters by the `cluster`, `namespace` and `job`
+variables (in the monitoring-mixin order), so several exporters, clusters and namespaces can
+share a Prometheus. Where a label does not exist, its variable matches everything (".*").
+
+Replicas: two exporters watching one broker export identical series that differ only in
+`instance` and `pod`. Every query takes `max without (instance, pod)` of a series (or of its
+rate) before it sums, so one or two replicas give the same numbers. Quantiles and means of
+histograms need no such step: doubling every bucket, sum and count changes neither.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
-JOB = 'job=~"$job"'
+JOB = 'cluster=~"$cluster", namespace=~"$namespace", job=~"$job"'
 TASK = f'{JOB}, name=~"$name", queue_name=~"$queue"'
 WORKER = f'{JOB}, hostname=~"$hostname"'
 RATE = "$__rate_interval"
@@ -71,6 +77,11 @@ class Layout:
     def _id(self) -> int:
         self.next_id += 1
         return self.next_id - 1
+
+
+def one(expr: str) -> str:
+    """The series of several exporter replicas as one: they differ only in instance and pod."""
+    return f"max without (instance, pod) ({expr})"
 
 
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> dict:
@@ -190,8 +201,13 @@ def variables(*extra: dict) -> dict:
         "current": {},
         "options": [],
     }
-    job = variable_query("job", "Job", "celery_exporter_build_info", "job")
-    return {"list": [datasource, job, *extra]}
+    # the monitoring-mixin order: datasource, cluster, namespace, job; each narrows the next
+    cluster = variable_query("cluster", "Cluster", "celery_exporter_build_info", "cluster")
+    namespace = variable_query("namespace", "Namespace", 'celery_exporter_build_info{cluster=~"$cluster"}', "namespace")
+    job = variable_query(
+        "job", "Job", 'celery_exporter_build_info{cluster=~"$cluster", namespace=~"$namespace"}', "job"
+    )
+    return {"list": [datasource, cluster, namespace, job, *extra]}
 
 
 def dashboard(uid: str, title: str, description: str, layout: Layout, templating: dict, links: bool = True) -> dict:
@@ -248,7 +264,7 @@ def state_rates(selector: str, by: str = "") -> List[dict]:
     legend_prefix = f"{{{{{by}}}}} " if by else ""
     return targets(
         *[
-            (f"sum{group} (rate(celery_task_{state}_total{{{selector}}}[{RATE}]))", f"{legend_prefix}{state}")
+            (f"sum{group} ({one(f'rate(celery_task_{state}_total{{{selector}}}[{RATE}])')})", f"{legend_prefix}{state}")
             for state in ("received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
         ]
     )
@@ -256,8 +272,8 @@ def state_rates(selector: str, by: str = "") -> List[dict]:
 
 def failure_ratio(selector: str, by: str = "") -> str:
     group = f" by ({by})" if by else ""
-    failed = f"sum{group} (rate(celery_task_failed_total{{{selector}}}[{RATE}]))"
-    succeeded = f"sum{group} (rate(celery_task_succeeded_total{{{selector}}}[{RATE}]))"
+    failed = f"sum{group} ({one(f'rate(celery_task_failed_total{{{selector}}}[{RATE}])')})"
+    succeeded = f"sum{group} ({one(f'rate(celery_task_succeeded_total{{{selector}}}[{RATE}])')})"
     return f"{failed} / ({succeeded} + {failed})"
 
 
@@ -305,7 +321,7 @@ def overview() -> dict:
         stat(
             "Tasks running",
             "Tasks started and not yet ended (from task events), on workers that are not down.",
-            f"sum(celery_task_running{{{JOB}}})",
+            f"sum({one(f'celery_task_running{{{JOB}}}')})",
         ),
         8,
         4,
@@ -315,7 +331,7 @@ def overview() -> dict:
             "Interrupted (last 1h)",
             "Tasks that were running on a worker when it was lost (SIGKILL, OOM, lost node). "
             "Without acks_late such a task is gone for good; with it, the broker delivers it again.",
-            f"round(sum(increase(celery_task_interrupted_total{{{JOB}}}[1h])))",
+            f"round(sum({one(f'increase(celery_task_interrupted_total{{{JOB}}}[1h])')}))",
             thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
         ),
         8,
@@ -326,7 +342,7 @@ def overview() -> dict:
             "Redelivered (last 1h)",
             "Tasks a worker received again under a task id it had already received: broker "
             "redeliveries (acks_late after a lost worker, Redis' visibility timeout, a requeue).",
-            f"round(sum(increase(celery_task_redelivered_total{{{JOB}}}[1h])))",
+            f"round(sum({one(f'increase(celery_task_redelivered_total{{{JOB}}}[1h])')}))",
             thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 1}],
         ),
         8,
@@ -356,8 +372,8 @@ def overview() -> dict:
             "The ten task names that finish most often (succeeded + failed).",
             [
                 target(
-                    f"topk(10, sum by (name) (rate(celery_task_succeeded_total{{{JOB}}}[{RATE}])) "
-                    f"+ sum by (name) (rate(celery_task_failed_total{{{JOB}}}[{RATE}])))",
+                    f"topk(10, sum by (name) ({one(f'rate(celery_task_succeeded_total{{{JOB}}}[{RATE}])')}) "
+                    f"+ sum by (name) ({one(f'rate(celery_task_failed_total{{{JOB}}}[{RATE}])')}))",
                     "{{name}}",
                 )
             ],
@@ -370,7 +386,7 @@ def overview() -> dict:
         stat(
             "Workers up",
             "Workers whose last heartbeat is younger than the exporter's --worker-timeout.",
-            f"sum(celery_worker_up{{{JOB}}})",
+            f"sum({one(f'celery_worker_up{{{JOB}}}')})",
             thresholds=RED_BELOW_1,
         ),
         4,
@@ -381,7 +397,7 @@ def overview() -> dict:
             "Workers lost",
             "Workers that stopped heartbeating without a warm shutdown (killed, OOM, lost "
             "node). They leave after --worker-timeout plus --worker-ttl.",
-            f"count(celery_worker_up{{{JOB}}} == 0) or vector(0)",
+            f"count({one(f'celery_worker_up{{{JOB}}}')} == 0) or vector(0)",
             thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
         ),
         4,
@@ -392,7 +408,7 @@ def overview() -> dict:
             "Tasks active (heartbeats)",
             "Tasks the workers' pools are executing, from their last heartbeats (sampled every "
             "heartbeat; Tasks running above counts from task events).",
-            f"sum(celery_worker_tasks_active{{{JOB}}})",
+            f"sum({one(f'celery_worker_tasks_active{{{JOB}}}')})",
         ),
         4,
         6,
@@ -402,8 +418,8 @@ def overview() -> dict:
             "Workers up over time",
             "Workers up (1 each) and lost (0 each).",
             targets(
-                (f"sum(celery_worker_up{{{JOB}}})", "up"),
-                (f"count(celery_worker_up{{{JOB}}} == 0) or vector(0)", "lost"),
+                (f"sum({one(f'celery_worker_up{{{JOB}}}')})", "up"),
+                (f"count({one(f'celery_worker_up{{{JOB}}}')} == 0) or vector(0)", "lost"),
             ),
         ),
         12,
@@ -468,7 +484,7 @@ def overview() -> dict:
         timeseries(
             "Events received",
             "Celery events per second, by type.",
-            [target(f"sum by (type) (rate(celery_exporter_events_total{{{JOB}}}[{RATE}]))", "{{type}}")],
+            [target(f"sum by (type) ({one(f'rate(celery_exporter_events_total{{{JOB}}}[{RATE}])')})", "{{type}}")],
             unit="ops",
         ),
         8,
@@ -478,7 +494,12 @@ def overview() -> dict:
         timeseries(
             "Events dropped",
             "Events not turned into metrics, by reason (see the README).",
-            [target(f"sum by (reason) (rate(celery_exporter_events_dropped_total{{{JOB}}}[{RATE}]))", "{{reason}}")],
+            [
+                target(
+                    f"sum by (reason) ({one(f'rate(celery_exporter_events_dropped_total{{{JOB}}}[{RATE}])')})",
+                    "{{reason}}",
+                )
+            ],
             unit="ops",
         ),
         8,
@@ -489,7 +510,7 @@ def overview() -> dict:
             "Label sets in memory",
             "Series the exporter holds, by kind; they expire after "
             "--series-ttl / --worker-ttl and are capped by --max-series.",
-            [target(f"sum by (kind) (celery_exporter_series{{{JOB}}})", "{{kind}}")],
+            [target(f"sum by (kind) ({one(f'celery_exporter_series{{{JOB}}}')})", "{{kind}}")],
         ),
         8,
         6,
@@ -498,7 +519,7 @@ def overview() -> dict:
         timeseries(
             "Broker reconnects",
             "Broker outages seen by the event receiver.",
-            [target(f"sum(increase(celery_exporter_broker_reconnects_total{{{JOB}}}[{RATE}]))", "outages")],
+            [target(f"sum({one(f'increase(celery_exporter_broker_reconnects_total{{{JOB}}}[{RATE}])')})", "outages")],
         ),
         8,
         6,
@@ -549,7 +570,7 @@ def tasks() -> dict:
             "Successes per second, per task name and queue.",
             [
                 target(
-                    f"sum by (name, queue_name) (rate(celery_task_succeeded_total{{{TASK}}}[{RATE}]))",
+                    f"sum by (name, queue_name) ({one(f'rate(celery_task_succeeded_total{{{TASK}}}[{RATE}])')})",
                     "{{name}} ({{queue_name}})",
                 )
             ],
@@ -563,7 +584,7 @@ def tasks() -> dict:
             "Failures per second, per task name and queue.",
             [
                 target(
-                    f"sum by (name, queue_name) (rate(celery_task_failed_total{{{TASK}}}[{RATE}]))",
+                    f"sum by (name, queue_name) ({one(f'rate(celery_task_failed_total{{{TASK}}}[{RATE}])')})",
                     "{{name}} ({{queue_name}})",
                 )
             ],
@@ -577,7 +598,7 @@ def tasks() -> dict:
             "Running tasks",
             "Tasks started and not yet ended (succeeded, failed, retried, rejected, revoked), "
             "per task name, on workers that are not down; from task events.",
-            [target(f"sum by (name) (celery_task_running{{{TASK}}})", "{{name}}")],
+            [target(f"sum by (name) ({one(f'celery_task_running{{{TASK}}}')})", "{{name}}")],
         ),
         8,
     )
@@ -604,11 +625,11 @@ def tasks() -> dict:
             "under the same task id (acks_late after a lost worker, visibility timeout, requeue).",
             targets(
                 (
-                    f"sum by (name) (increase(celery_task_interrupted_total{{{TASK}}}[{RATE}]))",
+                    f"sum by (name) ({one(f'increase(celery_task_interrupted_total{{{TASK}}}[{RATE}])')})",
                     "{{name}} interrupted",
                 ),
                 (
-                    f"sum by (name) (increase(celery_task_redelivered_total{{{TASK}}}[{RATE}]))",
+                    f"sum by (name) ({one(f'increase(celery_task_redelivered_total{{{TASK}}}[{RATE}])')})",
                     "{{name}} redelivered",
                 ),
             ),
@@ -641,7 +662,7 @@ def tasks() -> dict:
             "Failed and retried attempts per second, by task name and exception class.",
             [
                 target(
-                    f"sum by (name, exception) (rate(celery_task_exceptions_total{{{TASK}}}[{RATE}]))",
+                    f"sum by (name, exception) ({one(f'rate(celery_task_exceptions_total{{{TASK}}}[{RATE}])')})",
                     "{{name}}: {{exception}}",
                 )
             ],
@@ -653,7 +674,7 @@ def tasks() -> dict:
         table(
             "Exceptions in the time range",
             "Failed and retried attempts over the dashboard's time range.",
-            f"sum by (name, exception) (increase(celery_task_exceptions_total{{{TASK}}}[$__range]))",
+            f"sum by (name, exception) ({one(f'increase(celery_task_exceptions_total{{{TASK}}}[$__range])')})",
             hide=["Time"],
             rename={"name": "task", "exception": "exception", "Value": "count"},
         ),
@@ -747,7 +768,7 @@ def workers() -> dict:
             "Workers",
             "Every worker the exporter knows: up (heartbeat younger than --worker-timeout) or "
             "down (lost without a warm shutdown, listed until --worker-ttl).",
-            f"celery_worker_up{{{WORKER}}}",
+            one(f"celery_worker_up{{{WORKER}}}"),
             hide=["Time", "__name__", "job", "instance"],
             rename={"hostname": "worker", "Value": "up"},
         ),
@@ -767,7 +788,7 @@ def workers() -> dict:
             "Heartbeat age",
             "Seconds since each worker's last heartbeat, on the exporter's clock. "
             "Workers heartbeat every 2 s by default.",
-            [target(f"time() - celery_worker_last_heartbeat_timestamp_seconds{{{WORKER}}}", "{{hostname}}")],
+            [target(f"time() - {one(f'celery_worker_last_heartbeat_timestamp_seconds{{{WORKER}}}')}", "{{hostname}}")],
             unit="s",
         ),
         12,
@@ -776,7 +797,7 @@ def workers() -> dict:
         timeseries(
             "Up",
             "1 while a worker heartbeats, 0 once it is lost.",
-            [target(f"celery_worker_up{{{WORKER}}}", "{{hostname}}")],
+            [target(one(f"celery_worker_up{{{WORKER}}}"), "{{hostname}}")],
         ),
         24,
         6,
@@ -786,7 +807,7 @@ def workers() -> dict:
         timeseries(
             "Tasks running",
             "Tasks each worker's pool is executing, from its heartbeats.",
-            [target(f"celery_worker_tasks_active{{{WORKER}}}", "{{hostname}}")],
+            [target(one(f"celery_worker_tasks_active{{{WORKER}}}"), "{{hostname}}")],
         ),
         12,
     )
@@ -795,7 +816,7 @@ def workers() -> dict:
             "Tasks started per second",
             "From each worker's processed counter (it counts tasks "
             "accepted by the pool, and resets when the worker restarts).",
-            [target(f"rate(celery_worker_tasks_processed_total{{{WORKER}}}[{RATE}])", "{{hostname}}")],
+            [target(one(f"rate(celery_worker_tasks_processed_total{{{WORKER}}}[{RATE}])"), "{{hostname}}")],
             unit="ops",
         ),
         12,
@@ -806,8 +827,8 @@ def workers() -> dict:
             "Workers and processes per queue",
             "Workers up that consume each queue, and their pool processes (from inspect; needs remote control).",
             targets(
-                (f"sum by (queue_name) (celery_queue_active_workers{{{JOB}}})", "{{queue_name}} workers"),
-                (f"sum by (queue_name) (celery_queue_active_processes{{{JOB}}})", "{{queue_name}} processes"),
+                (f"sum by (queue_name) ({one(f'celery_queue_active_workers{{{JOB}}}')})", "{{queue_name}} workers"),
+                (f"sum by (queue_name) ({one(f'celery_queue_active_processes{{{JOB}}}')})", "{{queue_name}} processes"),
             ),
         ),
         12,
@@ -816,7 +837,7 @@ def workers() -> dict:
         table(
             "Versions",
             "Celery version and OS of each worker, from its heartbeats.",
-            f"celery_worker_info{{{WORKER}}}",
+            one(f"celery_worker_info{{{WORKER}}}"),
             hide=["Time", "__name__", "job", "instance", "Value"],
             rename={"hostname": "worker", "sw_ident": "software", "sw_ver": "version", "sw_sys": "system"},
         ),

@@ -18,7 +18,7 @@ def promtool():
 
 
 def test_rules_are_valid(promtool):
-    files = sorted(str(p) for p in (ROOT / "alerts").glob("*.yml"))
+    files = sorted(str(p) for p in (ROOT / "alerts").glob("*.rules.yml"))
     assert files
     result = subprocess.run([promtool, "check", "rules", *files], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -35,7 +35,7 @@ def test_rule_unit_tests_pass(promtool):
 def _rules():
     import yaml
 
-    docs = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "alerts").glob("*.yml"))]
+    docs = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "alerts").glob("*.rules.yml"))]
     return [rule for doc in docs for group in doc["groups"] for rule in group["rules"]]
 
 
@@ -210,12 +210,12 @@ def test_tune_task_threshold_on_every_task_alert_and_with_threshold(promtool, tm
     assert f'{{name!="{NIGHTLY}", name!="app.tasks.export"}}) > 7200 or' in running
     assert f'{{name="{NIGHTLY}"}}) > 14400 or' in running and '{name="app.tasks.export"}) > 28800' in running
     interrupted = rules["CeleryTasksInterrupted"]["expr"]
-    assert 'celery_task_interrupted_total{name!="app.tasks.idempotent"}[15m])) > 0 or' in interrupted
-    assert 'celery_task_interrupted_total{name="app.tasks.idempotent"}[15m])) > 5' in interrupted
+    assert 'celery_task_interrupted_total{name!="app.tasks.idempotent"}[15m]))) > 0 or' in interrupted
+    assert 'celery_task_interrupted_total{name="app.tasks.idempotent"}[15m]))) > 5' in interrupted
     ratio = rules["CeleryTaskFailureRatioHigh"]["expr"]
     # `and` binds tighter than `or`: the alternatives are wrapped before the minimum volume
     assert ratio.startswith('((celery:task_failed:increase15m{name!="app.tasks.flaky"} / ')
-    assert ratio.endswith(") > 0.5) and on (job, name) celery:task_finished:increase15m >= 20")
+    assert ratio.endswith(") > 0.5) and on (cluster, namespace, job, name) celery:task_finished:increase15m >= 20")
     assert rules["CeleryExporterDown"]["expr"] == 'up{job="my-exporter"} == 0'
 
 
@@ -252,7 +252,7 @@ def test_tune_task_threshold_rewrites_selectors_in_any_layout(promtool, tmp_path
     "value,message",
     [
         ("CeleryTaskRunningTooLng:app.x=5", "no alert named 'CeleryTaskRunningTooLng'"),
-        ("CeleryQueueBacklog:app.x=5", "has no name label (by (job, queue_name) drops it)"),
+        ("CeleryQueueBacklog:app.x=5", "has no name label (by (cluster, namespace, job, queue_name) drops it)"),
         ("CeleryQueueWaitHigh:app.x=5", "has no name label"),
         ("CeleryWorkerLost:app.x=5", "has no ' > N'"),
         ("CeleryBeatEntryOverdue:app.x=5", "has no ' > N'"),

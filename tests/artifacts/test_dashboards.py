@@ -40,6 +40,13 @@ def test_importable_as_is(path):
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert variables["job"]["type"] == "query"
+    # the monitoring-mixin order; each variable matches everything where its label is absent
+    assert [v["name"] for v in board["templating"]["list"]][:4] == ["datasource", "cluster", "namespace", "job"]
+    for name in ("cluster", "namespace", "job"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
+    assert variables["job"]["definition"] == (
+        'label_values(celery_exporter_build_info{cluster=~"$cluster", namespace=~"$namespace"}, job)'
+    )
     # every datasource reference is the variable (or Grafana's own annotations source)
     text = path.read_text()
     uids = set(re.findall(r'"uid": "([^"]*)"', text)) - {board["uid"]}
@@ -53,7 +60,47 @@ def test_importable_as_is(path):
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
             assert panel["targets"] and panel.get("description"), panel["title"]
             for t in panel["targets"]:
-                assert 'job=~"$job"' in t["expr"], (panel["title"], t["expr"])
+                assert 'cluster=~"$cluster", namespace=~"$namespace", job=~"$job"' in t["expr"], (
+                    panel["title"],
+                    t["expr"],
+                )
+
+
+# What two replicas double: a sum or count over series that were not first made one
+# (`max without (instance, pod)`). Quantiles and means are ratios: doubling changes neither.
+_AGGREGATION = re.compile(r"\b(sum|count)(?: by \([^)]*\))? ?\(")
+
+
+def undeduplicated_sums(expr):
+    found = []
+    for match in _AGGREGATION.finditer(expr):
+        inner = expr[match.end() :]
+        if inner.startswith("max without (instance, pod) ("):
+            continue
+        if inner.startswith(("histogram_sum(", "histogram_count(")) or "_bucket{" in inner.split(")")[0]:
+            continue  # a histogram's parts in a ratio (quantile, mean)
+        if re.match(r"rate\(celery_task_\w+_seconds(_sum|_count)?\{", inner):
+            continue  # a native histogram for histogram_quantile, a classic one's sum and count
+        found.append(expr[match.start() : match.start() + 60])
+    return found
+
+
+def test_undeduplicated_sums_are_found():
+    assert undeduplicated_sums('sum by (name) (rate(celery_task_failed_total{job="x"}[5m]))')
+    assert undeduplicated_sums('count(celery_worker_up{job="x"} == 0)')
+    assert not undeduplicated_sums("sum by (name) (max without (instance, pod) (rate(celery_task_failed_total[5m])))")
+
+
+@pytest.mark.parametrize("path", BOARDS, ids=lambda p: p.name)
+def test_sums_count_each_series_once_with_several_replicas(path):
+    board = load(path)
+    offenders = [
+        (p["title"], found)
+        for p in board["panels"]
+        for t in p.get("targets", [])
+        if (found := undeduplicated_sums(t["expr"]))
+    ]
+    assert not offenders, offenders
 
 
 def exported_names():

@@ -254,7 +254,7 @@ def test_worker_ttl_outlives_timeout_plus_every_alert_on_worker_up():
     defaults = Settings()
     rules = [
         rule
-        for path in (ROOT / "alerts").glob("*.yml")
+        for path in (ROOT / "alerts").glob("*.rules.yml")
         for group in yaml.safe_load(path.read_text())["groups"]
         for rule in group["rules"]
     ]
