@@ -15,8 +15,8 @@ import pytest
 
 from celery_exporter import catalogue
 
+from .promstack import Prometheus, dashboard_queries
 from .rig import wait_for
-from .test_prometheus_e2e import Prometheus, dashboard_queries
 
 pytestmark = pytest.mark.integration
 

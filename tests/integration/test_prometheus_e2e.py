@@ -8,150 +8,18 @@ was running."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict
 
 import pytest
 
-from .rig import HOST, Proc, Rig, clean_env, free_port, http_get, wait_for
+from .promstack import ROOT, Load, Prometheus, app_env, dashboard_queries, variable_queries
+from .rig import wait_for
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-# Grafana's built-in variables, as Grafana would expand them for a 1 s scrape interval
-GRAFANA_VARS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "1s"}
-
-
-class Prometheus:
-    """Debian's Prometheus scraping the exporter every second, in its own directory under
-    `tmp`; `features` go to --enable-feature (native-histograms makes it ask for protobuf)."""
-
-    def __init__(
-        self, tmp: Path, exporter_port: int, rules: Optional[Path] = None, features: Sequence[str] = (), name: str = ""
-    ):
-        binary = shutil.which("prometheus")
-        if binary is None:
-            pytest.fail("prometheus not found (Debian package prometheus; .ci/run installs it)")
-        self.port = free_port()
-        self.base = f"http://{HOST}:{self.port}"
-        home = tmp / (name or "prometheus")
-        home.mkdir()
-        config = home / "prometheus.yml"
-        config.write_text(
-            json.dumps(
-                {  # JSON is YAML
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": [str(rules)] if rules is not None else [],
-                    "scrape_configs": [
-                        {"job_name": "celery-exporter", "static_configs": [{"targets": [f"{HOST}:{exporter_port}"]}]}
-                    ],
-                }
-            )
-        )
-        (home / "tsdb").mkdir()
-        argv = [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={home / 'tsdb'}",
-            f"--web.listen-address={HOST}:{self.port}",
-            "--log.level=warn",
-        ]
-        if features:
-            argv.append("--enable-feature=" + ",".join(features))
-        self.proc = Proc(name or "prometheus", argv, home / "prometheus.log", clean_env())
-        wait_for(
-            lambda: http_get(self.base + "/-/ready")[0] == 200,
-            30,
-            what="Prometheus to be ready",
-            describe=lambda: self.proc.log_text(3000),
-        )
-
-    def api(self, path: str, **params) -> dict:
-        status, _, body = http_get(f"{self.base}/api/v1/{path}?{urllib.parse.urlencode(params, doseq=True)}")
-        data = json.loads(body)
-        if status != 200 or data.get("status") != "success":
-            raise AssertionError(f"{path} {params}: {status} {body[:500]}")
-        return data["data"]
-
-    def query(self, expr: str) -> List[dict]:
-        return self.api("query", query=expr)["result"]
-
-    def firing(self, alertname: str) -> List[Dict[str, str]]:
-        return [
-            a["labels"]
-            for a in self.api("alerts")["alerts"]
-            if a["labels"].get("alertname") == alertname and a["state"] == "firing"
-        ]
-
-
-def grafana_expand(expr: str) -> str:
-    for name, value in GRAFANA_VARS.items():
-        expr = expr.replace(name, value)
-    for name in ("cluster", "namespace", "job", "name", "queue", "hostname"):  # the variables, set to All
-        expr = expr.replace(f"${name}", ".*")
-    assert "$" not in expr, expr
-    return expr
-
-
-def dashboard_queries() -> Dict[str, str]:
-    out = {}
-    for path in sorted((ROOT / "dashboards").glob("*.json")):
-        board = json.loads(path.read_text())
-        for panel in board["panels"]:
-            for t in panel.get("targets", []):
-                out[f"{board['title']} / {panel['title']} / {t['refId']}"] = grafana_expand(t["expr"])
-    return out
-
-
-def variable_queries() -> Dict[str, tuple]:
-    """label_values(metric{selector}, label) of every dashboard variable."""
-    out = {}
-    for path in sorted((ROOT / "dashboards").glob("*.json")):
-        board = json.loads(path.read_text())
-        for var in board["templating"]["list"]:
-            if var["type"] != "query":
-                continue
-            inner = var["definition"][len("label_values(") : -1]
-            selector, label = inner.rsplit(",", 1)
-            out[f"{board['title']} / ${var['name']}"] = (grafana_expand(selector.strip()), label.strip())
-    return out
-
-
-class Load(threading.Thread):
-    """Keeps a steady mix of tasks flowing while the test looks at Prometheus."""
-
-    def __init__(self, rig: Rig):
-        super().__init__(daemon=True)
-        self.rig = rig
-        self.stop = threading.Event()
-        self.error = None
-
-    def run(self) -> None:
-        i = 0
-        try:
-            while not self.stop.wait(0.25):
-                i += 1
-                self.rig.send("it.succeed", [i], queue="celery" if i % 3 else "q2")
-                if i % 4 == 0:
-                    self.rig.send("it.fail")
-                if i % 10 == 0:
-                    self.rig.send("it.retry")
-                if i % 12 == 1:  # 4 s every 3 s: a task is always running (the in-flight panels)
-                    self.rig.send("it.hold", [4])
-        except Exception as exc:  # shown by the test
-            self.error = exc
-
-
-def app_env(rig: Rig) -> Dict[str, str]:
-    """What `-A it_worker_app` needs to import."""
-    return {"IT_BROKER_URL": rig.broker_url, "PYTHONPATH": str(Path(__file__).resolve().parent)}
 
 
 def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_path):
