@@ -23,11 +23,10 @@ RECEIVER_FOR_SEVERITY = {"critical": PAGER, "warning": CHAT}
 
 # What each inhibit rule mutes (README / issue 14): source alert -> (targets, equal labels).
 INHIBITIONS = {
-    "CeleryExporterBrokerDisconnected": (
+    "CeleryBrokerUnreachable": (
         {
             "CeleryWorkerLost",
-            "CeleryNoWorkerUp",
-            "CeleryExporterNoEvents",
+            "CeleryExporterBrokerDisconnected",
             "CeleryTasksInterrupted",
             "CeleryQueueBacklog",
             "CeleryQueueWaitHigh",
@@ -288,9 +287,10 @@ def test_inhibitions_in_a_running_alertmanager(alertmanager):
     prod = {"cluster": "eu1", "namespace": "monitoring", "job": "celery-exporter"}
     other = {"cluster": "eu1", "namespace": "monitoring", "job": "other-celery"}
     alerts = [
-        # rule 1: a broker outage seen by exporter a; the worker and queue alerts aggregate
-        # over the exporters (no instance label): both are muted
-        {**prod, "alertname": "CeleryExporterBrokerDisconnected", "severity": "critical", "instance": "a", "tag": "a"},
+        # rule 1: no exporter of the job reaches the broker; the worker and queue alerts
+        # aggregate over the exporters (no instance label), and exporter a's own alert: muted
+        {**prod, "alertname": "CeleryBrokerUnreachable", "severity": "critical", "tag": "broker"},
+        {**prod, "alertname": "CeleryExporterBrokerDisconnected", "severity": "warning", "instance": "a", "tag": "a"},
         {**prod, "alertname": "CeleryWorkerLost", "severity": "critical", "hostname": "w1", "tag": "w1"},
         {**prod, "alertname": "CeleryQueueBacklog", "severity": "warning", "queue_name": "q", "tag": "q"},
         # not a target of any rule: notifies
@@ -304,7 +304,8 @@ def test_inhibitions_in_a_running_alertmanager(alertmanager):
     ]
     post_alerts(alertmanager, alerts)
     expected = {
-        ("CeleryExporterBrokerDisconnected", "a"): "active",
+        ("CeleryBrokerUnreachable", "broker"): "active",
+        ("CeleryExporterBrokerDisconnected", "a"): "suppressed",
         ("CeleryWorkerLost", "w1"): "suppressed",
         ("CeleryQueueBacklog", "q"): "suppressed",
         ("CeleryTaskFailureRatioHigh", "t"): "active",

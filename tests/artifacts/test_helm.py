@@ -802,3 +802,12 @@ def test_the_readme_helm_commands_render_and_validate(helm, source, command):
     c = deployment["spec"]["template"]["spec"]["containers"][0]
     assert env_of(c)["CELERY_EXPORTER_BROKER_URL"] == {"secretKeyRef": {"name": "celery-broker", "key": "broker-url"}}
     assert "Secret" not in kinds
+
+
+def test_the_chart_refuses_clusters_older_than_1_26(helm):
+    """The PDB's unhealthyPodEvictionPolicy needs Kubernetes 1.26 and the spread's matchLabelKeys
+    1.25: Chart.yaml's kubeVersion says so before an API server rejects the fields."""
+    args = ("template", "rel", str(CHART), "--set", "broker.url=redis://r:6379/0", "--set", "replicaCount=2")
+    old = helm(*args, "--kube-version", "1.25.0", check=False)
+    assert old.returncode != 0 and "kubeVersion" in old.stderr, old.stderr
+    assert helm(*args, "--kube-version", "1.26.0").returncode == 0
