@@ -6,10 +6,13 @@ kombu connection), the way real processes do:
 * clients publish `task-sent` one event per message, through a disabled dispatcher's
   publish() with a producer, exactly as celery.app.amqp.send_task_message does (with the
   queue, exchange and routing_key fields);
-* each worker hostname has its own dispatcher with buffer_group=['task'] (as a prefork
-  worker on Redis/AMQP has): task-received, task-started and task-succeeded/-failed/
-  -retried are buffered and published as `task.multi` list messages, flushed every
-  --flush-interval seconds (the worker's loop tick) or at --buffer-limit events;
+* each worker hostname has its own dispatcher with buffer_group=['task'] (as a worker
+  with the event loop, e.g. prefork, has on Redis and AMQP): task-received, task-started
+  and task-succeeded/-failed/-retried are buffered and published as `task.multi` list
+  messages, flushed every --flush-interval seconds (the worker's loop tick) or as soon as
+  --buffer-limit events (24, EventDispatcher's default) are buffered, so no batch holds
+  more than 24 events; --buffer-limit 0 turns the buffering off (buffer_group=None, as
+  eventlet/gevent workers send): one message per task event, routing key task.<state>;
 * each worker sends worker-online once, then worker-heartbeat every --heartbeat-interval
   seconds (unbatched, like Celery's Heart).
 
@@ -22,10 +25,13 @@ buffer); that attempt then succeeds. Task i gets name i mod --task-names (every 
 appears once per cycle), name n goes to queue n mod --queues, workers take tasks in turn.
 Outcomes come from a seeded RNG (--fail-fraction, --retry-fraction).
 
-Publishing uses kombu's publish batches (one Redis pipeline per loop iteration) and one
-reused redis client, so that one generator process out-runs the consumers; the messages
-and their order are the same as with one round trip each (--no-pipeline,
---client-per-publish turn both off).
+On Redis, publishing uses kombu's publish batches (one Redis pipeline per loop iteration)
+and one reused redis client, so that one generator process out-runs the consumers; the
+messages and their order are the same as with one round trip each (--no-pipeline,
+--client-per-publish turn both off). On AMQP (py-amqp) kombu has no publish batches: each
+message is one basic.publish written to the socket (no publisher confirms), and the
+connection's close handshake at the end returns only after the broker has processed
+every frame sent before it.
 
 At the end it prints one JSON object on stdout: exactly how many events of each type (and
 how many messages) it handed to the broker, the derived ground truth the exporter's
@@ -97,6 +103,7 @@ class CountingDispatcher(EventDispatcher):
                 self.published[e["type"]] += 1
             self.messages["task.multi"] += 1
             self.messages["task.multi events"] += len(event)
+            self.messages["max batch"] = max(self.messages["max batch"], len(event))
         else:
             self.published[event["type"]] += 1
             self.messages["single"] += 1
@@ -157,13 +164,15 @@ class Generator:
         self.worker_ids = [i for i in range(args.workers) if i % args.shards == args.shard_index]
         if not self.worker_ids:
             raise SystemExit(f"shard {args.shard_index}/{args.shards} owns none of {args.workers} workers")
+        # buffer_limit caps a task.multi batch: EventDispatcher.send() flushes as soon as
+        # the buffer holds buffer_limit events (Celery's default, 24). 0: no buffering.
         self.workers: Dict[int, CountingDispatcher] = {
             i: CountingDispatcher(
                 self.conn,
                 hostname=worker_hostname(i),
                 app=self.app,
-                buffer_group=["task"],
-                buffer_limit=args.buffer_limit,
+                buffer_group=["task"] if args.buffer_limit > 0 else None,
+                buffer_limit=max(1, args.buffer_limit),
                 buffer_while_offline=False,
                 published=self.published,
                 messages=self.messages,
@@ -395,6 +404,7 @@ class Generator:
             "messages": self.messages["single"] + multi,
             "task_multi_messages": multi,
             "mean_batch": round(self.messages["task.multi events"] / multi, 2) if multi else None,
+            "max_batch": self.messages["max batch"] or None,
             "tasks": self.next_task,
             "outcomes": dict(self.outcomes),
             "workers": [worker_hostname(i) for i in self.worker_ids],
@@ -438,7 +448,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default=0.005,
         help="seconds between flushes of the workers' task.multi buffers (a worker's loop tick)",
     )
-    p.add_argument("--buffer-limit", type=int, default=24, help="EventDispatcher buffer_limit (Celery's default 24)")
+    p.add_argument(
+        "--buffer-limit",
+        type=int,
+        default=24,
+        help="EventDispatcher buffer_limit: most events in one task.multi message (Celery's default 24); "
+        "0 = no buffering, one message per task event (as eventlet/gevent workers send)",
+    )
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="worker heartbeat interval (freq)")
     p.add_argument(
         "--pipeline-depth", type=int, default=2, help="tasks between one task's consecutive events (interleaving)"
@@ -473,6 +489,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     except (ValueError, AssertionError):
         p.error("--shard must be i/K with 0 <= i < K")
     args.shard_index, args.shards = i, k
+    if args.buffer_limit < 0:
+        p.error("--buffer-limit must be >= 0")
     if not 0 <= args.fail_fraction + args.retry_fraction <= 1:
         p.error("fail + retry fractions must be within [0, 1]")
     return args

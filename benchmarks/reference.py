@@ -9,13 +9,22 @@ localisation, local_received) and the handler dispatch.
 Output, one JSON object per line on stdout:
   {"ready": true, ...}                       once the consumer is set up (on_consume_ready;
                                              on Redis the PSUBSCRIBE follows on the first
-                                             drain, so the runner also checks CLIENT LIST)
+                                             drain, so the runner also checks CLIENT LIST;
+                                             on AMQP basic.consume-ok has come back, and the
+                                             runner checks `rabbitmqctl list_queues`)
   {"count": N, "last_event": t}              at most every --progress-interval s, when N changed
   {"final": true, "count": N, "by_type": {...}, ...}
                                              on SIGTERM/SIGINT, after --idle-timeout s without
                                              a message, or when the connection breaks ("error")
 
+It works on any kombu transport EventReceiver supports (Redis, RabbitMQ):
+
     python benchmarks/reference.py --broker-url redis://127.0.0.1:6390/0
+    python benchmarks/reference.py --broker-url amqp://guest:guest@127.0.0.1:5672/bench --queue-ttl 30
+
+On AMQP its queue (celeryev.<uuid>, auto-delete) has Celery's event_queue_ttl as message
+TTL unless --queue-ttl is given: the runner passes the exporter's (30 s), so that neither
+consumer's queue drops events earlier than the other's.
 """
 
 from __future__ import annotations
@@ -67,6 +76,12 @@ def main(argv: Optional[list] = None) -> int:
         help="broadcast the 'heartbeat' wakeup to workers on connect (capture's default; "
         "off here: there are no workers and it adds pidbox traffic)",
     )
+    p.add_argument(
+        "--queue-ttl",
+        type=float,
+        default=None,
+        help="AMQP: message TTL of the receiver's queue, s (default: Celery's event_queue_ttl, 5 s)",
+    )
     args = p.parse_args(argv)
 
     counts: Counter = Counter()
@@ -79,7 +94,7 @@ def main(argv: Optional[list] = None) -> int:
 
     app = Celery("bench-reference", broker=args.broker_url, set_as_current=False)
     connection = app.connection_for_read()
-    receiver = CountingReceiver(connection, handlers={"*": on_event}, app=app)
+    receiver = CountingReceiver(connection, handlers={"*": on_event}, app=app, queue_ttl=args.queue_ttl)
 
     def on_signal(signum, frame):
         receiver.should_stop = True
