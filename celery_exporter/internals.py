@@ -12,14 +12,17 @@ documented path (logged once, and named in a self-metric):
 - redis-py `ConnectionPool.make_connection`, `Connection._sock`: the socket the hiredis
   reader reads (fallback: redis-py's PubSub);
 - kombu Redis `Channel.client`, `priority_steps`, `sep`: queue lengths, LLEN of every
-  priority list (fallback: a passive queue declare).
+  priority list (fallback: a passive queue declare);
+- py-amqp `Connection.transport` and its `sock`, `_quick_recv`, `_read_buffer`, and
+  `amqp.serialization.loads`: the socket the AMQP frame reader reads, and a header table
+  (fallback: kombu's consumer).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import Any, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 from kombu import __version__ as kombu_version
 from kombu.connection import Connection
@@ -83,3 +86,26 @@ def redis_lists(channel: Any) -> Tuple[Any, List[Any], str]:
     if not isinstance(sep, str) or not callable(client.pipeline):
         raise TypeError(f"kombu's Redis channel: sep {type(sep).__name__}, pipeline {type(client.pipeline).__name__}")
     return client, steps, sep
+
+
+def amqp_reader(amqp_connection: Any) -> Tuple[socket.socket, Callable[[int], bytes], bytes]:
+    """The socket of a py-amqp connection, its receive function (`sock.recv`, or the TLS
+    socket's `read`) and the bytes py-amqp already read past its last frame, handed over:
+    py-amqp's `Connection.transport` with `sock`, `_quick_recv` and `_read_buffer` (py-amqp
+    5.1.1 to 5.4.x, plain TCP and TLS transports)."""
+    transport = amqp_connection.transport
+    sock = transport.sock
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"py-amqp's transport.sock is a {type(sock).__name__}, not a socket")
+    recv = transport._quick_recv
+    leftover = bytes(transport._read_buffer)
+    transport._read_buffer = b""
+    return sock, recv, leftover
+
+
+def amqp_table(buf: bytes, offset: int) -> Dict[str, Any]:
+    """An AMQP field table at `offset`, decoded by py-amqp (`amqp.serialization.loads`)."""
+    from amqp.serialization import loads
+
+    values, _ = loads("F", buf, offset)
+    return dict(values[0])

@@ -22,7 +22,7 @@ from kombu.entity import Queue
 from kombu.messaging import Consumer
 from kombu.utils.url import maybe_sanitize_url
 
-from celery_exporter import redis_events
+from celery_exporter import amqp_events, internals, redis_events
 from celery_exporter.clock import Clock
 from celery_exporter.handlers import Handler
 from celery_exporter.settings import Settings
@@ -99,6 +99,8 @@ class Receiver(threading.Thread):
                 stream = redis_events.open_stream(connection, self.settings.events_exchange)
                 if stream is not None:
                     return self._consume_redis(stream)
+            if connection.transport.driver_name == "py-amqp":
+                return self._consume_amqp(connection)
             return self._consume_kombu(connection)
         finally:
             self.store.exporter.set_connected(False)
@@ -164,15 +166,12 @@ class Receiver(threading.Thread):
             if removed:
                 log.debug("swept %d expired label sets", removed)
 
-    def _consume_kombu(self, connection: Connection) -> bool:
-        """RabbitMQ (and Redis where redis_events cannot read: sentinel_fanout_compat, or a
-        kombu without the Channel internals it uses): kombu's consumer on an exclusive,
-        auto-delete queue of our own."""
-        channel = connection.channel()
-        exchange = get_exchange(connection, name=self.settings.events_exchange)
-        queue = Queue(
+    def _event_queue(self, connection: Connection) -> Queue:
+        """The exporter's own queue on the event exchange: every routing key, exclusive and
+        auto-delete, with a message TTL and an expiry."""
+        return Queue(
             f"celeryev.exporter.{uuid.uuid4().hex}",
-            exchange=exchange,
+            exchange=get_exchange(connection, name=self.settings.events_exchange),
             routing_key="#",
             durable=False,
             auto_delete=True,
@@ -180,6 +179,62 @@ class Receiver(threading.Thread):
             message_ttl=QUEUE_MESSAGE_TTL,
             expires=QUEUE_EXPIRES,
         )
+
+    def _consume_amqp(self, connection: Connection) -> bool:
+        """RabbitMQ over py-amqp: kombu connects and declares the queue, py-amqp sends
+        basic.consume, and amqp_events reads the deliveries' frames from the socket. Without
+        the py-amqp internals it reads, py-amqp dispatches each delivery to a callback."""
+        channel: Any = connection.channel()  # kombu's py-amqp transport: an amqp.Channel
+        queue = self._event_queue(connection)(channel)
+        queue.declare()
+        accept = redis_events.accepted(self.settings.accept_content)  # once, not per message
+
+        def on_delivery(delivery: amqp_events.Delivery, now: float) -> None:
+            try:
+                body = amqp_events.decode(delivery, accept)
+            except redis_events.UndecodableMessage as exc:
+                self.handler.drop("undecodable", str(exc))
+                return
+            self._on_body(body, now)
+
+        def on_message(message: Any) -> None:  # what py-amqp itself dispatches
+            properties = message.properties
+            delivery = (
+                properties.get("content_type") or "",
+                properties.get("content_encoding") or "",
+                properties.get("application_headers") or {},
+                message.body,
+            )
+            on_delivery(delivery, self.clock.now())
+
+        tag = channel.basic_consume(queue.name, no_ack=True, callback=on_message)
+        try:
+            stream: Optional[amqp_events.AmqpEventStream] = amqp_events.AmqpEventStream(
+                connection.connection, channel.channel_id, tag
+            )
+        except (AttributeError, TypeError) as exc:
+            internals.fell_back("the AMQP frame reader cannot read py-amqp's socket; py-amqp reads the events", exc)
+            stream = None
+        self._connected(stream.name if stream is not None else "py-amqp")
+        stop = self.stop_event.is_set
+        while not stop():
+            if stream is not None:
+                batch = stream.read_many(DRAIN_TIMEOUT)
+                now = self.clock.now()  # deliveries of one read arrived together
+                for delivery in batch:
+                    on_delivery(delivery, now)
+            else:
+                self._drain(connection, DRAIN_TIMEOUT)
+                now = self.clock.now()
+            self._tick(now, connection)
+        return True
+
+    def _consume_kombu(self, connection: Connection) -> bool:
+        """Other transports (and Redis where redis_events cannot read: sentinel_fanout_compat,
+        or a kombu without the Channel internals it uses): kombu's consumer on an exclusive,
+        auto-delete queue of our own."""
+        channel = connection.channel()
+        queue = self._event_queue(connection)
         consumer = Consumer(
             channel,
             queues=[queue],

@@ -127,9 +127,10 @@ def mismatches(expected: Dict[Tuple[str, frozenset], float], m: Metrics) -> List
 # fallback is shown to count exactly the same.
 READERS = {
     "redis": "redis-hiredis",
-    "rabbitmq": "kombu",
+    "rabbitmq": "amqp-frames",
     "redis-without-hiredis": "redis-py",
     "redis-kombu-renamed": "kombu",
+    "rabbitmq-amqp-renamed": "py-amqp",
 }
 SHIMS = {
     # a package that shadows hiredis and cannot be imported
@@ -141,6 +142,14 @@ SHIMS = {
         "def renamed(connection, exchange):\n"
         "    raise AttributeError(\"'Channel' has no attribute '_get_publish_topic' (hidden by the test)\")\n\n\n"
         "internals.redis_subscription = renamed\n",
+    ),
+    # the py-amqp internals the AMQP frame reader uses are gone: py-amqp dispatches the events
+    "rabbitmq-amqp-renamed": (
+        "sitecustomize.py",
+        "import celery_exporter.internals as internals\n\n\n"
+        "def renamed(amqp_connection):\n"
+        "    raise AttributeError(\"'TCPTransport' has no attribute '_quick_recv' (hidden by the test)\")\n\n\n"
+        "internals.amqp_reader = renamed\n",
     ),
 }
 

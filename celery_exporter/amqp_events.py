@@ -1,0 +1,177 @@
+"""The lean event reader for RabbitMQ: the frames of the exporter's event queue read from
+py-amqp's socket in bulk, as redis_events.py reads the Redis subscription.
+
+kombu and py-amqp still do everything but the hot path: connecting (TLS, heartbeats,
+failover URLs), declaring the exclusive, auto-delete queue with its message TTL and expiry,
+and `basic.consume`. Then, instead of py-amqp parsing one frame per read and kombu wrapping
+each delivery in a Message and a serializer lookup, this reader takes whatever the socket
+holds (one `recv`), cuts every complete frame out of it, and decodes the `basic.deliver`
+contents of its own consumer tag with orjson. Every other frame (heartbeats, a server's
+`connection.close`, another channel's traffic) goes to py-amqp's own frame handler, as if
+py-amqp had read it; py-amqp's received-frames counter is kept up, so its heartbeat check and
+the exporter's "broker heard" signal work as before.
+
+The profile behind it (benchmarks/README.md, rmq-burst): py-amqp's frame reading and
+dispatch took about half of the event thread, kombu's Message and serializer about a tenth.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+
+from kombu.compression import decompress
+from kombu.exceptions import ContentDisallowed
+from kombu.serialization import loads as kombu_loads
+
+from celery_exporter import internals
+from celery_exporter.redis_events import JSON, UndecodableMessage, loads
+
+FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
+FRAME_END = 0xCE
+BASIC_DELIVER = (60, 60)
+RECV_SIZE = 256 * 1024
+_FRAME_HEAD = struct.Struct(">BHI")
+_METHOD_ID = struct.Struct(">HH")
+_BODY_SIZE_FLAGS = struct.Struct(">QH")
+
+# (content type, content encoding, headers, body) of one delivery
+Delivery = Tuple[str, str, Dict[str, Any], bytes]
+
+
+class FrameError(ConnectionError):
+    """The byte stream is not AMQP frames any more: the connection cannot be trusted."""
+
+
+class AmqpEventStream:
+    """Deliveries to `consumer_tag` on channel `channel_id` of py-amqp connection `amqp`,
+    read from its socket. py-amqp must have sent basic.consume and seen its consume-ok."""
+
+    name = "amqp-frames"
+
+    def __init__(self, amqp: Any, channel_id: int, consumer_tag: str):
+        self.amqp = amqp
+        self.channel_id = channel_id
+        self.tag = consumer_tag.encode()
+        self.sock, self.recv, leftover = internals.amqp_reader(amqp)
+        self.buf = bytearray(leftover)
+        self.dispatch: Callable[[Tuple[int, int, Any]], Any] = amqp.on_inbound_frame
+        # a delivery in progress: [content type, encoding, headers, body size, parts, ours]
+        self._pending: Optional[List[Any]] = None
+        self._foreign = False  # a content-bearing method that py-amqp handles
+
+    def read_many(self, timeout: float) -> List[Delivery]:
+        """Every delivery completed by what one read brought (waiting up to `timeout` s for
+        the first byte), in order."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.recv(RECV_SIZE)
+        except socket.timeout:
+            return []
+        except OSError as exc:  # e.g. SSLWantRead after a partial TLS record: nothing yet
+            if getattr(exc, "errno", None) in (2, 11, 4):  # ENOENT (ssl), EAGAIN, EINTR
+                return []
+            raise
+        if not data:
+            raise ConnectionError("Server unexpectedly closed connection")
+        self.buf += data
+        return self._frames()
+
+    def _frames(self) -> List[Delivery]:
+        out: List[Delivery] = []
+        buf = self.buf
+        size = len(buf)
+        pos = 0
+        ours = 0
+        head = _FRAME_HEAD.unpack_from
+        try:
+            while size - pos >= 8:
+                frame_type, channel, length = head(buf, pos)
+                end = pos + 7 + length
+                if end >= size:
+                    break
+                if buf[end] != FRAME_END:
+                    raise FrameError(f"no frame-end octet after a frame of type {frame_type}")
+                if channel == self.channel_id and self._ours(frame_type, buf, pos + 7, end, out):
+                    ours += 1
+                else:  # py-amqp's frame handler counts it in bytes_recv itself
+                    self.dispatch((frame_type, channel, bytes(buf[pos + 7 : end])))
+                pos = end + 1
+        finally:
+            # py-amqp's count of frames received: its heartbeat check, and the exporter's
+            # "broker heard", read it
+            self.amqp.bytes_recv += ours
+            del buf[:pos]
+        return out
+
+    def _ours(self, frame_type: int, buf: bytearray, start: int, end: int, out: List[Delivery]) -> bool:
+        """Whether this frame of our channel belongs to a delivery of our consumer (then
+        it is consumed here)."""
+        pending = self._pending
+        if frame_type == FRAME_METHOD:
+            if _METHOD_ID.unpack_from(buf, start) == BASIC_DELIVER:
+                tag_length = buf[start + 4]
+                if bytes(buf[start + 5 : start + 5 + tag_length]) == self.tag:
+                    self._pending = [None, None, None, 0, [], True]
+                    self._foreign = False
+                    return True
+            self._foreign = True  # py-amqp's: its header and body frames follow to it
+            return False
+        if self._foreign or pending is None:
+            return False
+        if frame_type == FRAME_HEADER:
+            body_size, flags = _BODY_SIZE_FLAGS.unpack_from(buf, start + 4)
+            content_type, encoding, headers = _properties(buf, start + 14, flags)
+            pending[0], pending[1], pending[2], pending[3] = content_type, encoding, headers, body_size
+            if body_size == 0:
+                out.append((content_type, encoding, headers, b""))
+                self._pending = None
+            return True
+        if frame_type == FRAME_BODY:
+            parts = pending[4]
+            parts.append(bytes(buf[start:end]))
+            if len(parts) == 1 and len(parts[0]) >= pending[3]:
+                out.append((pending[0], pending[1], pending[2], parts[0]))
+                self._pending = None
+            elif len(parts) > 1:
+                body = b"".join(parts)
+                if len(body) >= pending[3]:
+                    out.append((pending[0], pending[1], pending[2], body))
+                    self._pending = None
+            return True
+        return False
+
+
+def _properties(buf: bytearray, offset: int, flags: int) -> Tuple[str, str, Dict[str, Any]]:
+    """content_type, content_encoding and headers of a basic content header. The first two
+    are short strings at the start; headers, the third, a table that py-amqp decodes."""
+    content_type = encoding = ""
+    if flags & 0x8000:
+        length = buf[offset]
+        content_type = buf[offset + 1 : offset + 1 + length].decode("utf-8", "replace")
+        offset += 1 + length
+    if flags & 0x4000:
+        length = buf[offset]
+        encoding = buf[offset + 1 : offset + 1 + length].decode("utf-8", "replace")
+        offset += 1 + length
+    headers: Dict[str, Any] = {}
+    if flags & 0x2000 and struct.unpack_from(">I", buf, offset)[0]:
+        headers = internals.amqp_table(bytes(buf), offset)
+    return content_type, encoding, headers
+
+
+def decode(delivery: Delivery, accept: FrozenSet[str]) -> Any:
+    """The event (a dict) or batch (a list) in one delivery, as kombu's consumer decodes
+    it: compression from the `compression` header, then JSON (orjson first), or kombu's
+    serializer registry for any other accepted content type."""
+    content_type, encoding, headers, body = delivery
+    try:
+        compression = headers.get("compression") if headers else None
+        if compression:
+            body = decompress(body, compression)
+        if content_type == JSON and JSON in accept:
+            return loads(body)
+        return kombu_loads(body, content_type or JSON, encoding or "utf-8", accept=accept)
+    except (ContentDisallowed, ValueError, TypeError, LookupError, OSError) as exc:
+        raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
