@@ -176,3 +176,21 @@ def test_without_py_amqps_socket_internals_the_reader_refuses(pair):
     amqp.transport = type("T", (), {"sock": object(), "_quick_recv": None, "_read_buffer": b""})()
     with pytest.raises(TypeError):
         internals.amqp_reader(amqp)
+
+
+def test_headers_are_decoded_only_for_compression(pair, monkeypatch):
+    ours, broker = pair
+    reader, _ = stream(ours)
+    decoded = []
+    real = internals.amqp_table
+    monkeypatch.setattr(internals, "amqp_table", lambda buf, offset: decoded.append(offset) or real(buf, offset))
+    body = json.dumps(ONE).encode()
+    broker.sendall(
+        delivery(body, application_headers={"hostname": "w@h", "compression_level": 5})
+        + delivery(zlib.compress(body), application_headers={"hostname": "w@h", "compression": "application/x-gzip"})
+    )
+    plain, compressed = reader.read_many(1.0)
+    assert plain[2] == {} and amqp_events.decode(plain, ACCEPT) == ONE
+    assert compressed[2] == {"hostname": "w@h", "compression": "application/x-gzip"}
+    assert amqp_events.decode(compressed, ACCEPT) == ONE
+    assert len(decoded) == 1
