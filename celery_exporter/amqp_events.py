@@ -56,16 +56,25 @@ class AmqpEventStream:
         self.amqp = amqp
         self.channel_id = channel_id
         self.tag = consumer_tag.encode()
-        self.sock, self.recv, leftover = internals.amqp_reader(amqp)
-        self.buf = bytearray(leftover)
         self.dispatch: Callable[[Tuple[int, int, Any]], Any] = amqp.on_inbound_frame
-        # a delivery in progress: [content type, encoding, headers, body size, parts, ours]
+        # a frame longer than the negotiated frame_max is not AMQP: fail at once, not buffer
+        self.frame_max = int(getattr(amqp, "frame_max", 0) or 131072)
+        self.sock, self.recv, leftover = internals.amqp_reader(amqp)  # last: it takes py-amqp's buffer
+        self._timeout = self.sock.gettimeout()
+        self.buf = bytearray(leftover)
+        # a delivery in progress: [content type, encoding, headers, body size, parts, bytes so far]
         self._pending: Optional[List[Any]] = None
         self._foreign = False  # a content-bearing method that py-amqp handles
+        self._error: Optional[BaseException] = None  # raised by py-amqp's handler, re-raised next read
 
     def read_many(self, timeout: float) -> List[Delivery]:
         """Every delivery completed by what one read brought (waiting up to `timeout` s for
-        the first byte), in order."""
+        the first byte), in order. When py-amqp's frame handler raises on a frame of its own
+        (a server's connection.close, basic.cancel), the deliveries before that frame are
+        still returned, and the error is raised by the next call."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         self.sock.settimeout(timeout)
         try:
             data = self.recv(RECV_SIZE)
@@ -80,26 +89,47 @@ class AmqpEventStream:
         self.buf += data
         return self._frames()
 
+    def close(self) -> None:
+        """Hand the connection back to py-amqp (which then closes it): the socket's timeout
+        as it was, and the bytes read past the last whole frame. In the middle of one of our
+        deliveries py-amqp could not parse what follows: the connection is dropped instead."""
+        try:
+            self.sock.settimeout(self._timeout)
+        except OSError:  # already closed
+            pass
+        if self._pending is None and not self._foreign:
+            internals.amqp_hand_back(self.amqp, bytes(self.buf))
+        else:
+            self.amqp.collect()
+        self.buf = bytearray()
+
     def _frames(self) -> List[Delivery]:
         out: List[Delivery] = []
         buf = self.buf
         size = len(buf)
         pos = 0
         ours = 0
+        frame_max = self.frame_max
         head = _FRAME_HEAD.unpack_from
         try:
             while size - pos >= 8:
                 frame_type, channel, length = head(buf, pos)
+                if length > frame_max:
+                    raise FrameError(f"a frame of {length} bytes, above frame_max {frame_max}")
                 end = pos + 7 + length
                 if end >= size:
                     break
                 if buf[end] != FRAME_END:
                     raise FrameError(f"no frame-end octet after a frame of type {frame_type}")
-                if channel == self.channel_id and self._ours(frame_type, buf, pos + 7, end, out):
+                start, pos = pos + 7, end + 1
+                if channel == self.channel_id and self._ours(frame_type, buf, start, end, out):
                     ours += 1
-                else:  # py-amqp's frame handler counts it in bytes_recv itself
-                    self.dispatch((frame_type, channel, bytes(buf[pos + 7 : end])))
-                pos = end + 1
+                    continue
+                try:  # py-amqp's frame handler counts the frame in bytes_recv itself
+                    self.dispatch((frame_type, channel, bytes(buf[start:end])))
+                except Exception as exc:
+                    self._error = exc
+                    break
         finally:
             # py-amqp's count of frames received: its heartbeat check, and the exporter's
             # "broker heard", read it
@@ -115,7 +145,7 @@ class AmqpEventStream:
             if _METHOD_ID.unpack_from(buf, start) == BASIC_DELIVER:
                 tag_length = buf[start + 4]
                 if bytes(buf[start + 5 : start + 5 + tag_length]) == self.tag:
-                    self._pending = [None, None, None, 0, [], True]
+                    self._pending = [None, None, None, 0, [], 0]
                     self._foreign = False
                     return True
             self._foreign = True  # py-amqp's: its header and body frames follow to it
@@ -133,14 +163,11 @@ class AmqpEventStream:
         if frame_type == FRAME_BODY:
             parts = pending[4]
             parts.append(bytes(buf[start:end]))
-            if len(parts) == 1 and len(parts[0]) >= pending[3]:
-                out.append((pending[0], pending[1], pending[2], parts[0]))
+            pending[5] += end - start
+            if pending[5] >= pending[3]:
+                body = parts[0] if len(parts) == 1 else b"".join(parts)
+                out.append((pending[0], pending[1], pending[2], body))
                 self._pending = None
-            elif len(parts) > 1:
-                body = b"".join(parts)
-                if len(body) >= pending[3]:
-                    out.append((pending[0], pending[1], pending[2], body))
-                    self._pending = None
             return True
         return False
 
@@ -163,7 +190,7 @@ def _properties(buf: bytearray, offset: int, flags: int) -> Tuple[str, str, Dict
     if flags & 0x2000:
         length = _TABLE_LENGTH.unpack_from(buf, offset)[0]
         if length and buf.find(COMPRESSION_KEY, offset + 4, offset + 4 + length) >= 0:
-            headers = internals.amqp_table(bytes(buf), offset)
+            headers = internals.amqp_table(bytes(buf[offset : offset + 4 + length]), 0)
     return content_type, encoding, headers
 
 

@@ -109,3 +109,9 @@ def amqp_table(buf: bytes, offset: int) -> Dict[str, Any]:
 
     values, _ = loads("F", buf, offset)
     return dict(values[0])
+
+
+def amqp_hand_back(amqp_connection: Any, leftover: bytes) -> None:
+    """Give py-amqp back the bytes read past the last whole frame (`_read_buffer`), so that
+    its own reader goes on where the frame reader stopped."""
+    amqp_connection.transport._read_buffer = leftover

@@ -217,16 +217,20 @@ class Receiver(threading.Thread):
             stream = None
         self._connected(stream.name if stream is not None else "py-amqp")
         stop = self.stop_event.is_set
-        while not stop():
+        try:
+            while not stop():
+                if stream is not None:
+                    batch = stream.read_many(DRAIN_TIMEOUT)
+                    now = self.clock.now()  # deliveries of one read arrived together
+                    for delivery in batch:
+                        on_delivery(delivery, now)
+                else:
+                    self._drain(connection, DRAIN_TIMEOUT)
+                    now = self.clock.now()
+                self._tick(now, connection)
+        finally:
             if stream is not None:
-                batch = stream.read_many(DRAIN_TIMEOUT)
-                now = self.clock.now()  # deliveries of one read arrived together
-                for delivery in batch:
-                    on_delivery(delivery, now)
-            else:
-                self._drain(connection, DRAIN_TIMEOUT)
-                now = self.clock.now()
-            self._tick(now, connection)
+                stream.close()  # py-amqp closes the connection after this
         return True
 
     def _consume_kombu(self, connection: Connection) -> bool:

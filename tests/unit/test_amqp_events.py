@@ -61,9 +61,18 @@ class FakeAmqp:
         self.bytes_recv = 0
         self.handled: List[Tuple[int, int, bytes]] = []
 
+        self.collected = 0
+        self.frame_max = 131072
+        self.fail_on: Tuple[int, ...] = ()  # frame types py-amqp's handler raises on
+
     def on_inbound_frame(self, frame: Tuple[int, int, bytes]) -> None:
         self.bytes_recv += 1
         self.handled.append(frame)
+        if frame[0] in self.fail_on:
+            raise ConnectionAbortedError("connection.close from the server")
+
+    def collect(self) -> None:
+        self.collected += 1
 
 
 @pytest.fixture
@@ -194,3 +203,42 @@ def test_headers_are_decoded_only_for_compression(pair, monkeypatch):
     assert compressed[2] == {"hostname": "w@h", "compression": "application/x-gzip"}
     assert amqp_events.decode(compressed, ACCEPT) == ONE
     assert len(decoded) == 1
+
+
+def test_an_error_of_py_amqps_handler_keeps_the_deliveries_before_it(pair):
+    ours, broker = pair
+    reader, amqp = stream(ours)
+    amqp.fail_on = (8,)
+    body = json.dumps(ONE).encode()
+    broker.sendall(delivery(body) + frame(8, 0, b"") + delivery(body))
+    assert events(reader.read_many(1.0)) == [ONE]  # the one before the failing frame
+    with pytest.raises(ConnectionAbortedError):
+        reader.read_many(1.0)
+    assert len(amqp.handled) == 1  # the failing frame went to py-amqp once
+    assert amqp.bytes_recv == 3 + 1
+
+
+def test_close_hands_py_amqp_the_rest_or_drops_the_connection(pair):
+    ours, broker = pair
+    ours.settimeout(7.0)
+    body = json.dumps(ONE).encode()
+    reader, amqp = stream(ours)
+    broker.sendall(delivery(body) + frame(8, 0, b"")[:5])  # then half a heartbeat frame
+    assert events(reader.read_many(1.0)) == [ONE]
+    reader.close()
+    assert amqp.transport._read_buffer == frame(8, 0, b"")[:5] and amqp.collected == 0
+    assert ours.gettimeout() == 7.0
+    # in the middle of a delivery of ours, py-amqp could not go on: the connection is dropped
+    reader, amqp = stream(ours)
+    broker.sendall(delivery(body)[:-20])
+    assert reader.read_many(1.0) == []
+    reader.close()
+    assert amqp.collected == 1
+
+
+def test_a_frame_longer_than_frame_max_is_an_error(pair):
+    ours, broker = pair
+    reader, amqp = stream(ours)
+    broker.sendall(struct.pack(">BHI", 3, CHANNEL, amqp.frame_max + 1) + b"x" * 100)
+    with pytest.raises(amqp_events.FrameError, match="frame_max"):
+        reader.read_many(1.0)
