@@ -94,6 +94,18 @@ def settle(rig: Rig, exporters: List[Exporter]) -> None:
 
     wait_for(same_counts, 30, what="both replicas to count the same tasks")
 
+    def heartbeats_idle():
+        """The workers' heartbeat gauges too: a heartbeat sent after the last task ended
+        (active 0, its final processed count) reached both replicas."""
+        views = []
+        for e in exporters:
+            m = e.metrics()
+            active = sum(m.select("celery_worker_tasks_active").values())
+            views.append((active, m.select("celery_worker_tasks_processed_total")))
+        return views[0] == views[1] and views[0][0] == 0
+
+    wait_for(heartbeats_idle, 30, what="both replicas to hear idle workers")
+
 
 def values(result: List[dict]) -> Dict[FrozenSet[Tuple[str, str]], float]:
     return {
