@@ -9,7 +9,7 @@ exporter's whole event handling. This module reads the same subscription directl
 - the connection, Sentinel master lookup, TLS, `global_keyprefix` and the fanout topic
   layout all come from kombu's own Redis channel (its client, pool and topic functions), so
   the exporter sees exactly what kombu would;
-- each message is decoded with orjson (or `json`) and `base64` only, falling back to
+- each message is decoded with orjson and pybase64 (or `json` and `base64`) only, falling back to
   kombu's serialization registry for other accepted content types.
 
 It is used only where it is exact: the Redis transports (redis, rediss, sentinel) without
@@ -74,6 +74,27 @@ def loads(data: Union[bytes, str]) -> Any:
     return json.loads(data)
 
 
+# pybase64: a SIMD base64 decoder, about 10x the standard library's speed on an event body
+fast_b64decode: Optional[Callable[..., bytes]]
+try:
+    from pybase64 import b64decode as fast_b64decode
+except ImportError:  # not installed (it is a default dependency): the standard library alone
+    fast_b64decode = None
+
+
+def b64decode(data: Union[bytes, str]) -> bytes:
+    """base64 as the standard library reads it, pybase64 first. pybase64 reads strictly
+    (only the alphabet, padding only at the end); whatever it refuses is read again by
+    `base64`, whose lenient rules (skipping other characters, stopping at padding) then
+    decide, so both give the same result or the same refusal."""
+    if fast_b64decode is not None:
+        try:
+            return fast_b64decode(data, validate=True)
+        except (ValueError, TypeError):  # binascii.Error is a ValueError
+            pass
+    return base64.b64decode(data)
+
+
 class UndecodableMessage(ValueError):
     pass
 
@@ -105,7 +126,7 @@ def decode(data: Any, accept: Iterable[str]) -> Any:
         raise UndecodableMessage(f"not a kombu message envelope: {type(exc).__name__}: {exc}") from None
     try:
         if encoding == "base64":
-            body = base64.b64decode(body)
+            body = b64decode(body)
         elif encoding not in (None, "", "utf-8"):
             raise UndecodableMessage(f"unknown body encoding {encoding!r}")
         if content_type == JSON and JSON in accept:

@@ -13,11 +13,14 @@ from celery_exporter.redis_events import UndecodableMessage, decode
 
 @pytest.fixture(params=["orjson", "json"])
 def json_decoder(request, monkeypatch):
-    """Every decoding test runs with orjson (a default dependency) and without it."""
+    """Every decoding test runs with orjson and pybase64 (default dependencies) and with the
+    standard library alone."""
     if request.param == "orjson":
         assert redis_events.fast_loads is not None, "orjson is a dependency: it must be installed"
+        assert redis_events.fast_b64decode is not None, "pybase64 is a dependency: it must be installed"
     else:
         monkeypatch.setattr(redis_events, "fast_loads", None)
+        monkeypatch.setattr(redis_events, "fast_b64decode", None)
     return request.param
 
 
@@ -38,6 +41,35 @@ def envelope(body, content_type="application/json", encoding="base64"):
             },
         }
     ).encode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "eyJhIjogMX0=",  # canonical
+        b"eyJhIjogMX0=",
+        "eyJhIjogMX0",  # padding missing
+        "eyJh\nIjogMX0=",  # a line break: the standard library skips it
+        "eyJhIjog MX0=",
+        "=eyJhIjogMX0=",  # padding first
+        "eyJh==IjogMX0=",  # padding inside: the standard library stops there
+        "eyJhIjogMX0=\u00e9",  # not ASCII
+        "!!!!",
+        "",
+        42,
+        None,
+    ],
+)
+def test_base64_reads_as_the_standard_library_does(data):
+    assert redis_events.fast_b64decode is not None, "pybase64 is a dependency: it must be installed"
+
+    def outcome(decoder):
+        try:
+            return decoder(data)
+        except Exception as exc:
+            return type(exc)
+
+    assert outcome(redis_events.b64decode) == outcome(base64.b64decode)
 
 
 def test_a_batch_and_a_single_event(json_decoder):
