@@ -8,7 +8,6 @@ from typing import Dict, Iterator, Protocol, Sequence
 
 from celery_exporter.exposition import negotiate
 from celery_exporter.exposition.model import Family
-from celery_exporter.exposition.protobuf import ProtobufEncoder
 from celery_exporter.exposition.text import TextEncoder
 
 
@@ -28,14 +27,14 @@ class Encoders:
     format asked for last keeps them: asking for another format drops the others' (a
     Prometheus scrapes in one format; memory stays one encoding's worth, ~1 byte per byte
     of body). Two scrapes at once may share an encoder: its caches map label values to what
-    they encode to, so the worst case is a cache miss."""
+    they encode to, so the worst case is a cache miss.
+
+    Each encoder is made when its format is first asked for: the protobuf one imports the
+    protobuf library and builds its message classes (about 3.5 MiB of memory), which a
+    Prometheus that scrapes text never needs."""
 
     def __init__(self) -> None:
-        self.by_format: Dict[str, Encoder] = {
-            negotiate.TEXT: TextEncoder(openmetrics=False),
-            negotiate.OPENMETRICS: TextEncoder(openmetrics=True),
-            negotiate.PROTOBUF: ProtobufEncoder(),
-        }
+        self.by_format: Dict[str, Encoder] = {}
         self.last = ""
 
     def for_accept(self, accept: str) -> Encoder:
@@ -45,7 +44,23 @@ class Encoders:
                 if other != fmt:
                     encoder.forget()
             self.last = fmt
-        return self.by_format[fmt]
+        return self.encoder(fmt)
+
+    def encoder(self, fmt: str) -> Encoder:
+        """The format's encoder, made on first use (two scrapes racing to make it: one is
+        kept, the other's work is a cache miss)."""
+        encoder = self.by_format.get(fmt)
+        if encoder is None:
+            encoder = self.by_format.setdefault(fmt, _new_encoder(fmt))
+        return encoder
 
     def encode(self, families: Sequence[Family], fmt: str = negotiate.TEXT, gzip: bool = False) -> bytes:
-        return b"".join(self.by_format[fmt].encode(families, gzip))
+        return b"".join(self.encoder(fmt).encode(families, gzip))
+
+
+def _new_encoder(fmt: str) -> Encoder:
+    if fmt == negotiate.PROTOBUF:
+        from celery_exporter.exposition.protobuf import ProtobufEncoder  # (see Encoders)
+
+        return ProtobufEncoder()
+    return TextEncoder(openmetrics=fmt == negotiate.OPENMETRICS)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -465,3 +467,24 @@ def test_coalesced_chunks_are_the_same_bytes_in_few_writes(chunks, size):
     # every write but the last is at least `size`, or a chunk that was itself that big, or
     # stopped short because the next chunk would have pushed it past `size`
     assert len(out) <= sum(1 for c in chunks if c) and len(out) <= 2 * (len(b"".join(chunks)) // size) + 2
+
+
+def test_the_protobuf_library_is_loaded_only_when_a_scraper_asks_for_protobuf():
+    # (about 3.5 MiB of memory that a Prometheus scraping text never needs)
+    code = f"""
+import sys
+import celery_exporter.cli
+from celery_exporter.runtime import Exporter
+from celery_exporter.settings import Settings
+exporter = Exporter(Settings())
+encoders = exporter.web.encoders
+encoders.for_accept("text/plain")
+encoders.for_accept({PROMETHEUS_3_DEFAULT!r})
+assert "google.protobuf" not in sys.modules, "loaded before any protobuf scrape"
+assert encoders.for_accept({PROMETHEUS_2_NATIVE!r}).content_type == {protobuf.CONTENT_TYPE!r}
+assert "google.protobuf" in sys.modules
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
