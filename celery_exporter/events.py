@@ -58,21 +58,25 @@ def label(value: Any) -> Optional[str]:
     return None
 
 
-# Label values that passed `label`, for the fields that repeat (task names, hostnames): a
-# lookup is a third of the check. Bounded: emptied when full.
-_GOOD_LABELS: Dict[str, None] = {}
+# Label values that passed `label`, for the fields that repeat (task names, queues,
+# hostnames): a lookup is a third of the check, and every event's value is replaced by the
+# one string kept here, so the task records of thousands of tasks in flight share it instead
+# of each holding the copy its own event was decoded into. Bounded: emptied when full.
+_GOOD_LABELS: Dict[str, str] = {}
 _GOOD_LABELS_MAX = 4096
 
 
 def repeated_label(value: Any) -> Optional[str]:
-    """`label`, remembered for values that come again and again."""
-    if type(value) is str and value in _GOOD_LABELS:
-        return value
+    """`label`, remembered for values that come again and again: the remembered string."""
+    if type(value) is str:
+        known = _GOOD_LABELS.get(value)
+        if known is not None:
+            return known
     checked = label(value)
     if checked is not None and type(checked) is str:
         if len(_GOOD_LABELS) >= _GOOD_LABELS_MAX:
             _GOOD_LABELS.clear()
-        _GOOD_LABELS[checked] = None
+        _GOOD_LABELS[checked] = checked
     return checked
 
 
@@ -101,9 +105,9 @@ def queue_from_sent(event: RawEvent) -> Optional[str]:
         return None
     if DELAYED_EXCHANGE.match(exchange):
         parts = routing_key.split(".", DELAY_BITS)
-        return label(parts[DELAY_BITS]) if len(parts) > DELAY_BITS else None
+        return repeated_label(parts[DELAY_BITS]) if len(parts) > DELAY_BITS else None
     if exchange == "":
-        return label(routing_key)  # the default exchange routes by queue name
+        return repeated_label(routing_key)  # the default exchange routes by queue name
     return None
 
 

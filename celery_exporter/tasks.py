@@ -9,11 +9,16 @@ evicted and counted.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Deque, List, Optional, Tuple
 
 if TYPE_CHECKING:
     from celery_exporter.events import TaskEvent
+
+
+# finished tasks are forgotten on this grid of times: at most this much after their grace
+FINISHED_GRID = 0.125  # seconds (a power of two: exact in binary)
 
 
 class Attempt:
@@ -90,7 +95,10 @@ class TaskTracker:
         self.finished_grace = finished_grace
         self._records: "OrderedDict[str, TaskRecord]" = OrderedDict()
         self._holds: Deque[Tuple[float, str]] = deque()
-        self._finished: Deque[Tuple[float, str]] = deque()
+        # (forget at, uuids): finished tasks grouped by their deadline, rounded up to
+        # FINISHED_GRID (a burst finishes thousands of tasks a second: one entry per group,
+        # not a tuple and a float per task)
+        self._finished: Deque[Tuple[float, List[str]]] = deque()
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -136,11 +144,18 @@ class TaskTracker:
     def finish(self, record: TaskRecord, now: float) -> None:
         if not record.finished:
             record.finished = True
-            self._finished.append((now + self.finished_grace, record.uuid))
+            until = math.ceil((now + self.finished_grace) / FINISHED_GRID) * FINISHED_GRID
+            finished = self._finished
+            if finished and finished[-1][0] == until:
+                finished[-1][1].append(record.uuid)
+            else:
+                finished.append((until, [record.uuid]))
 
     def forget_finished(self, now: float) -> None:
+        records = self._records
         while self._finished and self._finished[0][0] <= now:
-            _, uuid = self._finished.popleft()
-            record = self._records.get(uuid)
-            if record is not None and record.finished:
-                del self._records[uuid]
+            _, uuids = self._finished.popleft()
+            for uuid in uuids:
+                record = records.get(uuid)
+                if record is not None and record.finished:
+                    del records[uuid]

@@ -7,6 +7,8 @@ import pytest
 from celery_exporter import catalogue
 from celery_exporter.events import exception_class, parse_eta, queue_from_sent
 from celery_exporter.labels import INSPECT_WAIT
+from celery_exporter.receiver import TICK_INTERVAL
+from celery_exporter.tasks import FINISHED_GRID
 
 from .conftest import T0, Rig, failed, heartbeat, received, rejected, retried, revoked, sent, started, succeeded
 
@@ -292,6 +294,51 @@ def test_finished_tasks_are_forgotten_and_the_uuid_map_is_bounded():
     rig.advance(1)
     assert rig.value("celery_exporter_tasks_tracked") == 100
     assert rig.value("celery_exporter_tasks_evicted_total") == 50
+
+
+def test_a_finished_task_is_remembered_for_its_whole_grace_and_forgotten_soon_after():
+    rig = Rig()
+    grace = rig.settings.finished_grace_seconds
+    rig.feed(sent("u1"), received("u1"), started("u1"), succeeded("u1"))
+    rig.advance(grace - 0.01)
+    assert rig.handler.tracker.peek("u1") is not None
+    rig.feed(succeeded("u1"))  # still known: a duplicate
+    assert rig.value("celery_exporter_events_dropped_total", reason="duplicate") == 1
+    rig.advance(FINISHED_GRID + TICK_INTERVAL)  # the grid's rounding and the next tick at most
+    assert rig.handler.tracker.peek("u1") is None
+
+
+def test_tasks_finished_together_are_forgotten_together_and_each_on_time():
+    rig = Rig()
+    grace = rig.settings.finished_grace_seconds
+    for i in range(1000):
+        rig.feed(sent(f"a{i}"), received(f"a{i}"), started(f"a{i}"), succeeded(f"a{i}"))
+    rig.advance(1.0)
+    for i in range(10):
+        rig.feed(sent(f"b{i}"), received(f"b{i}"), started(f"b{i}"), succeeded(f"b{i}"))
+    assert len(rig.handler.tracker._finished) == 2  # one entry per deadline, not per task
+    rig.advance(grace - 1.0 + FINISHED_GRID + TICK_INTERVAL)
+    assert len(rig.handler.tracker) == 10  # the first thousand are gone, the later ten not yet
+    rig.advance(1.0)
+    assert len(rig.handler.tracker) == 0
+
+
+def test_task_records_share_one_string_per_name_queue_and_hostname():
+    rig = Rig()
+    # as decoded from JSON, every event carries its own copies of the strings
+    rig.feed(
+        *[
+            event
+            for i in range(2)
+            for event in (
+                sent(f"u{i}", name="".join(["app.", "add"]), queue="".join(["cel", "ery"])),
+                received(f"u{i}", name="".join(["app.", "add"]), host="".join(["w1", "@h"])),
+            )
+        ]
+    )
+    first, second = rig.handler.tracker.peek("u0"), rig.handler.tracker.peek("u1")
+    assert (first.name, first.queue, first.worker) == ("app.add", "celery", "w1@h")
+    assert first.name is second.name and first.queue is second.queue and first.worker is second.worker
 
 
 # -- pure helpers ---------------------------------------------------------------------------
