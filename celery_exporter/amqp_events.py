@@ -26,7 +26,7 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
 
 from celery_exporter import internals
-from celery_exporter.redis_events import JSON, UndecodableMessage, loads
+from celery_exporter.redis_events import JSON, UndecodableMessage, drained, loads
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
 FRAME_END = 0xCE
@@ -66,6 +66,7 @@ class AmqpEventStream:
         self._pending: Optional[List[Any]] = None
         self._foreign = False  # a content-bearing method that py-amqp handles
         self._error: Optional[BaseException] = None  # raised by py-amqp's handler, re-raised next read
+        self.drained = False  # whether the last read was small (see redis_events.drained)
 
     def read_many(self, timeout: float) -> List[Delivery]:
         """Every delivery completed by what one read brought (waiting up to `timeout` s for
@@ -86,6 +87,7 @@ class AmqpEventStream:
             raise
         if not data:
             raise ConnectionError("Server unexpectedly closed connection")
+        self.drained = drained(len(data), self.sock)
         self.buf += data
         return self._frames()
 

@@ -156,6 +156,8 @@ class Subscription(abc.ABC):
         self._last_reply = time.monotonic()
         self._ping_sent: Optional[float] = None
         self.replies = 0  # replies read: messages, pongs, confirmations
+        # whether the last read was small (see drained)
+        self.drained = False
 
     @abc.abstractmethod
     def _replies(self, timeout: float) -> List[Any]:
@@ -241,6 +243,15 @@ class RedisEventStream(Subscription):
 READ_SIZE = 65536  # bytes per recv: under load one read brings dozens of messages
 
 
+def drained(n: int, sock: socket.socket) -> bool:
+    """Whether a read of `n` bytes says the broker is not ahead of us: it brought less than
+    READ_SIZE over a plain socket. Then what comes next can wait a moment to be read with
+    more (receiver.COALESCE_SECONDS), and the pause cannot hold back a backlog: once more
+    than this arrives in a pause, the reads that follow are large and follow at once. (A
+    TLS read returns one record at most, however much more is waiting: never drained.)"""
+    return n < READ_SIZE and not isinstance(sock, ssl.SSLSocket)
+
+
 class HiredisEventStream(Subscription):
     """The subscription read straight from the connection's socket into a hiredis Reader:
     one `recv` and one parse for every message that has arrived, instead of redis-py's
@@ -289,6 +300,7 @@ class HiredisEventStream(Subscription):
                     return []
                 if not n:
                     raise ConnectionError("the Redis server closed the connection")
+                self.drained = drained(n, sock)
                 reader.feed(self._buffer, 0, n)
                 reply = reader.gets()
             replies = []

@@ -1,5 +1,6 @@
 """Message decoding in the receiver, the HTTP endpoints and the command line."""
 
+import base64
 import gzip
 import io
 import json
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from celery_exporter import cli
-from celery_exporter.receiver import Receiver, mask_url
+from celery_exporter.receiver import COALESCE_SECONDS, Receiver, mask_url
 from celery_exporter.settings import Settings
 from celery_exporter.web import Web
 
@@ -50,6 +51,43 @@ def test_undecodable_messages_and_handler_bugs_are_counted_not_fatal(rig, monkey
     r._on_message(FakeMessage([received("u1"), received("u2")]))
     assert rig.value("celery_exporter_events_dropped_total", reason="undecodable") == 1
     assert rig.value("celery_exporter_events_dropped_total", reason="handler_error") == 2
+
+
+class FakeSubscription:
+    """A Redis subscription that hands out prepared reads, then asks the receiver to stop."""
+
+    name = "fake"
+
+    def __init__(self, reads, stop_event):
+        self.reads, self.stop_event = list(reads), stop_event
+        self.replies, self.drained, self.log = 0, False, []
+
+    def wait_subscribed(self, timeout):
+        return []
+
+    def read_many(self, timeout):
+        if not self.reads:
+            self.stop_event.set()
+            return []
+        batch, self.drained = self.reads.pop(0)
+        self.replies += len(batch)
+        self.log.append(len(batch))
+        return batch
+
+    def close(self):
+        pass
+
+
+def test_a_small_read_is_followed_by_a_pause_to_gather_more_and_a_large_one_is_not(rig, monkeypatch):
+    r = receiver_for(rig)
+    body = base64.b64encode(json.dumps(heartbeat()).encode()).decode()
+    message = json.dumps({"body": body, "properties": {"body_encoding": "base64"}}).encode()
+    stream = FakeSubscription([([message], True), ([message] * 3, False), ([], True), ([message], True)], r.stop_event)
+    monkeypatch.setattr(time, "sleep", lambda seconds: stream.log.append(seconds))
+    assert r._consume_redis(stream)
+    # after a small read with messages: a pause; after a large one or an empty one: none
+    assert stream.log == [1, COALESCE_SECONDS, 3, 0, 1, COALESCE_SECONDS]
+    assert rig.value("celery_exporter_events_total", type="worker-heartbeat") == 5
 
 
 def test_mask_url_hides_passwords():

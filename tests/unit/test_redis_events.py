@@ -4,6 +4,7 @@ import base64
 import json
 import pickle
 import socket
+import ssl
 
 import pytest
 
@@ -253,6 +254,34 @@ def test_the_socket_reader_subscribes_and_returns_every_message_of_one_read(sock
     server.sendall(whole[500:])
     assert stream.read_many(0.2) == [b"x" * 1000]
     assert stream.read_many(0.01) == []  # nothing came: an empty read after the timeout
+
+
+def test_the_socket_reader_tells_a_small_read_from_a_large_one(socket_stream):
+    stream, conn, server = socket_stream
+    server.recv(100)
+    server.sendall(push(b"psubscribe", b"/0.celeryev/*", 1))
+    stream.wait_subscribed(1.0)
+    big = push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/task.multi", b"x" * 50_000)
+    server.sendall(big * 2)  # more than a small read
+    got = stream.read_many(1.0)
+    assert not stream.drained  # a large read: read again at once
+    while len(got) < 2:
+        got += stream.read_many(1.0)
+    assert got == [b"x" * 50_000] * 2
+    server.sendall(push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/task.multi", b"y"))
+    assert stream.read_many(1.0) == [b"y"] and stream.drained  # a small read: it may wait
+
+
+def test_a_small_read_is_drained_except_over_tls():
+    plain = socket.socket()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls = context.wrap_socket(socket.socket(), server_hostname="broker", do_handshake_on_connect=False)
+    try:
+        assert redis_events.drained(100, plain) and not redis_events.drained(redis_events.READ_SIZE, plain)
+        assert not redis_events.drained(100, tls)  # one TLS record at most per read, however much waits
+    finally:
+        plain.close()
+        tls.close()
 
 
 def test_the_socket_reader_pings_a_quiet_connection(socket_stream, monkeypatch):
