@@ -531,7 +531,8 @@ class RedisMonitor(Monitor):
 class RabbitVhost:
     """A fresh vhost on the shared local RabbitMQ, so that no other client's events (tests)
     reach the consumer and no queue or exchange carries over: the analogue of the private
-    redis-server. RabbitMQ itself is one shared beam.smp process, not started or pinned here.
+    redis-server. RabbitMQ itself is one shared beam.smp process, not started here (main moves it
+    to the generator's core for the run, unless --no-pin-rabbitmq).
     rabbitmqctl runs pinned to the generator's core, at nice 10 (the generator comes first)."""
 
     def __init__(self, ctl: str, base_url: str, core: int, tag: str):
@@ -1785,6 +1786,13 @@ def parse_args(argv=None):
         help="rabbitmqctl of that (local) broker: vhosts, readiness, queue sampling",
     )
     p.add_argument(
+        "--no-pin-rabbitmq",
+        dest="pin_rabbitmq",
+        action="store_false",
+        help="leave RabbitMQ's beam.smp on every core (by default its threads are moved to the "
+        "generator's core for the run, as redis-server is, and moved back after)",
+    )
+    p.add_argument(
         "--rabbitmq-sample-interval",
         type=float,
         default=1.0,
@@ -1851,11 +1859,17 @@ def main(argv=None) -> int:
         f"# consumer on core {args.consumer_core}; generator, redis-server and runner on core "
         f"{args.generator_core}; load average at start {info['loadavg_at_start']}; logs in {workdir}"
     )
+    pinned: Dict[int, set] = {}
     if "rabbitmq" in brokers:
+        where = "not pinned (it runs on either core, its share of the consumer core shows as other processes')"
+        if args.pin_rabbitmq:
+            pinned, why = pin_rabbitmq(args.generator_core)
+            where = f"pinned to core {args.generator_core} with the generator" if pinned else f"not pinned ({why})"
+        info["rabbitmq_pinned_to_core"] = args.generator_core if pinned else None
         print(
             f"# RabbitMQ: the shared broker at {args.rabbitmq_url}, a fresh vhost per run; its beam.smp is "
-            "not pinned (it runs on either core, its share of the consumer core shows as other processes'); "
-            f"queue sampled with rabbitmqctl every {args.rabbitmq_sample_interval:g} s on core {args.generator_core}"
+            f"{where}; queue sampled with rabbitmqctl every {args.rabbitmq_sample_interval:g} s on core "
+            f"{args.generator_core}"
         )
     if args.py_spy:
         print(
@@ -1865,8 +1879,43 @@ def main(argv=None) -> int:
     try:
         return run_scenarios(args, info, workdir)
     finally:
+        unpin(pinned)
         if not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pin_rabbitmq(core: int) -> Tuple[Dict[int, set], str]:
+    """Move every thread of the local RabbitMQ (beam.smp) to `core`, so that the broker does not
+    run on the consumer's core: on Redis the broker shares the generator's core too. Returns
+    each thread's affinity before (for unpin), or {} and why not."""
+    try:
+        found = subprocess.run(["pgrep", "-x", "beam.smp"], capture_output=True, text=True)
+        pids = [int(p) for p in found.stdout.split()]
+    except OSError as exc:
+        return {}, f"pgrep: {exc}"
+    if not pids:
+        return {}, "no local beam.smp process"
+    before: Dict[int, set] = {}
+    try:
+        for pid in pids:
+            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+                try:
+                    before[tid] = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, {core})
+                except ProcessLookupError:  # the thread ended meanwhile
+                    before.pop(tid, None)
+    except OSError as exc:  # e.g. another user's process
+        unpin(before)
+        return {}, f"{type(exc).__name__}: {exc}"
+    return before, ""
+
+
+def unpin(before: Dict[int, set]) -> None:
+    for tid, cores in before.items():
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError:  # ended meanwhile
+            pass
 
 
 def run_scenarios(args, info: dict, workdir: str) -> int:
