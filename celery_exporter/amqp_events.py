@@ -26,7 +26,7 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
 
 from celery_exporter import internals
-from celery_exporter.redis_events import JSON, UndecodableMessage, drained, loads
+from celery_exporter.redis_events import JSON, Gatherer, UndecodableMessage, loads
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
 FRAME_END = 0xCE
@@ -66,7 +66,8 @@ class AmqpEventStream:
         self._pending: Optional[List[Any]] = None
         self._foreign = False  # a content-bearing method that py-amqp handles
         self._error: Optional[BaseException] = None  # raised by py-amqp's handler, re-raised next read
-        self.drained = False  # whether the last read was small (see redis_events.drained)
+        self.last_read = 0  # bytes the last socket read brought
+        self._gatherer = Gatherer(self.sock)
 
     def read_many(self, timeout: float) -> List[Delivery]:
         """Every delivery completed by what one read brought (waiting up to `timeout` s for
@@ -87,9 +88,13 @@ class AmqpEventStream:
             raise
         if not data:
             raise ConnectionError("Server unexpectedly closed connection")
-        self.drained = drained(len(data), self.sock)
+        self.last_read = len(data)
         self.buf += data
         return self._frames()
+
+    def gather(self, seconds: float) -> None:
+        """Let more arrive before the next read (see redis_events.Gatherer)."""
+        self._gatherer.wait(self.last_read, seconds)
 
     def close(self) -> None:
         """Hand the connection back to py-amqp (which then closes it): the socket's timeout

@@ -39,12 +39,12 @@ AMQP_HEARTBEAT = 10  # seconds; a dead AMQP peer is noticed within ~2 heartbeats
 # than the message TTL are dropped by the broker, not held forever for a stuck exporter.
 QUEUE_MESSAGE_TTL = 30.0
 QUEUE_EXPIRES = 60.0
-# After a small read that brought messages (redis_events.drained), the event thread sleeps
-# this long before reading again, so that what arrives meanwhile is read, parsed and handled
-# together: under a steady load of a few thousand messages a second each message otherwise
-# costs a read of its own (a poll and a recv, the GIL given up and taken back, the loop's
-# bookkeeping). Events are handled at most this much later. A large read (a backlog) is
-# followed by the next at once, so the pause never holds back a burst.
+# After a small read that brought messages, the event thread waits up to this long before
+# reading again, so that what arrives meanwhile is read, parsed and handled together: under a
+# steady load of a few thousand messages a second each message otherwise costs a read of its
+# own (a poll and a recv, the GIL given up and taken back, the loop's bookkeeping). The wait
+# ends as soon as 32 KiB are waiting (redis_events.Gatherer), so it never holds back a
+# backlog; events are handled at most this much later.
 COALESCE_SECONDS = 0.005
 
 
@@ -131,8 +131,8 @@ class Receiver(threading.Thread):
                 for data in batch:
                     on_data(data, accept, now)
                 self._tick(now, received=stream.replies)
-                if batch and stream.drained:
-                    time.sleep(COALESCE_SECONDS)
+                if batch:
+                    stream.gather(COALESCE_SECONDS)
             return True
         finally:
             stream.close()
@@ -233,8 +233,8 @@ class Receiver(threading.Thread):
                     now = self.clock.now()  # deliveries of one read arrived together
                     for delivery in batch:
                         on_delivery(delivery, now)
-                    if batch and stream.drained:
-                        time.sleep(COALESCE_SECONDS)
+                    if batch:
+                        stream.gather(COALESCE_SECONDS)
                 else:
                     self._drain(connection, DRAIN_TIMEOUT)
                     now = self.clock.now()

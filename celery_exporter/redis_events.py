@@ -25,6 +25,7 @@ import binascii
 import importlib
 import json
 import logging
+import select
 import socket
 import ssl
 import time
@@ -156,12 +157,15 @@ class Subscription(abc.ABC):
         self._last_reply = time.monotonic()
         self._ping_sent: Optional[float] = None
         self.replies = 0  # replies read: messages, pongs, confirmations
-        # whether the last read was small (see drained)
-        self.drained = False
+        self.last_read = 0  # bytes the last socket read brought (0: none, or not known)
 
     @abc.abstractmethod
     def _replies(self, timeout: float) -> List[Any]:
         """The replies that arrive within `timeout` (none when none did)."""
+
+    @abc.abstractmethod
+    def gather(self, seconds: float) -> None:
+        """Let more arrive before the next read, where the reader can (see Gatherer)."""
 
     @abc.abstractmethod
     def _ping(self) -> None:
@@ -230,6 +234,9 @@ class RedisEventStream(Subscription):
         response = self.pubsub.parse_response(block=False, timeout=timeout)
         return [response] if response else []
 
+    def gather(self, seconds: float) -> None:
+        """Nothing: redis-py's PubSub hands out one reply per call, whatever has arrived."""
+
     def _ping(self) -> None:
         self.pubsub.ping()
 
@@ -243,13 +250,42 @@ class RedisEventStream(Subscription):
 READ_SIZE = 65536  # bytes per recv: under load one read brings dozens of messages
 
 
-def drained(n: int, sock: socket.socket) -> bool:
-    """Whether a read of `n` bytes says the broker is not ahead of us: it brought less than
-    READ_SIZE over a plain socket. Then what comes next can wait a moment to be read with
-    more (receiver.COALESCE_SECONDS), and the pause cannot hold back a backlog: once more
-    than this arrives in a pause, the reads that follow are large and follow at once. (A
-    TLS read returns one record at most, however much more is waiting: never drained.)"""
-    return n < READ_SIZE and not isinstance(sock, ssl.SSLSocket)
+# A pause after a small read (receiver.COALESCE_SECONDS) ends early once this many bytes are
+# waiting (or a quarter of the socket's receive buffer, if that is less): a backlog is read
+# at once, so the pause can never hold back a burst, whatever the buffer sizes.
+GATHER_BYTES = 32768
+
+
+class Gatherer:
+    """Lets what follows a small read arrive before the next read: waits up to `seconds`,
+    or until GATHER_BYTES are waiting (SO_RCVLOWAT, which the kernel's poll honours), for
+    the reader of `sock`. Only on a plain TCP socket where the platform has both: a TLS
+    read returns one record at most however much is waiting, and elsewhere it never waits."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.usable = (
+            hasattr(select, "poll")
+            and hasattr(socket, "SO_RCVLOWAT")
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+            and not isinstance(sock, ssl.SSLSocket)
+        )
+        if self.usable:
+            buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            self.enough = max(1, min(GATHER_BYTES, buffer // 4))
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
+
+    def wait(self, last_read: int, seconds: float) -> None:
+        """After a read of `last_read` bytes: wait for more, if that read was small."""
+        if not self.usable or last_read >= self.enough:
+            return
+        sock = self.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self.enough)
+        try:
+            self._poll.poll(seconds * 1000)
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
 class HiredisEventStream(Subscription):
@@ -274,6 +310,7 @@ class HiredisEventStream(Subscription):
         try:
             self._conn.connect()
             self._sock: socket.socket = internals.redis_socket(self._conn)
+            self._gatherer = Gatherer(self._sock)
             self._reader = _hiredis.Reader()
             self._protocol_error: Type[Exception] = _hiredis.ProtocolError
             self._buffer = bytearray(READ_SIZE)
@@ -300,7 +337,7 @@ class HiredisEventStream(Subscription):
                     return []
                 if not n:
                     raise ConnectionError("the Redis server closed the connection")
-                self.drained = drained(n, sock)
+                self.last_read = n
                 reader.feed(self._buffer, 0, n)
                 reply = reader.gets()
             replies = []
@@ -310,6 +347,10 @@ class HiredisEventStream(Subscription):
             return replies
         except self._protocol_error as exc:
             raise ConnectionError(f"unreadable reply from the Redis server: {exc}") from None
+
+    def gather(self, seconds: float) -> None:
+        """Let more arrive before the next read (see Gatherer)."""
+        self._gatherer.wait(self.last_read, seconds)
 
     def _ping(self) -> None:
         # check_health=False: redis-py's own health check would read the reply itself

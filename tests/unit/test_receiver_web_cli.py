@@ -60,7 +60,7 @@ class FakeSubscription:
 
     def __init__(self, reads, stop_event):
         self.reads, self.stop_event = list(reads), stop_event
-        self.replies, self.drained, self.log = 0, False, []
+        self.replies, self.log = 0, []
 
     def wait_subscribed(self, timeout):
         return []
@@ -69,24 +69,27 @@ class FakeSubscription:
         if not self.reads:
             self.stop_event.set()
             return []
-        batch, self.drained = self.reads.pop(0)
+        batch = self.reads.pop(0)
         self.replies += len(batch)
         self.log.append(len(batch))
         return batch
+
+    def gather(self, seconds):
+        self.log.append(seconds)
 
     def close(self):
         pass
 
 
-def test_a_small_read_is_followed_by_a_pause_to_gather_more_and_a_large_one_is_not(rig, monkeypatch):
+def test_a_read_with_messages_is_followed_by_a_pause_to_gather_more(rig):
     r = receiver_for(rig)
     body = base64.b64encode(json.dumps(heartbeat()).encode()).decode()
     message = json.dumps({"body": body, "properties": {"body_encoding": "base64"}}).encode()
-    stream = FakeSubscription([([message], True), ([message] * 3, False), ([], True), ([message], True)], r.stop_event)
-    monkeypatch.setattr(time, "sleep", lambda seconds: stream.log.append(seconds))
+    stream = FakeSubscription([[message], [message] * 3, [], [message]], r.stop_event)
     assert r._consume_redis(stream)
-    # after a small read with messages: a pause; after a large one or an empty one: none
-    assert stream.log == [1, COALESCE_SECONDS, 3, 0, 1, COALESCE_SECONDS]
+    # after a read with messages: a pause (which the stream ends early, or skips after a large
+    # read: see test_redis_events); after an empty one (the read's own timeout): none
+    assert stream.log == [1, COALESCE_SECONDS, 3, COALESCE_SECONDS, 0, 1, COALESCE_SECONDS]
     assert rig.value("celery_exporter_events_total", type="worker-heartbeat") == 5
 
 

@@ -5,6 +5,7 @@ import json
 import pickle
 import socket
 import ssl
+import time
 
 import pytest
 
@@ -256,32 +257,58 @@ def test_the_socket_reader_subscribes_and_returns_every_message_of_one_read(sock
     assert stream.read_many(0.01) == []  # nothing came: an empty read after the timeout
 
 
-def test_the_socket_reader_tells_a_small_read_from_a_large_one(socket_stream):
+def test_the_socket_reader_counts_the_bytes_of_its_last_read(socket_stream):
     stream, conn, server = socket_stream
     server.recv(100)
-    server.sendall(push(b"psubscribe", b"/0.celeryev/*", 1))
+    confirmation = push(b"psubscribe", b"/0.celeryev/*", 1)
+    server.sendall(confirmation)
     stream.wait_subscribed(1.0)
-    big = push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/task.multi", b"x" * 50_000)
-    server.sendall(big * 2)  # more than a small read
-    got = stream.read_many(1.0)
-    assert not stream.drained  # a large read: read again at once
-    while len(got) < 2:
-        got += stream.read_many(1.0)
-    assert got == [b"x" * 50_000] * 2
-    server.sendall(push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/task.multi", b"y"))
-    assert stream.read_many(1.0) == [b"y"] and stream.drained  # a small read: it may wait
+    assert stream.last_read == len(confirmation)
+    stream.gather(10.0)  # a socket pair: no pause (see below)
 
 
-def test_a_small_read_is_drained_except_over_tls():
-    plain = socket.socket()
+@pytest.fixture
+def tcp_pair():
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    theirs, _ = listener.accept()
+    listener.close()
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def test_a_pause_after_a_small_read_ends_as_soon_as_enough_is_waiting(tcp_pair):
+    ours, theirs = tcp_pair
+    gatherer = redis_events.Gatherer(ours)
+    buffer = ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    assert gatherer.usable and gatherer.enough == min(redis_events.GATHER_BYTES, buffer // 4)
+    theirs.sendall(b"x" * 100)
+    started = time.monotonic()
+    gatherer.wait(100, 0.05)  # less than enough is waiting: the whole pause
+    assert time.monotonic() - started >= 0.04
+    assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1  # reads as before after it
+    theirs.sendall(b"x" * gatherer.enough)
+    started = time.monotonic()
+    gatherer.wait(100, 10.0)  # enough is waiting (a backlog): it ends at once
+    gatherer.wait(gatherer.enough, 10.0)  # after a large read: no pause at all
+    assert time.monotonic() - started < 5.0
+
+
+def test_no_pause_over_tls_or_a_unix_socket():
+    unix, other = socket.socketpair()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     tls = context.wrap_socket(socket.socket(), server_hostname="broker", do_handshake_on_connect=False)
     try:
-        assert redis_events.drained(100, plain) and not redis_events.drained(redis_events.READ_SIZE, plain)
-        assert not redis_events.drained(100, tls)  # one TLS record at most per read, however much waits
+        for sock in (unix, tls):  # (a TLS read returns one record at most, however much waits)
+            gatherer = redis_events.Gatherer(sock)
+            assert not gatherer.usable
+            started = time.monotonic()
+            gatherer.wait(0, 10.0)
+            assert time.monotonic() - started < 5.0
     finally:
-        plain.close()
-        tls.close()
+        for sock in (unix, other, tls):
+            sock.close()
 
 
 def test_the_socket_reader_pings_a_quiet_connection(socket_stream, monkeypatch):
