@@ -40,7 +40,8 @@ class Encoders:
     def for_accept(self, accept: str) -> Encoder:
         fmt = negotiate.choose(accept)
         if fmt != self.last:
-            for other, encoder in self.by_format.items():
+            # (a copy: a scrape in another thread may be making an encoder meanwhile)
+            for other, encoder in list(self.by_format.items()):
                 if other != fmt:
                     encoder.forget()
             self.last = fmt

@@ -488,3 +488,15 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "ok\n"
+
+
+def test_an_encoder_made_by_another_scrape_meanwhile_does_not_break_a_switch_of_format():
+    from celery_exporter.exposition import Encoders
+
+    encoders = Encoders()
+    encoders.for_accept("text/plain")
+    text = encoders.by_format[negotiate.TEXT]
+    # while this scrape makes the others forget, a scrape in another thread makes an encoder
+    text.forget = lambda: encoders.encoder(negotiate.PROTOBUF)
+    assert encoders.for_accept(PROMETHEUS_3_DEFAULT).openmetrics
+    assert set(encoders.by_format) == {negotiate.TEXT, negotiate.OPENMETRICS, negotiate.PROTOBUF}
