@@ -93,8 +93,11 @@ class AmqpEventStream:
         return self._frames()
 
     def gather(self, seconds: float) -> None:
-        """Let more arrive before the next read (see redis_events.Gatherer)."""
-        self._gatherer.wait(self.last_read, seconds)
+        """Let more arrive before the next read (see redis_events.Gatherer); not when
+        py-amqp's handler raised on a frame of this read (a server's connection.close, after
+        which py-amqp has closed the socket): the next read raises that error at once."""
+        if self._error is None:
+            self._gatherer.wait(self.last_read, seconds)
 
     def close(self) -> None:
         """Hand the connection back to py-amqp (which then closes it): the socket's timeout

@@ -273,19 +273,21 @@ class Gatherer:
         if self.usable:
             buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             self.enough = max(1, min(GATHER_BYTES, buffer // 4))
+            self._before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)  # set back after each wait
             self._poll = select.poll()
             self._poll.register(sock.fileno(), select.POLLIN)
 
     def wait(self, last_read: int, seconds: float) -> None:
-        """After a read of `last_read` bytes: wait for more, if that read was small."""
-        if not self.usable or last_read >= self.enough:
-            return
+        """After a read of `last_read` bytes: wait for more, if that read was small (and the
+        socket is still open: a frame handled meanwhile may have closed it)."""
         sock = self.sock
+        if not self.usable or last_read >= self.enough or sock.fileno() < 0:
+            return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self.enough)
         try:
             self._poll.poll(seconds * 1000)
         finally:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self._before)
 
 
 class HiredisEventStream(Subscription):

@@ -227,6 +227,26 @@ def test_an_error_of_py_amqps_handler_keeps_the_deliveries_before_it(pair):
     assert amqp.bytes_recv == 3 + 1
 
 
+def test_no_pause_after_a_read_whose_frame_closed_the_connection():
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    broker, _ = listener.accept()
+    listener.close()
+    try:
+        reader, amqp = stream(ours)
+        assert reader._gatherer.usable  # a TCP socket: it would pause
+        amqp.fail_on = (8,)
+        body = json.dumps(ONE).encode()
+        broker.sendall(delivery(body) + frame(8, 0, b""))
+        assert events(reader.read_many(1.0)) == [ONE]
+        ours.close()  # as py-amqp does after a server's connection.close
+        reader.gather(10.0)  # no pause, and no EBADF in place of the handler's error
+        with pytest.raises(ConnectionAbortedError):
+            reader.read_many(1.0)
+    finally:
+        broker.close()
+
+
 def test_close_hands_py_amqp_the_rest_or_drops_the_connection(pair):
     ours, broker = pair
     ours.settimeout(7.0)

@@ -295,6 +295,16 @@ def test_a_pause_after_a_small_read_ends_as_soon_as_enough_is_waiting(tcp_pair):
     assert time.monotonic() - started < 5.0
 
 
+def test_a_pause_sets_the_low_water_mark_back_as_it_was_and_skips_a_closed_socket(tcp_pair):
+    ours, theirs = tcp_pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 5)  # (e.g. py-amqp's socket_settings)
+    gatherer = redis_events.Gatherer(ours)
+    gatherer.wait(0, 0.001)
+    assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 5
+    ours.close()
+    gatherer.wait(0, 10.0)  # closed meanwhile: nothing to wait for, and no error
+
+
 def test_no_pause_over_tls_or_a_unix_socket():
     unix, other = socket.socketpair()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
