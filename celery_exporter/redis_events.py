@@ -157,7 +157,6 @@ class Subscription(abc.ABC):
         self._last_reply = time.monotonic()
         self._ping_sent: Optional[float] = None
         self.replies = 0  # replies read: messages, pongs, confirmations
-        self.last_read = 0  # bytes the last socket read brought (0: none, or not known)
 
     @abc.abstractmethod
     def _replies(self, timeout: float) -> List[Any]:
@@ -313,6 +312,7 @@ class HiredisEventStream(Subscription):
             self._conn.connect()
             self._sock: socket.socket = internals.redis_socket(self._conn)
             self._gatherer = Gatherer(self._sock)
+            self.last_read = 0  # bytes the last socket read brought
             self._reader = _hiredis.Reader()
             self._protocol_error: Type[Exception] = _hiredis.ProtocolError
             self._buffer = bytearray(READ_SIZE)
