@@ -778,17 +778,24 @@ def test_dockerfile_shape():
     assert "org.opencontainers.image.title" in text
 
 
-def readme_helm_commands():
-    """The `helm install` commands of the README and the chart's README, continuation lines joined."""
+def documented_helm_commands():
+    """The `helm install` commands of the README, the documentation pages and the chart's README,
+    continuation lines joined, with the file each is in."""
     out = []
-    for path in (ROOT / "README.md", CHART / "README.md"):
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), CHART / "README.md"]:
         text = path.read_text().replace("\\\n", " ")
-        out += [(path.name, line.strip()) for line in text.splitlines() if line.strip().startswith("helm install ")]
+        where = path.relative_to(ROOT).as_posix()
+        out += [(where, line.strip()) for line in text.splitlines() if line.strip().startswith("helm install ")]
     return out
 
 
-@pytest.mark.parametrize("source,command", readme_helm_commands(), ids=lambda v: v if v.endswith(".md") else "cmd")
-def test_the_readme_helm_commands_render_and_validate(helm, source, command):
+def test_the_deployment_page_and_the_chart_readme_show_helm_install():
+    sources = {source for source, _ in documented_helm_commands()}
+    assert {"docs/deployment.md", "helm/celery-exporter/README.md"} <= sources, sources
+
+
+@pytest.mark.parametrize("source,command", documented_helm_commands(), ids=lambda v: v if v.endswith(".md") else "cmd")
+def test_the_documented_helm_commands_render_and_validate(helm, source, command):
     import shlex
 
     argv = shlex.split(command)

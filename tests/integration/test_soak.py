@@ -2,7 +2,7 @@
 in all) and task series that come and go. After the TTLs have turned over once, the
 exporter's memory must stay flat and its series bounded by what is alive.
 
-CI runs a short variant (SOAK_SECONDS, default 75). The longer run recorded in the README:
+CI runs a short variant (SOAK_SECONDS, default 75). The longer run recorded in docs/failure-behaviour.md:
     SOAK_SECONDS=600 python -m pytest tests/integration/test_soak.py -s
 """
 
