@@ -173,6 +173,8 @@ def test_readme_keeps_the_install_and_the_test_command():
     assert "pip install '.[test]' && python -m pytest" in lines
     # the first code block is the user's: the test suite's needs are not in it
     assert blocks[0].strip() == "pip install . && celery-exporter demo"
+    # ...and the README starts with the two: install and run, then the tests
+    assert blocks[1].strip() == "pip install '.[test]' && python -m pytest"
     assert "bash .ci/run" in text
 
 
