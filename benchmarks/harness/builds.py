@@ -68,7 +68,9 @@ class Build:
         if self.python is None:
             return
         try:
-            out = subprocess.run([self.python, "-c", LOCATE], capture_output=True, text=True, timeout=60).stdout
+            # isolated (-I) and from /: the directory it runs in must not be importable
+            cmd = [self.python, "-I", "-c", LOCATE]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/").stdout
             found = json.loads(out)
         except (OSError, ValueError, subprocess.TimeoutExpired):
             return

@@ -15,6 +15,7 @@ from harness.scenarios import Scenario
 from harness.summary import HEADLINE, summarize
 
 WIDTH = 46  # the text table's label column
+NOISE = 0.05  # medians of two builds this far apart are taken as a difference, not noise
 LABELS = {key: label for key, label, _ in FIGURES}
 
 
@@ -74,9 +75,12 @@ def ratio_label(builds: List[str]) -> str:
     return f"CPU per event, {builds[0] if len(builds) == 1 else 'build'} / reference"
 
 
-def headline_lines(summary: dict) -> List[str]:
-    """Before vs after on the figures that decide: medians, their ratio, and the range of
-    the per-repeat ratios."""
+def headline_lines(
+    summary: dict, cell: Callable[[Optional[List[float]]], str] = fmt_mmm, arrow: str = "->"
+) -> List[str]:
+    """Before vs after on the figures that decide: the medians, their ratio and the range of
+    the per-repeat ratios, and a warning where after is worse than noise (medians more than
+    NOISE apart, every one of these figures being lower-is-better) or lost events."""
     comp = summary.get("comparison")
     if not comp:
         return []
@@ -86,10 +90,14 @@ def headline_lines(summary: dict) -> List[str]:
         b, a = before.get(key), after.get(key)
         if b is None and a is None:
             continue
-        line = f"{LABELS[key]}: median {fmt(b[1] if b else None)} -> {fmt(a[1] if a else None)}"
-        ratio, per_repeat = comp["ratio_of_medians"].get(key), comp["ratio_per_repeat"].get(key)
+        line = f"{LABELS[key]}: median {fmt(b[1] if b else None)} {arrow} {fmt(a[1] if a else None)}"
+        ratio = comp["ratio_of_medians"].get(key)
         if ratio is not None:
-            line += f" (x{fmt(ratio)}; per repeat {fmt_mmm(per_repeat)})"
+            line += f" (x{fmt(ratio)}; per repeat {cell(comp['ratio_per_repeat'].get(key))})"
+        if key == "lost" and a and a[2]:
+            line += " LOST EVENTS"
+        elif key != "lost" and ratio is not None and ratio > 1 + NOISE:
+            line += f" WORSE by more than {NOISE:.0%}"
         out.append(line)
     return out
 
@@ -167,7 +175,7 @@ def markdown_one(path: str, d: dict) -> List[str]:
 
 
 def markdown_comparison(s: dict) -> List[str]:
-    lines = headline_lines(s)
+    lines = headline_lines(s, fmt_md, "→")
     if not lines:
         return []
     comp = s["comparison"]
