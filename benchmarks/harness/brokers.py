@@ -40,9 +40,10 @@ class RedisServer:
             self.port = free_port()
             self.log_path = os.path.join(self.workdir, f"redis-{self.port}.log")
             log = open(self.log_path, "w")
-            cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+            cmd += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
             self.proc = subprocess.Popen(
-                on_core(self.core, [*cmd, "--daemonize", "no"]),
+                on_core(self.core, cmd),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,

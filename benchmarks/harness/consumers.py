@@ -36,8 +36,6 @@ Count = Tuple[Optional[int], Optional[float]]
 
 
 class Consumer:
-    kind = ""
-
     def __init__(self, args: Any, broker: Broker, workdir: str, tag: str):
         self.args, self.broker, self.workdir, self.tag = args, broker, workdir, tag
         self.proc: Optional[subprocess.Popen] = None
@@ -78,8 +76,6 @@ class Consumer:
 
 
 class ExporterConsumer(Consumer):
-    kind = "exporter"
-
     def __init__(self, args: Any, broker: Broker, workdir: str, tag: str, build: Build, exporter_args: Tuple[str, ...]):
         super().__init__(args, broker, workdir, tag)
         self.build, self.exporter_args = build, exporter_args
@@ -181,8 +177,6 @@ class ExporterConsumer(Consumer):
 
 
 class ReferenceConsumer(Consumer):
-    kind = REFERENCE
-
     def start(self) -> None:
         self.log_path = os.path.join(self.workdir, f"{self.tag}-reference.log")
         self.err = open(self.log_path, "w")

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import IO, Any, Callable, Dict, List, Optional
 
-from harness.builds import DEFAULT_NAME
+from harness.builds import DEFAULT_NAME, REFERENCE
 from harness.figures import FIGURES
 from harness.scenarios import Scenario
 from harness.summary import HEADLINE, summarize
@@ -50,16 +50,20 @@ def fmt_md(t: Optional[List[float]]) -> str:
     return fmt(med) if lo == hi else f"{fmt(med)} [{fmt(lo)} – {fmt(hi)}]"
 
 
+def consumer_columns(summary: dict) -> List[str]:
+    """The builds, then the reference if it ran."""
+    return list(summary["builds"]) + [n for n in (REFERENCE,) if n in summary]
+
+
 def columns(summary: dict) -> List[str]:
-    """The consumers' columns, builds first, then the comparison's when there is one."""
-    names = [n for n in summary["builds"] if n in summary] + [n for n in ("reference",) if n in summary]
+    """The consumers' columns, then the comparison's when there is one."""
     comp = summary.get("comparison")
-    return names + ([f"{comp['after']} / {comp['before']}"] if comp else [])
+    return consumer_columns(summary) + ([f"{comp['after']} / {comp['before']}"] if comp else [])
 
 
 def rows(summary: dict, cell: Callable[[Optional[List[float]]], str]) -> List[List[str]]:
     """[label, cell per column] for every figure that some consumer has."""
-    names = [n for n in summary["builds"] if n in summary] + [n for n in ("reference",) if n in summary]
+    names = consumer_columns(summary)
     comp = summary.get("comparison")
     out = []
     for key, label, _ in FIGURES:
