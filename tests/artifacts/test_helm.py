@@ -555,19 +555,26 @@ PSS_SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t"}
 
 
 def restricted_pss_violations(pod: dict, annotations: dict) -> list:
-    out = []
+    """What the pod spec breaks of the Restricted Pod Security Standard: the pod's own
+    fields, then every security context (the pod's and each container's), then each container's."""
     psc = pod.get("securityContext") or {}
     containers = pod.get("containers", []) + pod.get("initContainers", []) + pod.get("ephemeralContainers", [])
-    for field in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(field):
-            out.append(field)
+    out = pod_violations(pod, psc, annotations)
+    for where, ctx in [("pod", psc)] + [(c["name"], c.get("securityContext") or {}) for c in containers]:
+        out += security_context_violations(where, ctx)
+    for c in containers:
+        out += container_violations(c, psc)
+    return out
+
+
+def pod_violations(pod: dict, psc: dict, annotations: dict) -> list:
+    """Host namespaces, volume kinds, sysctls, AppArmor annotations, the pod's seccomp and user."""
+    out = [field for field in ("hostNetwork", "hostPID", "hostIPC") if pod.get(field)]
     for volume in pod.get("volumes", []):
         kinds = set(volume) - {"name"}
         if not kinds <= PSS_VOLUMES:
             out.append(f"volume {volume['name']}: {sorted(kinds - PSS_VOLUMES)}")
-    for sysctl in psc.get("sysctls", []):
-        if sysctl["name"] not in PSS_SYSCTLS:
-            out.append(f"sysctl {sysctl['name']}")
+    out += [f"sysctl {s['name']}" for s in psc.get("sysctls", []) if s["name"] not in PSS_SYSCTLS]
     for key, value in annotations.items():
         if key.startswith("container.apparmor.security.beta.kubernetes.io/") and not (
             value == "runtime/default" or value.startswith("localhost/")
@@ -578,37 +585,48 @@ def restricted_pss_violations(pod: dict, annotations: dict) -> list:
         out.append(f"pod seccompProfile {pod_seccomp}")
     if psc.get("runAsUser") == 0:
         out.append("pod runAsUser 0")
-    for where, ctx in [("pod", psc)] + [(c["name"], c.get("securityContext") or {}) for c in containers]:
-        if (ctx.get("windowsOptions") or {}).get("hostProcess"):
-            out.append(f"{where}: hostProcess")
-        selinux = ctx.get("seLinuxOptions") or {}
-        if selinux.get("type", "") not in PSS_SELINUX_TYPES or selinux.get("user") or selinux.get("role"):
-            out.append(f"{where}: seLinuxOptions")
-        if (ctx.get("appArmorProfile") or {}).get("type", "RuntimeDefault") not in ("RuntimeDefault", "Localhost"):
-            out.append(f"{where}: appArmorProfile")
-    for c in containers:
-        name, sc = c["name"], c.get("securityContext") or {}
-        if sc.get("privileged"):
-            out.append(f"{name}: privileged")
-        if sc.get("allowPrivilegeEscalation") is not False:
-            out.append(f"{name}: allowPrivilegeEscalation must be false")
-        caps = sc.get("capabilities") or {}
-        if "ALL" not in caps.get("drop", []):
-            out.append(f"{name}: capabilities must drop ALL")
-        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
-            out.append(f"{name}: capabilities.add {caps['add']}")
-        if sc.get("procMount", "Default") != "Default":
-            out.append(f"{name}: procMount")
-        if any(p.get("hostPort") for p in c.get("ports", [])):
-            out.append(f"{name}: hostPort")
-        if sc.get("runAsUser") == 0:
-            out.append(f"{name}: runAsUser 0")
-        # runAsNonRoot: true on the pod (and not false here), or true here
-        if sc.get("runAsNonRoot") is False or not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
-            out.append(f"{name}: runAsNonRoot must be true")
-        seccomp = (sc.get("seccompProfile") or {}).get("type")
-        if seccomp not in (None, "RuntimeDefault", "Localhost") or (seccomp is None and pod_seccomp is None):
-            out.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+    return out
+
+
+def security_context_violations(where: str, ctx: dict) -> list:
+    """Windows host processes, SELinux options and AppArmor profiles, in any security context."""
+    out = []
+    if (ctx.get("windowsOptions") or {}).get("hostProcess"):
+        out.append(f"{where}: hostProcess")
+    selinux = ctx.get("seLinuxOptions") or {}
+    if selinux.get("type", "") not in PSS_SELINUX_TYPES or selinux.get("user") or selinux.get("role"):
+        out.append(f"{where}: seLinuxOptions")
+    if (ctx.get("appArmorProfile") or {}).get("type", "RuntimeDefault") not in ("RuntimeDefault", "Localhost"):
+        out.append(f"{where}: appArmorProfile")
+    return out
+
+
+def container_violations(c: dict, psc: dict) -> list:
+    """One container's privileges, capabilities, ports, user and seccomp (the pod's as its default)."""
+    out = []
+    name, sc = c["name"], c.get("securityContext") or {}
+    if sc.get("privileged"):
+        out.append(f"{name}: privileged")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        out.append(f"{name}: allowPrivilegeEscalation must be false")
+    caps = sc.get("capabilities") or {}
+    if "ALL" not in caps.get("drop", []):
+        out.append(f"{name}: capabilities must drop ALL")
+    if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+        out.append(f"{name}: capabilities.add {caps['add']}")
+    if sc.get("procMount", "Default") != "Default":
+        out.append(f"{name}: procMount")
+    if any(p.get("hostPort") for p in c.get("ports", [])):
+        out.append(f"{name}: hostPort")
+    if sc.get("runAsUser") == 0:
+        out.append(f"{name}: runAsUser 0")
+    # runAsNonRoot: true on the pod (and not false here), or true here
+    if sc.get("runAsNonRoot") is False or not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+        out.append(f"{name}: runAsNonRoot must be true")
+    seccomp = (sc.get("seccompProfile") or {}).get("type")
+    pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
+    if seccomp not in (None, "RuntimeDefault", "Localhost") or (seccomp is None and pod_seccomp is None):
+        out.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
     return out
 
 
