@@ -493,7 +493,7 @@ def overview() -> dict:
     lay.add(
         timeseries(
             "Events dropped",
-            "Events not turned into metrics, by reason (see the README).",
+            "Events not turned into metrics, by reason (see the docs: Metrics).",
             [
                 target(
                     f"sum by (reason) ({one(f'rate(celery_exporter_events_dropped_total{{{JOB}}}[{RATE}])')})",
