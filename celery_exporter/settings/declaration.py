@@ -53,7 +53,7 @@ class Option:
     name: the option's name where the first long flag does not give it (repeatable options
         are named in the plural); also the key of its value when settings are built.
     env: environment variables read after the flags: CELERY_EXPORTER_<NAME>, then `also_env`.
-    type: the click type that parses the text (None: a boolean flag pair).
+    type: the click type that parses the text (none for a boolean pair; default: text).
     default: as a user writes it (text), or a value the type accepts; None: no value.
     multiple: repeatable (its environment variable holds values separated by spaces).
     help: what the option means, for --help and the docs (plain text; `code` in backquotes).
@@ -83,11 +83,14 @@ class Option:
         if not longs:
             raise ValueError(f"{flags}: an option needs a long flag")
         self.flags = flags
+        self.is_flag = "/" in longs[0]  # a boolean --x/--no-x pair
+        if self.is_flag and type is not None:
+            raise ValueError(f"{flags}: a --x/--no-x pair is a boolean, it takes no type")
         self.name = name or longs[0].split("/")[0][2:].replace("-", "_")
         self.env: Tuple[str, ...] = (ENV_PREFIX + self.name.upper(), *also_env)
         self.group = group
         self.help = help
-        self.type = type
+        self.type = type if type is not None or self.is_flag else click.STRING
         self.default = default
         self.multiple = multiple
         self.doc = doc or help
@@ -97,11 +100,6 @@ class Option:
 
     def __repr__(self) -> str:
         return f"Option({self.long_flag!r})"
-
-    @property
-    def is_flag(self) -> bool:
-        """A boolean `--x/--no-x` pair."""
-        return self.type is None
 
     @property
     def long_flag(self) -> str:

@@ -294,13 +294,15 @@ def test_the_demo_reuses_the_declarations_without_environment_variables():
 
 def test_the_reference_names_every_flag_and_environment_variable():
     text = reference_markdown()
+    rows = [[c.strip() for c in line.split(" | ")] for line in text.splitlines() if line.startswith("| `")]
     for option in OPTIONS.values():
+        (row,) = [r for r in rows if r[1].startswith(f"`{option.env[0]}`")]
         for flag in option.flags:
             for part in flag.split("/"):
-                assert f"`{part}" in text, part
+                assert f"`{part}" in row[0], (part, row[0])
         for var in option.env:
-            assert f"`{var}`" in text, var
-        assert option.doc in text
+            assert f"`{var}`" in row[1], var
+        assert row[3] == option.doc + " |"
 
 
 def test_the_reference_is_grouped_in_the_groups_order():
@@ -367,3 +369,7 @@ def test_option_names_and_environment_variables_follow_the_first_long_flag():
     assert named.env == ("CELERY_EXPORTER_PAIRS",) and named.parse(None) == () and named.parse(["a=1"]) == (("a", 1),)
     with pytest.raises(ValueError):
         Option("-x", group=Group.HTTP, help="h")
+    with pytest.raises(ValueError):
+        Option("--on/--off", type=Items(), group=Group.HTTP, help="h")
+    text = Option("--text", group=Group.HTTP, help="h")
+    assert not text.is_flag and text.type is click.STRING and text.parse("x") == "x"
