@@ -47,7 +47,7 @@ def build_settings(values: Dict[str, Any], given: Optional[Set[str]] = None) -> 
         try:
             check(settings)
         except Invalid as exc:
-            raise click.BadParameter(str(exc), param_hint=f"'{exc.flag}'") from None
+            raise click.BadParameter(str(exc), param_hint=f"'{exc.flag}'" if exc.flag else None) from None
     return settings
 
 

@@ -412,5 +412,6 @@ def _worker_ttl_outlives_timeout(settings: Settings) -> None:
         )
 
 
-# Checks across settings, run on every Settings built from options; each raises Invalid.
+# Checks across settings, run on every Settings built from options; each raises Invalid
+# naming the flag to change.
 CHECKS: Tuple[Callable[[Settings], None], ...] = (_worker_ttl_outlives_timeout,)

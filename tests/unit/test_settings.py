@@ -11,9 +11,9 @@ import click
 import pytest
 
 from celery_exporter import cli, nativehist
-from celery_exporter.settings import Group, Option, Settings, build_settings, declarations, reference_markdown
+from celery_exporter.settings import Group, Option, Settings, build_settings, chart, declarations, reference_markdown
 from celery_exporter.settings.declaration import options
-from celery_exporter.settings.params import Duration, Items, KeyValue
+from celery_exporter.settings.params import DURATION_PATTERN, Duration, Items, KeyValue
 
 from .test_receiver_web_cli import run_cli
 
@@ -356,6 +356,17 @@ def test_a_choice_setting_is_one_declaration(monkeypatch):
     assert "'--event-reader'" in refused.value.format_message()
     text = reference_markdown(settings_class=WithAChoice)
     assert "| `--event-reader` | `CELERY_EXPORTER_EVENT_READER` | `auto` | Which event reader to use. |" in text
+    # and the Helm chart's value, schema and template
+    assert chart.values_schema(WithAChoice)["properties"] == {
+        "eventReader": {"type": "string", "enum": ["auto", "kombu", "lean", ""]},
+        "pause": {"type": "string", "pattern": "^$|" + DURATION_PATTERN},
+    }
+    assert chart.values_yaml(WithAChoice).splitlines()[0] == (
+        '  eventReader: ""  # --event-reader; the exporter\'s default: auto'
+    )
+    template = chart.template(WithAChoice)
+    entry = "{{- if .eventReader }}\n- name: CELERY_EXPORTER_EVENT_READER\n  value: {{ .eventReader | quote }}"
+    assert entry in template
 
 
 def test_option_names_and_environment_variables_follow_the_first_long_flag():
