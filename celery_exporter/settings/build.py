@@ -15,7 +15,6 @@ from celery_exporter.settings.model import CHECKS, Settings
 
 DECLARED = declarations(Settings)
 OPTIONS = {o.name: o for o in options(Settings)}
-DEFAULTS = {name: o.parse(o.default) for name, o in OPTIONS.items()}
 
 
 def click_params(names: Optional[Sequence[str]] = None, envvar: bool = True) -> List[click.Parameter]:
@@ -37,7 +36,7 @@ def build_settings(values: Dict[str, Any], given: Optional[Set[str]] = None) -> 
     """Settings from the options' parsed values (keyed by option name; a missing one takes its
     default). With --app, the options not in `given` (those the user did not give on the
     command line or in the environment) take the Celery app's values."""
-    values = {**DEFAULTS, **values}
+    values = {**{name: o.parse(o.default) for name, o in OPTIONS.items() if name not in values}, **values}
     extra: Dict[str, Any] = {}
     if values.get("app"):
         extra = _from_app(values["app"], values, given or set())

@@ -5,8 +5,10 @@ derived from them (click options, the docs' table, the Helm chart's mapping)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import click
@@ -135,13 +137,10 @@ class Option:
     def field(self, *more: Option, convert: Optional[Callable[..., Any]] = None) -> Any:
         """A dataclass field declared by this option (and `more` options): its value is the
         option's parsed value, or `convert(value, *more_values)`, which may raise Invalid.
-        Its default is the options' defaults, parsed and converted the same way."""
+        Its default is the options' defaults, parsed and converted the same way when first
+        needed (not at import: a type may import a lot, and --help needs none of it)."""
         declared = Declared(options=(self, *more), convert=convert)
-        default = declared.value({o.name: o.parse(o.default) for o in declared.options})
-        metadata = {_METADATA_KEY: declared}
-        if isinstance(default, (dict, list)):
-            return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
-        return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(default_factory=declared.default, metadata={_METADATA_KEY: declared})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +159,16 @@ class Declared:
         """The field's value from the options' parsed values (keyed by option name)."""
         raw = [values[o.name] for o in self.options]
         return self.convert(*raw) if self.convert is not None else raw[0]
+
+    def default(self) -> object:
+        """The field's default (a mutable one copied: instances do not share it)."""
+        value = _default(self)
+        return copy.copy(value) if isinstance(value, (dict, list)) else value
+
+
+@functools.lru_cache(maxsize=None)
+def _default(declared: Declared) -> object:
+    return declared.value({o.name: o.parse(o.default) for o in declared.options})
 
 
 def declarations(settings_class: type) -> Tuple[Declared, ...]:

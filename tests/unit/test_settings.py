@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import click
 import pytest
@@ -384,3 +386,24 @@ def test_option_names_and_environment_variables_follow_the_first_long_flag():
         Option("--on/--off", type=Items(), group=Group.HTTP, help="h")
     text = Option("--text", group=Group.HTTP, help="h")
     assert not text.is_flag and text.type is click.STRING and text.parse("x") == "x"
+
+
+def test_help_loads_no_broker_library():
+    """Defaults are parsed when a Settings is first made, not at import: the broker URL's
+    check loads kombu's transport (and redis-py), which --help does not need."""
+    code = (
+        "import sys\n"
+        "from celery_exporter import cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('kombu', 'redis', 'amqp', 'celery'))\n"
+        "assert not loaded, loaded\n"
+        "from celery_exporter.settings import Settings\n"
+        "assert Settings().broker_url == 'redis://localhost:6379/0'\n"
+        "assert 'kombu.transport.redis' in sys.modules  # the default was checked, now\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--broker-url" in done.stdout
