@@ -63,6 +63,9 @@ def _queue_names(entries: Tuple[Tuple[str, ...], ...]) -> Tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """Everything the components read, built once at start by build_settings (or made
+    directly, by the demo and the tests)."""
+
     # -- broker and events -----------------------------------------------------------------
     app: Optional[str] = Option(
         "-A",
@@ -109,6 +112,7 @@ class Settings:
         group=Group.BROKER,
         doc_default="from the URL scheme",
         help="TLS to the broker. By default what the URL scheme says: amqps:// and rediss:// turn it on.",
+        doc="TLS to the broker. By default what the URL scheme says: `amqps://` and `rediss://` turn it on.",
     ).field(
         Option(
             "--broker-ssl-option",
@@ -129,6 +133,7 @@ class Settings:
         default="json",
         group=Group.BROKER,
         help="Comma-separated content types accepted for events (Celery's event_serializer).",
+        doc="Comma-separated content types accepted for events (Celery's `event_serializer`).",
     ).field()
     events_exchange: str = Option(
         "--events-exchange",
@@ -136,6 +141,7 @@ class Settings:
         default="celeryev",
         group=Group.BROKER,
         help="Celery's event_exchange setting.",
+        doc="Celery's `event_exchange` setting.",
     ).field()
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -146,6 +152,7 @@ class Settings:
         group=Group.HTTP,
         chart=False,  # the chart listens on every address of the pod
         help="Address to serve HTTP on (:: for IPv6).",
+        doc="Address to serve HTTP on (`::` for IPv6).",
     ).field()
     port: int = Option(
         "-p",
