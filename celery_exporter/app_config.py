@@ -9,17 +9,32 @@ module usually sets DJANGO_SETTINGS_MODULE itself, else set it in the environmen
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from typing import Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+
+if TYPE_CHECKING:
+    from celery_exporter.beat import Entry
 
 
 class AppError(ValueError):
     pass
 
 
-def load(spec: str) -> Dict[str, Any]:
-    """Option values (keyed like the CLI's parameters) taken from the app's configuration."""
+@dataclasses.dataclass(frozen=True)
+class AppConfig:
+    # Values of the exporter's options, keyed by option name (settings.OPTIONS), as a user
+    # would give them: flags and environment variables the user gives win over these.
+    options: Dict[str, object]
+    # The static beat_schedule entries, or the app spec when its beat reads them from
+    # django-celery-beat's database (re-read at run time).
+    beat_entries: Tuple[Entry, ...] = ()
+    beat_database_app: Optional[str] = None
+
+
+def load(spec: str) -> AppConfig:
+    """The exporter's configuration taken from the app's."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -29,33 +44,35 @@ def load(spec: str) -> Dict[str, Any]:
     if not hasattr(app, "conf") or not hasattr(app, "connection_for_read"):
         raise AppError(f"{spec!r} is not a Celery app (found {type(app).__name__})")
     try:
-        conf = app.conf
-        out: Dict[str, Any] = {}
-        url = conf.broker_read_url or conf.broker_url
-        if url:
-            out["broker_url"] = url if isinstance(url, str) else ";".join(url)
-        options = dict(conf.broker_transport_options or {})
-        if options:
-            out["transport_options"] = tuple(options.items())
-        ssl = conf.broker_use_ssl
-        if isinstance(ssl, dict) and ssl:
-            out["ssl_options"] = tuple(ssl.items())
-        elif ssl:
-            out["broker_ssl"] = True
-        serializer = conf.event_serializer or "json"
-        out["accept_content"] = ",".join(dict.fromkeys([serializer, "json"]))
-        if conf.event_exchange:
-            out["events_exchange"] = conf.event_exchange
-        out["queues"] = _queues(conf)
+        options = _options(app.conf)
         from celery_exporter import beat
 
         if beat.uses_database(app):
-            out["beat_database_app"] = spec
             beat.database_entries(app)  # a database that cannot be read fails at start, clearly
-        else:
-            out["beat_entries"] = beat.entries(app)
+            return AppConfig(options, beat_database_app=spec)
+        return AppConfig(options, beat_entries=beat.entries(app))
     except Exception as exc:  # a settings module that fails while being read (Django, env...)
         raise AppError(f"cannot read the configuration of {spec!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _options(conf: Any) -> Dict[str, object]:  # a Celery app's conf
+    out: Dict[str, object] = {}
+    url = conf.broker_read_url or conf.broker_url
+    if url:
+        out["broker_url"] = url if isinstance(url, str) else ";".join(url)
+    options = dict(conf.broker_transport_options or {})
+    if options:
+        out["transport_options"] = tuple(options.items())
+    ssl = conf.broker_use_ssl
+    if isinstance(ssl, dict) and ssl:
+        out["broker_ssl_options"] = tuple(ssl.items())
+    elif ssl:
+        out["broker_ssl"] = True
+    serializer = conf.event_serializer or "json"
+    out["accept_content"] = ",".join(dict.fromkeys([serializer, "json"]))
+    if conf.event_exchange:
+        out["events_exchange"] = conf.event_exchange
+    out["queues"] = _queues(conf)
     return out
 
 

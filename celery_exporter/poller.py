@@ -86,7 +86,7 @@ class KombuBackend:
         """The poller's own connection, made once and kept; an error closes it, and the next
         poll connects again. No retries within one poll: the next poll is the retry."""
         if self._connection is None:
-            options = {
+            options: Dict[str, object] = {
                 "socket_timeout": self.settings.poll_timeout,
                 "socket_connect_timeout": self.settings.poll_timeout,
             }

@@ -71,3 +71,26 @@ def test_an_app_that_cannot_be_loaded_is_one_line_and_exit_2(spec, message, caps
     assert code == 2 and settings is None
     (line,) = out.err.strip().splitlines()
     assert "'--app'" in line and message in line and "Traceback" not in out.err
+
+
+def test_the_app_from_its_environment_variable_is_the_app_from_the_flag(project, capsys, monkeypatch):
+    _, _, from_flag = run_cli(["--app", project], capsys, monkeypatch)
+    _, _, from_env = run_cli([], capsys, monkeypatch, env={"CELERY_EXPORTER_APP": project})
+    assert from_flag.app == project and from_flag.events_exchange == "proj-events"
+    assert from_env == from_flag
+
+
+def test_an_app_value_the_exporter_refuses_names_the_app(tmp_path, capsys, monkeypatch):
+    name = f"proj_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("from celery import Celery\napp = Celery('p', broker='nosuch://host')\n")
+    monkeypatch.chdir(tmp_path)
+    try:
+        code, out, settings = run_cli(["-A", name], capsys, monkeypatch)
+        assert code == 2 and settings is None
+        (line,) = out.err.strip().splitlines()
+        assert "'--app'" in line and "the app's broker_url: unsupported broker URL scheme" in line
+        # the flag the user gives wins, and the app's value is not used
+        code, _, settings = run_cli(["-A", name, "-b", "redis://r:6379/0"], capsys, monkeypatch)
+        assert code == 0 and settings.broker_url == "redis://r:6379/0"
+    finally:
+        sys.modules.pop(name, None)
