@@ -2,7 +2,7 @@
 
 Metric names and labels are the exporter's public API: dashboards and alerts are built on
 them. Names follow danihodovic/celery-exporter where it already had a conventional name;
-see the README's migration table for the few that were changed.
+see docs/migration.md for the few that were changed.
 """
 
 # Task states that have a counter, in a fixed order: the store keeps one integer per state

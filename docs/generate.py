@@ -106,8 +106,16 @@ def modules_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def settings_table() -> str:
+    """Every option, grouped as `--help` groups them, from the settings' declarations."""
+    from celery_exporter.settings import reference_markdown
+
+    return reference_markdown(level=2)
+
+
 BLOCKS: Dict[str, Callable[[], str]] = {
     "metrics": metrics_table,
+    "settings": settings_table,
     "modules": modules_table,
 }
 

@@ -172,7 +172,7 @@ class Settings:
         help="TLS and basic auth for the HTTP endpoints, in the Prometheus exporter-toolkit format "
         "(tls_server_config, basic_auth_users with bcrypt hashes).",
         doc="TLS and basic auth for the HTTP endpoints, in the Prometheus exporter-toolkit format; "
-        "see [Protecting /metrics](#protecting-metrics).",
+        "see [Protecting /metrics](http.md#protecting-metrics).",
     ).field(convert=_web_config)
     health_open: bool = Option(
         "--web-health-open/--no-web-health-open",
@@ -229,7 +229,7 @@ class Settings:
         help="Resolution of the native histograms served to a Prometheus that asks for protobuf: the most a "
         "bucket may be wider than the one below it (1.1 is schema 3, each bucket 9 % wider). 1 turns native "
         "histograms off (protobuf then carries the classic buckets only).",
-        doc="Resolution of the [native histograms](#native-histograms) served to a Prometheus that asks for "
+        doc="Resolution of the [native histograms](metrics.md#native-histograms) served to a Prometheus that asks for "
         "protobuf: the most a bucket may be wider than the one below it (`1.1` is schema 3, each bucket 9 % "
         "wider). `1` turns native histograms off (protobuf then carries the classic buckets only).",
     ).field(convert=nativehist.schema_for_factor)
