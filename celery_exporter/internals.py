@@ -6,7 +6,7 @@ makes these functions raise AttributeError or TypeError; their callers then take
 documented path (logged once, and named in a self-metric):
 
 - kombu Redis `Channel._fanout_compat_active`: whether kombu de-duplicates a double
-  publish (read with getattr: absent means off);
+  publish (a property in kombu 5.7.0; read with getattr: absent means off);
 - kombu Redis `Channel.subclient`, `_get_publish_topic(s)`: the PUB/SUB client and the event
   topics (fallback: kombu's consumer);
 - redis-py `ConnectionPool.make_connection`, `Connection._sock`: the socket the hiredis
@@ -42,9 +42,12 @@ def fell_back(what: str, exc: BaseException) -> None:
 
 def fanout_compat_active(channel: Any) -> bool:
     """Whether kombu's Redis channel publishes fanout messages twice and de-duplicates them
-    (`sentinel_fanout_compat`, kombu 5.7): only kombu's consumer is exact then."""
-    compat = getattr(channel, "_fanout_compat_active", None)
-    return bool(callable(compat) and compat())
+    (`sentinel_fanout_compat`): only kombu's consumer is exact then. kombu 5.7.0's
+    `Channel._fanout_compat_active`, a property (a method is called too); absent means off."""
+    compat = getattr(channel, "_fanout_compat_active", False)
+    if callable(compat):
+        compat = compat()
+    return bool(compat)
 
 
 def redis_subscription(connection: Connection, exchange: str) -> Tuple[Any, List[str]]:

@@ -435,3 +435,31 @@ def test_a_kombu_without_the_channel_internals_falls_back_to_kombus_consumer(mon
     monkeypatch.setattr(internals, "_WARNED", set())
     assert redis_events.open_stream(connection, "celeryev") is None
     assert "through kombu's consumer" in caplog.text and "kombu 5." in caplog.text
+
+
+class CompatChannel:
+    """kombu 5.7.0's Redis channel: `_fanout_compat_active` is a property."""
+
+    def __init__(self, active):
+        self.active = active
+
+    @property
+    def _fanout_compat_active(self):
+        return self.active
+
+
+class CompatChannelWithMethod:
+    def __init__(self, active):
+        self.active = active
+
+    def _fanout_compat_active(self):
+        return self.active
+
+
+@pytest.mark.parametrize("kind", [CompatChannel, CompatChannelWithMethod])
+@pytest.mark.parametrize("active", [True, False])
+def test_sentinel_fanout_compat_is_read_as_kombu_has_it(kind, active):
+    """With sentinel_fanout_compat active kombu publishes every event on two topics, and the
+    lean readers (which subscribe to both) would count each twice: they must see it on."""
+    assert internals.fanout_compat_active(kind(active)) is active
+    assert internals.fanout_compat_active(object()) is False  # a kombu without it: off
