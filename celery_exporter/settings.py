@@ -15,6 +15,8 @@ class Settings:
     broker_ssl: Any = None  # None, True, or a dict of SSL options for the transport
     accept_content: Tuple[str, ...] = ("json",)
     events_exchange: str = "celeryev"
+    # The event reader (streams.CHOICES): "auto" takes the fastest that works on the broker.
+    event_reader: str = "auto"
 
     listen_address: str = "0.0.0.0"
     port: int = 9808
