@@ -16,7 +16,7 @@ import click
 from click.core import ParameterSource
 from kombu.connection import Connection
 
-from celery_exporter import __version__, catalogue, logs, nativehist
+from celery_exporter import __version__, catalogue, logs, nativehist, streams
 from celery_exporter.settings import Settings
 
 log = logging.getLogger("celery_exporter")
@@ -173,6 +173,17 @@ def _env(name: str) -> str:
     envvar=_env("EVENTS_EXCHANGE"),
     show_envvar=True,
     help="Celery's event exchange (event_exchange setting).",
+)
+@click.option(
+    "--event-reader",
+    type=click.Choice(streams.CHOICES),
+    default=streams.AUTO,
+    show_default=True,
+    envvar=_env("EVENT_READER"),
+    show_envvar=True,
+    help="How events are read: auto (the fastest reader that works on the broker), kombu (kombu's consumer, "
+    "any broker), redis-hiredis or redis-py (Redis), amqp-frames or py-amqp (RabbitMQ). A reader named here "
+    "never falls back to another; one that cannot serve --broker-url is refused at start.",
 )
 @click.option(
     "--listen-address",
@@ -469,6 +480,7 @@ def build_settings(options: Dict[str, Any], given: Optional[Set[str]] = None) ->
             web_config = webconfig.load(options["web_config_file"])
         except webconfig.WebConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="'--web-config-file'") from None
+    _check_event_reader(options)
     accept = tuple(c.strip() for c in options["accept_content"].split(",") if c.strip())
     if not accept:
         raise click.BadParameter("needs at least one content type", param_hint="'--accept-content'")
@@ -478,6 +490,7 @@ def build_settings(options: Dict[str, Any], given: Optional[Set[str]] = None) ->
         broker_ssl=ssl,
         accept_content=accept,
         events_exchange=options["events_exchange"],
+        event_reader=options.get("event_reader", streams.AUTO),
         listen_address=options["listen_address"],
         port=options["port"],
         web_config=web_config,
@@ -507,6 +520,19 @@ def build_settings(options: Dict[str, Any], given: Optional[Set[str]] = None) ->
         log_level=options["log_level"].upper(),
         log_format=options["log_format"],
     )
+
+
+def _check_event_reader(options: Dict[str, Any]) -> None:
+    """A reader named by --event-reader must be able to serve the broker URL (checked
+    without contacting the broker)."""
+    reader = options.get("event_reader", streams.AUTO)
+    if reader == streams.AUTO:
+        return
+    from celery_exporter import readers  # imported late: --help stays fast
+
+    reason = readers.refusal(reader, options["broker_url"], dict(options["transport_options"]))
+    if reason is not None:
+        raise click.BadParameter(reason, param_hint="'--event-reader'")
 
 
 def run(settings: Settings) -> None:

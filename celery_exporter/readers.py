@@ -71,9 +71,9 @@ def refusal(reader: str, broker_url: str, transport_options: Mapping[str, Any]) 
         transport = Connection(part.strip()).get_transport_cls()
         scheme = part.strip().partition("://")[0]
         if reader in REDIS_READERS and transport.driver_type != "redis":
-            return f"{reader} reads Redis only (redis://, rediss://, sentinel://), not a {scheme}:// broker"
+            return f"{reader} reads Redis only (redis://, rediss://, sentinel://), not {scheme}://"
         if reader in AMQP_READERS and transport.driver_name != "py-amqp":
-            return f"{reader} reads RabbitMQ over py-amqp only (amqp://, amqps://, pyamqp://), not a {scheme}:// broker"
+            return f"{reader} reads RabbitMQ over py-amqp only (amqp://, amqps://, pyamqp://), not {scheme}://"
     if reader == REDIS_HIREDIS and not redis_events.hiredis_installed():
         return f"{reader} needs the hiredis package, which cannot be imported"
     if reader in REDIS_READERS and transport_options.get(FANOUT_COMPAT):

@@ -232,6 +232,10 @@ def run_cli(argv, capsys, monkeypatch, env=None):
         (["--log-format", "xml"], "--log-format"),
         (["--max-series", "0"], "--max-series"),
         (["--frobnicate"], "--frobnicate"),
+        (["--event-reader", "fastest"], "--event-reader"),
+        (["--event-reader", "amqp-frames"], "--event-reader"),  # with the default Redis URL
+        (["--broker-url", "amqp://h//", "--event-reader", "redis-py"], "--event-reader"),
+        (["--broker-url", "memory://", "--event-reader", "py-amqp"], "--event-reader"),
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag_and_exit_2(argv, flag, capsys, monkeypatch):
@@ -272,6 +276,31 @@ def test_options_come_from_flags_and_environment(capsys, monkeypatch):
     assert s.runtime_buckets == (0.1, 1.0, 10.0)
     assert s.task_hostname_label is True
     assert s.broker_ssl == {"cert_reqs": 2}
+
+
+@pytest.mark.parametrize(
+    "argv, env, reader",
+    [
+        ([], {}, "auto"),
+        (["--event-reader", "kombu"], {}, "kombu"),
+        ([], {"CELERY_EXPORTER_EVENT_READER": "redis-py"}, "redis-py"),
+        (["--event-reader", "amqp-frames", "--broker-url", "amqp://h//;amqps://g//"], {}, "amqp-frames"),
+        (["--event-reader", "kombu", "--broker-url", "memory://"], {}, "kombu"),
+    ],
+)
+def test_the_event_reader_is_chosen_by_flag_or_environment(argv, env, reader, capsys, monkeypatch):
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    code, _, s = run_cli(argv, capsys, monkeypatch, env=env)
+    assert code == 0 and s.event_reader == reader
+
+
+def test_a_forced_reader_the_broker_cannot_use_is_named_in_the_error(capsys, monkeypatch):
+    code, out, _ = run_cli(["--broker-url", "redis://:pw@h/0", "--event-reader", "amqp-frames"], capsys, monkeypatch)
+    assert code == 2
+    assert out.err.strip() == (
+        "celery-exporter: error: Invalid value for '--event-reader': amqp-frames reads RabbitMQ over py-amqp "
+        "only (amqp://, amqps://, pyamqp://), not redis://"
+    )
 
 
 def test_exporter_specific_broker_variable_wins(capsys, monkeypatch):
