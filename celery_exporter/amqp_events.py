@@ -306,6 +306,6 @@ def open_stream(connection: Connection, queue: Queue, accept: Iterable[str], rea
         return AmqpEventStream(connection.connection, consumer.channel.channel_id, consumer.tag, accept)
     except (AttributeError, TypeError) as exc:
         if reader != AUTO:
-            raise ReaderUnavailable(f"the event reader {reader} cannot read here: {type(exc).__name__}: {exc}") from exc
+            raise ReaderUnavailable.because(reader, exc) from exc
         internals.fell_back("the AMQP frame reader cannot read py-amqp's socket; py-amqp reads the events", exc)
     return consumer

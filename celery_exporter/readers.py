@@ -97,9 +97,9 @@ def open_stream(connection: Connection, reader: str, exchange: str, accept_conte
                 if stream is not None:
                     return stream
             elif reader != AUTO:
-                raise ReaderUnavailable(f"the event reader {reader} cannot read exactly with {FANOUT_COMPAT}")
+                raise ReaderUnavailable(reader, f"{FANOUT_COMPAT} is on: only kombu's consumer reads exactly then")
         elif transport.driver_name == "py-amqp" and reader in (AUTO, *AMQP_READERS):
             return amqp_events.open_stream(connection, event_queue(connection, exchange), accept, reader)
         elif reader != AUTO:
-            raise ReaderUnavailable(f"the event reader {reader} cannot read from a {transport.driver_name} broker")
+            raise ReaderUnavailable(reader, f"the broker's transport is {transport.driver_name}")
     return KombuStream(connection, event_queue(connection, exchange), accept)

@@ -322,14 +322,12 @@ def open_stream(
             return HiredisEventStream(connection, exchange, accept)
         except (ImportError, AttributeError, TypeError) as exc:
             if reader != AUTO:
-                raise ReaderUnavailable(
-                    f"the event reader {reader} cannot read here: {type(exc).__name__}: {exc}"
-                ) from exc
+                raise ReaderUnavailable.because(reader, exc) from exc
             internals.fell_back("reading Redis events through redis-py's PubSub, not the socket", exc)
     try:
         return RedisEventStream(connection, exchange, accept)
     except (AttributeError, TypeError) as exc:
         if reader != AUTO:
-            raise ReaderUnavailable(f"the event reader {reader} cannot read here: {type(exc).__name__}: {exc}") from exc
+            raise ReaderUnavailable.because(reader, exc) from exc
         internals.fell_back("reading Redis events through kombu's consumer (slower)", exc)
     return None

@@ -75,6 +75,15 @@ class ReaderUnavailable(RuntimeError):
     """The reader --event-reader forces cannot read on this connection (it never falls back
     to another): the event thread reconnects with it, as after any broker error."""
 
+    def __init__(self, reader: str, why: str):
+        super().__init__(f"--event-reader {reader} cannot read on this connection ({why}); it does not fall back")
+        self.reader = reader
+
+    @classmethod
+    def because(cls, reader: str, exc: BaseException) -> "ReaderUnavailable":
+        """For a reader that failed on what it needs (a library internal, a package)."""
+        return cls(reader, f"{type(exc).__name__}: {exc}")
+
 
 JSON = "application/json"
 

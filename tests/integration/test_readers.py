@@ -243,3 +243,37 @@ def test_sentinel_fanout_compat_is_read_by_kombus_consumer_once(make_rig, tmp_pa
         app.close()
         connection.release()
         close_readers(opened)
+
+
+# sitecustomize runs at the exporter's start: the py-amqp internals the frame reader reads are gone
+NO_FRAME_READER = (
+    "import celery_exporter.internals as internals\n\n\n"
+    "def renamed(amqp_connection):\n"
+    "    raise AttributeError(\"'TCPTransport' has no attribute '_quick_recv' (hidden by the test)\")\n\n\n"
+    "internals.amqp_reader = renamed\n"
+)
+
+
+def test_a_forced_reader_that_breaks_at_run_time_is_retried_never_replaced(make_rig, tmp_path):
+    """--event-reader amqp-frames on a py-amqp without what the frame reader reads: where
+    auto falls back to py-amqp's dispatch (test_task_events), the forced reader says why,
+    stays not ready and reconnects with backoff, with the same reader."""
+    rig: Rig = make_rig("rabbitmq")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(NO_FRAME_READER)
+    exporter = rig.start_exporter("--event-reader", "amqp-frames", env={"PYTHONPATH": str(shim)}, wait_ready=False)
+    refusal = "--event-reader amqp-frames cannot read on this connection (AttributeError: 'TCPTransport'"
+    wait_for(
+        lambda: exporter.proc.log_text().count(refusal) >= 2,  # the warning, then a retry (logged at debug)
+        20,
+        what="the exporter to refuse the reader twice",
+        describe=lambda: exporter.proc.log_text(4000),
+    )
+    log = exporter.proc.log_text()
+    assert "WARNING" in log.split(refusal)[0].splitlines()[-1]  # the first time as the outage's warning
+    assert "reader: py-amqp" not in log and "receiving events" not in log
+    assert exporter.get("/-/ready")[0] == 503
+    m = exporter.metrics()
+    assert m.get_value("celery_exporter_broker_connected") == 0
+    assert not m.select("celery_exporter_event_reader_info")
