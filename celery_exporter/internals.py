@@ -1,9 +1,10 @@
-"""Every use of kombu's and redis-py's internals, in one place.
+"""Every use of kombu's, redis-py's and py-amqp's internals, in one place.
 
-The exporter's fast paths read a few attributes that neither library documents. Each is
-read here, with the releases it was checked on. A release that renames or changes one
+The exporter's fast paths read a few attributes that these libraries do not document. Each
+is read here, with the releases it was checked on. A release that renames or changes one
 makes these functions raise AttributeError or TypeError; their callers then take the slower
-documented path (logged once, and named in a self-metric):
+documented path (logged once, and named in a self-metric), unless --event-reader forces the
+reader that needs it (then it raises: streams.ReaderUnavailable):
 
 - kombu Redis `Channel._fanout_compat_active`: whether kombu de-duplicates a double
   publish (a property in kombu 5.7.0; read with getattr: absent means off);
@@ -15,7 +16,7 @@ documented path (logged once, and named in a self-metric):
   priority list (fallback: a passive queue declare);
 - py-amqp `Connection.transport` and its `sock`, `_quick_recv`, `_read_buffer`, and
   `amqp.serialization.loads`: the socket the AMQP frame reader reads, and a header table
-  (fallback: kombu's consumer).
+  (fallback: py-amqp's own dispatch).
 """
 
 from __future__ import annotations

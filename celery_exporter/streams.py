@@ -1,6 +1,7 @@
 """What every event reader is to the event thread (`EventStream`), their names, and the
 pieces they share: the refusal of an undecodable message, the fast JSON and base64
-decoders, and the pause that lets more arrive before the next read (`Gatherer`).
+decoders, decompression, and the pause that lets more arrive before the next read
+(`Gatherer`).
 
 The readers: on Redis, the subscription's socket parsed with hiredis (`redis-hiredis`) or
 redis-py's PubSub (`redis-py`), in redis_events.py; on RabbitMQ, the event queue's frames
