@@ -1,5 +1,7 @@
-"""The lean event reader for RabbitMQ: the frames of the exporter's event queue read from
-py-amqp's socket in bulk, as redis_events.py reads the Redis subscription.
+"""The event readers for RabbitMQ over py-amqp (streams.EventStream): the frames of the
+exporter's event queue read from py-amqp's socket in bulk (`amqp-frames`), as
+redis_events.py reads the Redis subscription, and py-amqp's own dispatch (`py-amqp`), the
+fallback when the py-amqp internals the first one reads are gone.
 
 kombu and py-amqp still do everything but the hot path: connecting (TLS, heartbeats,
 failover URLs), declaring the exclusive, auto-delete queue with its message TTL and expiry,
@@ -19,14 +21,28 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from kombu.compression import decompress
+from kombu.connection import Connection
+from kombu.entity import Queue
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
 
 from celery_exporter import internals
-from celery_exporter.redis_events import JSON, Gatherer, UndecodableMessage, loads
+from celery_exporter.kombu_events import DrainedStream
+from celery_exporter.streams import (
+    AMQP_FRAMES,
+    AUTO,
+    JSON,
+    PY_AMQP,
+    EventStream,
+    Gatherer,
+    ReaderUnavailable,
+    UndecodableMessage,
+    accepted,
+    decompress,
+    loads,
+)
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
 FRAME_END = 0xCE
@@ -37,6 +53,7 @@ _METHOD_ID = struct.Struct(">HH")
 _BODY_SIZE_FLAGS = struct.Struct(">QH")
 _TABLE_LENGTH = struct.Struct(">I")
 COMPRESSION_KEY = b"\x0bcompression"  # a field table's key: its length octet, then the name
+HEARTBEAT_RATE = 2  # check(): how often per heartbeat interval it runs, as kombu's heartbeat_check says
 
 # (content type, content encoding, headers, body) of one delivery
 Delivery = Tuple[str, str, Dict[str, Any], bytes]
@@ -50,9 +67,10 @@ class AmqpEventStream:
     """Deliveries to `consumer_tag` on channel `channel_id` of py-amqp connection `amqp`,
     read from its socket. py-amqp must have sent basic.consume and seen its consume-ok."""
 
-    name = "amqp-frames"
+    name = AMQP_FRAMES
 
-    def __init__(self, amqp: Any, channel_id: int, consumer_tag: str):
+    def __init__(self, amqp: Any, channel_id: int, consumer_tag: str, accept: Iterable[str] = (JSON,)):
+        self.decode = decoder(accept)
         self.amqp = amqp
         self.channel_id = channel_id
         self.tag = consumer_tag.encode()
@@ -68,6 +86,10 @@ class AmqpEventStream:
         self._error: Optional[BaseException] = None  # raised by py-amqp's handler, re-raised next read
         self.last_read = 0  # bytes the last socket read brought
         self._gatherer = Gatherer(self.sock)
+
+    def open(self, timeout: float) -> List[Delivery]:
+        """Nothing to wait for: py-amqp saw basic.consume-ok before the stream was made."""
+        return []
 
     def read_many(self, timeout: float) -> List[Delivery]:
         """Every delivery completed by what one read brought (waiting up to `timeout` s for
@@ -98,6 +120,16 @@ class AmqpEventStream:
         which py-amqp has closed the socket): the next read raises that error at once."""
         if self._error is None:
             self._gatherer.wait(self.last_read, seconds)
+
+    def check(self) -> int:
+        """py-amqp's heartbeat check (it raises when the broker went silent, and sends our
+        heartbeat when one is due), then its count of frames received, ours included. Not
+        after py-amqp's handler raised (the next read raises that error): py-amqp may have
+        closed the connection then."""
+        if self._error is None:
+            self.amqp.heartbeat_tick(rate=HEARTBEAT_RATE)
+        received: int = self.amqp.bytes_recv
+        return received
 
     def close(self) -> None:
         """Hand the connection back to py-amqp (which then closes it): the socket's timeout
@@ -204,17 +236,76 @@ def _properties(buf: bytearray, offset: int, flags: int) -> Tuple[str, str, Dict
     return content_type, encoding, headers
 
 
-def decode(delivery: Delivery, accept: FrozenSet[str]) -> Any:
+def decoder(accept: Iterable[str]) -> Callable[[Delivery], Any]:
     """The event (a dict) or batch (a list) in one delivery, as kombu's consumer decodes
     it: compression from the `compression` header, then JSON (orjson first), or kombu's
-    serializer registry for any other accepted content type."""
-    content_type, encoding, headers, body = delivery
+    serializer registry for any other accepted content type. `accept`: content types or
+    names (--accept-content), resolved here once."""
+    accept = accept if isinstance(accept, frozenset) else accepted(accept)
+    json_accepted = JSON in accept
+
+    def decode(delivery: Delivery) -> Any:
+        content_type, encoding, headers, body = delivery
+        try:
+            compression = headers.get("compression") if headers else None
+            if compression:
+                body = decompress(body, compression)
+            if content_type == JSON and json_accepted:
+                return loads(body)
+            return kombu_loads(body, content_type or JSON, encoding or "utf-8", accept=accept)
+        except UndecodableMessage:
+            raise
+        except (ContentDisallowed, ValueError, TypeError, LookupError, OSError) as exc:
+            raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+    return decode
+
+
+def decode(delivery: Delivery, accept: Iterable[str]) -> Any:
+    """One delivery decoded (see decoder(), which a stream makes once for all its deliveries)."""
+    return decoder(accept)(delivery)
+
+
+class PyAmqpStream(DrainedStream):
+    """py-amqp's own dispatch: basic.consume on the exporter's event queue (`queue`, see
+    readers.event_queue) with a callback that appends each delivery to the batch, read by
+    kombu's drain_events. Also what every AmqpEventStream is set up on: it takes over the
+    consumer's deliveries from the socket, and then this callback is never called."""
+
+    name = PY_AMQP
+
+    def __init__(self, connection: Connection, queue: Queue, accept: Iterable[str]):
+        super().__init__(connection)
+        self.decode = decoder(accept)
+        self.channel: Any = connection.channel()  # kombu's py-amqp transport: an amqp.Channel
+        bound = queue(self.channel)
+        bound.declare()
+        self.tag: str = self.channel.basic_consume(bound.name, no_ack=True, callback=self._on_message)
+
+    def _on_message(self, message: Any) -> None:
+        properties = message.properties
+        self.batch.append(
+            (
+                properties.get("content_type") or "",
+                properties.get("content_encoding") or "",
+                properties.get("application_headers") or {},
+                message.body,
+            )
+        )
+
+
+def open_stream(connection: Connection, queue: Queue, accept: Iterable[str], reader: str = AUTO) -> EventStream:
+    """The consumer of `queue` read by `reader` (streams.AMQP_READERS), or with `auto` by the
+    frame reader, and by py-amqp's dispatch when the py-amqp internals the frame reader
+    uses are missing (logged once). A forced reader that cannot read here raises
+    ReaderUnavailable instead: it never falls back."""
+    consumer = PyAmqpStream(connection, queue, accept)
+    if reader == PY_AMQP:
+        return consumer
     try:
-        compression = headers.get("compression") if headers else None
-        if compression:
-            body = decompress(body, compression)
-        if content_type == JSON and JSON in accept:
-            return loads(body)
-        return kombu_loads(body, content_type or JSON, encoding or "utf-8", accept=accept)
-    except (ContentDisallowed, ValueError, TypeError, LookupError, OSError) as exc:
-        raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        return AmqpEventStream(connection.connection, consumer.channel.channel_id, consumer.tag, accept)
+    except (AttributeError, TypeError) as exc:
+        if reader != AUTO:
+            raise ReaderUnavailable.because(reader, exc) from exc
+        internals.fell_back("the AMQP frame reader cannot read py-amqp's socket; py-amqp reads the events", exc)
+    return consumer

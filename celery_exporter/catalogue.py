@@ -182,9 +182,11 @@ BROKER_RECONNECTS = (
 )
 EVENT_READER = (
     "celery_exporter_event_reader_info",
-    "How events are read: redis-hiredis (the subscription's socket, parsed with hiredis), redis-py "
-    "(redis-py's PubSub: hiredis missing, or redis-py changed), kombu (kombu's consumer: RabbitMQ and others). "
-    "Always 1.",
+    "How events are read: redis-hiredis (Redis: the subscription's socket, parsed with hiredis), redis-py "
+    "(Redis through redis-py's PubSub: hiredis missing, or redis-py changed), amqp-frames (RabbitMQ: the event "
+    "queue's frames read from py-amqp's socket), py-amqp (RabbitMQ through py-amqp's dispatch: py-amqp changed), "
+    "kombu (kombu's consumer: other transports, Redis with sentinel_fanout_compat, kombu changed). "
+    "--event-reader can force one. Always 1.",
 )
 LAST_EVENT = ("celery_exporter_last_event_timestamp_seconds", "When the last event was received (exporter clock).")
 SERIES = ("celery_exporter_series", "Label sets held in memory, by kind (task, exception, worker).")

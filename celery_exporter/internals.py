@@ -1,12 +1,13 @@
-"""Every use of kombu's and redis-py's internals, in one place.
+"""Every use of kombu's, redis-py's and py-amqp's internals, in one place.
 
-The exporter's fast paths read a few attributes that neither library documents. Each is
-read here, with the releases it was checked on. A release that renames or changes one
+The exporter's fast paths read a few attributes that these libraries do not document. Each
+is read here, with the releases it was checked on. A release that renames or changes one
 makes these functions raise AttributeError or TypeError; their callers then take the slower
-documented path (logged once, and named in a self-metric):
+documented path (logged once, and named in a self-metric), unless --event-reader forces the
+reader that needs it (then it raises: streams.ReaderUnavailable):
 
 - kombu Redis `Channel._fanout_compat_active`: whether kombu de-duplicates a double
-  publish (read with getattr: absent means off);
+  publish (a property in kombu 5.7.0; read with getattr: absent means off);
 - kombu Redis `Channel.subclient`, `_get_publish_topic(s)`: the PUB/SUB client and the event
   topics (fallback: kombu's consumer);
 - redis-py `ConnectionPool.make_connection`, `Connection._sock`: the socket the hiredis
@@ -15,7 +16,7 @@ documented path (logged once, and named in a self-metric):
   priority list (fallback: a passive queue declare);
 - py-amqp `Connection.transport` and its `sock`, `_quick_recv`, `_read_buffer`, and
   `amqp.serialization.loads`: the socket the AMQP frame reader reads, and a header table
-  (fallback: kombu's consumer).
+  (fallback: py-amqp's own dispatch).
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ def fell_back(what: str, exc: BaseException) -> None:
 
 def fanout_compat_active(channel: Any) -> bool:
     """Whether kombu's Redis channel publishes fanout messages twice and de-duplicates them
-    (`sentinel_fanout_compat`, kombu 5.7): only kombu's consumer is exact then."""
-    compat = getattr(channel, "_fanout_compat_active", None)
-    return bool(callable(compat) and compat())
+    (`sentinel_fanout_compat`): only kombu's consumer is exact then. kombu 5.7.0's
+    `Channel._fanout_compat_active`, a property (a method is called too); absent means off."""
+    compat = getattr(channel, "_fanout_compat_active", False)
+    if callable(compat):
+        compat = compat()
+    return bool(compat)
 
 
 def redis_subscription(connection: Connection, exchange: str) -> Tuple[Any, List[str]]:

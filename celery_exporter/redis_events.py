@@ -1,4 +1,4 @@
-"""A lean reader of Celery's event stream on Redis.
+"""The lean readers of Celery's event stream on Redis (streams.EventStream).
 
 On Redis, Celery events travel over PUB/SUB: kombu publishes each message, a JSON envelope
 with a base64 body, to the topic `<fanout prefix><exchange>/<routing key>`. kombu's own
@@ -14,30 +14,39 @@ exporter's whole event handling. This module reads the same subscription directl
 
 It is used only where it is exact: the Redis transports (redis, rediss, sentinel) without
 `sentinel_fanout_compat` (whose double publishing kombu de-duplicates). Everything else goes
-through kombu's consumer (see receiver.py).
+through kombu's consumer (kombu_events.py; the choice is readers.py's).
 """
 
 from __future__ import annotations
 
 import abc
-import base64
 import binascii
 import importlib
-import json
 import logging
-import select
 import socket
 import ssl
 import time
 from types import ModuleType
-from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Type, Union
+from typing import Any, Callable, Iterable, List, Optional, Type
 
 from kombu.connection import Connection
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads as kombu_loads
-from kombu.serialization import prepare_accept_content
 
 from celery_exporter import internals
+from celery_exporter.streams import (
+    AUTO,
+    JSON,
+    REDIS_HIREDIS,
+    REDIS_PY,
+    Gatherer,
+    ReaderUnavailable,
+    UndecodableMessage,
+    accepted,
+    b64decode,
+    decompress,
+    loads,
+)
 
 
 def _import_hiredis() -> Optional[ModuleType]:
@@ -49,94 +58,62 @@ def _import_hiredis() -> Optional[ModuleType]:
 
 _hiredis = _import_hiredis()
 
+
+def hiredis_installed() -> bool:
+    """Whether the socket reader (redis-hiredis) has its parser."""
+    return _hiredis is not None
+
+
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
-
-# orjson: a C JSON decoder, about 2.5x the standard library's speed on an event envelope
-fast_loads: Optional[Callable[[Union[bytes, str]], Any]]
-try:
-    from orjson import loads as fast_loads
-except ImportError:  # not installed (it is a default dependency): the standard library alone
-    fast_loads = None
-
-
-def loads(data: Union[bytes, str]) -> Any:
-    """JSON as the standard library reads it, orjson first. What orjson refuses and the
-    standard library takes (NaN and Infinity, which kombu's json.dumps writes for such
-    floats, and lone surrogates) is read again by `json`, so both give the same result or
-    the same refusal. One difference stays: orjson reads an integer beyond 64 bits as a
-    float (no field of a Celery event holds one; the handlers then refuse it as a count)."""
-    if fast_loads is not None:
-        try:
-            return fast_loads(data)
-        except ValueError:  # orjson.JSONDecodeError is a ValueError
-            pass
-    return json.loads(data)
-
-
-# pybase64: a SIMD base64 decoder, about 10x the standard library's speed on an event body
-fast_b64decode: Optional[Callable[..., bytes]]
-try:
-    from pybase64 import b64decode as fast_b64decode
-except ImportError:  # not installed (it is a default dependency): the standard library alone
-    fast_b64decode = None
-
-
-def b64decode(data: Union[bytes, str]) -> bytes:
-    """base64 as the standard library reads it, pybase64 first. pybase64 reads strictly
-    (only the alphabet, padding only at the end); whatever it refuses is read again by
-    `base64`, whose lenient rules (skipping other characters, stopping at padding) then
-    decide, so both give the same result or the same refusal."""
-    if fast_b64decode is not None:
-        try:
-            return fast_b64decode(data, validate=True)
-        except (ValueError, TypeError):  # binascii.Error is a ValueError
-            pass
-    return base64.b64decode(data)
-
-
-class UndecodableMessage(ValueError):
-    pass
 
 
 def usable(connection: Connection) -> bool:
-    """Whether the lean reader can stand in for kombu's consumer on this connection."""
+    """Whether the lean readers can stand in for kombu's consumer on this connection."""
     if connection.transport.driver_type != "redis":
         return False
     return not internals.fanout_compat_active(connection.default_channel)
 
 
-def accepted(accept: Iterable[str]) -> FrozenSet[str]:
-    """Content types for names like "json" or "pickle", as kombu's consumer resolves them."""
-    return frozenset(prepare_accept_content(list(accept)))
+def decoder(accept: Iterable[str]) -> Callable[[Any], Any]:
+    """The event (a dict) or batch (a list) inside one PUB/SUB message of kombu's envelope,
+    as kombu's consumer decodes it: the body's base64, its `compression` header, then JSON
+    (orjson first), or kombu's serializer registry for any other accepted content type.
+    `accept`: content types or names (--accept-content), resolved here once."""
+    accept = accept if isinstance(accept, frozenset) else accepted(accept)
+    json_accepted = JSON in accept
+
+    def decode(data: Any) -> Any:
+        try:
+            envelope = loads(data)
+            body = envelope["body"]
+            properties = envelope.get("properties") or {}
+            content_type = envelope.get("content-type") or JSON
+            encoding = properties.get("body_encoding")
+            headers = envelope.get("headers")
+            compression = headers.get("compression") if headers else None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise UndecodableMessage(f"not a kombu message envelope: {type(exc).__name__}: {exc}") from None
+        try:
+            if encoding == "base64":
+                body = b64decode(body)
+            elif encoding not in (None, "", "utf-8"):
+                raise UndecodableMessage(f"unknown body encoding {encoding!r}")
+            if compression:
+                body = decompress(body, compression)
+            if content_type == JSON and json_accepted:
+                return loads(body)
+            return kombu_loads(body, content_type, envelope.get("content-encoding") or "utf-8", accept=accept)
+        except UndecodableMessage:
+            raise
+        except (ContentDisallowed, ValueError, TypeError, binascii.Error) as exc:
+            raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+    return decode
 
 
 def decode(data: Any, accept: Iterable[str]) -> Any:
-    """The event (a dict) or batch (a list) inside one PUB/SUB message of kombu's envelope.
-    `accept`: accepted() of --accept-content (resolved once by the caller), or the names."""
-    if not isinstance(accept, frozenset):
-        accept = accepted(accept)
-    try:
-        envelope = loads(data)
-        body = envelope["body"]
-        properties = envelope.get("properties") or {}
-        content_type = envelope.get("content-type") or JSON
-        encoding = properties.get("body_encoding")
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise UndecodableMessage(f"not a kombu message envelope: {type(exc).__name__}: {exc}") from None
-    try:
-        if encoding == "base64":
-            body = b64decode(body)
-        elif encoding not in (None, "", "utf-8"):
-            raise UndecodableMessage(f"unknown body encoding {encoding!r}")
-        if content_type == JSON and JSON in accept:
-            return loads(body)
-        return kombu_loads(body, content_type, envelope.get("content-encoding") or "utf-8", accept=accept)
-    except UndecodableMessage:
-        raise
-    except (ContentDisallowed, ValueError, TypeError, binascii.Error) as exc:
-        raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    """One message decoded (see decoder(), which a stream makes once for all its messages)."""
+    return decoder(accept)(data)
 
 
 # A subscription with no message for PING_AFTER seconds is pinged; no reply at all within
@@ -152,7 +129,8 @@ class Subscription(abc.ABC):
     topics: List[str]
     name: str  # the reader, for celery_exporter_event_reader_info
 
-    def __init__(self) -> None:
+    def __init__(self, accept: Iterable[str]) -> None:
+        self.decode = decoder(accept)
         self.subscribed = False
         self._last_reply = time.monotonic()
         self._ping_sent: Optional[float] = None
@@ -207,7 +185,7 @@ class Subscription(abc.ABC):
                 raise ConnectionError(f"the Redis server replied with an error: {reply}")
         return out
 
-    def wait_subscribed(self, timeout: float) -> List[bytes]:
+    def open(self, timeout: float) -> List[bytes]:
         """Wait for the broker to confirm the subscription; events read meanwhile are returned."""
         early: List[bytes] = []
         deadline = time.monotonic() + timeout
@@ -217,15 +195,19 @@ class Subscription(abc.ABC):
             raise TimeoutError(f"no confirmation of PSUBSCRIBE {self.topics} within {timeout:g} s")
         return early
 
+    def check(self) -> int:
+        """The replies read so far (the reader pings a quiet connection itself, in read_many)."""
+        return self.replies
+
 
 class RedisEventStream(Subscription):
     """The subscription read through redis-py's PubSub, one reply per call: the reader
     when hiredis is not installed or the socket cannot be read directly."""
 
-    name = "redis-py"
+    name = REDIS_PY
 
-    def __init__(self, connection: Connection, exchange: str):
-        super().__init__()
+    def __init__(self, connection: Connection, exchange: str, accept: Iterable[str] = (JSON,)):
+        super().__init__(accept)
         self.pubsub, self.topics = internals.redis_subscription(connection, exchange)
         self.pubsub.psubscribe(*self.topics)
 
@@ -249,46 +231,6 @@ class RedisEventStream(Subscription):
 READ_SIZE = 65536  # bytes per recv: under load one read brings dozens of messages
 
 
-# A pause after a small read (receiver.COALESCE_SECONDS) ends early once this many bytes are
-# waiting (or a quarter of the socket's receive buffer, if that is less): a backlog is read
-# at once, so the pause can never hold back a burst, whatever the buffer sizes.
-GATHER_BYTES = 32768
-
-
-class Gatherer:
-    """Lets what follows a small read arrive before the next read: waits up to `seconds`,
-    or until GATHER_BYTES are waiting (SO_RCVLOWAT, which the kernel's poll honours), for
-    the reader of `sock`. Only on a plain TCP socket where the platform has both: a TLS
-    read returns one record at most however much is waiting, and elsewhere it never waits."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.usable = (
-            hasattr(select, "poll")
-            and hasattr(socket, "SO_RCVLOWAT")
-            and sock.family in (socket.AF_INET, socket.AF_INET6)
-            and not isinstance(sock, ssl.SSLSocket)
-        )
-        if self.usable:
-            buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            self.enough = max(1, min(GATHER_BYTES, buffer // 4))
-            self._before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)  # set back after each wait
-            self._poll = select.poll()
-            self._poll.register(sock.fileno(), select.POLLIN)
-
-    def wait(self, last_read: int, seconds: float) -> None:
-        """After a read of `last_read` bytes: wait for more, if that read was small (and the
-        socket is still open: a frame handled meanwhile may have closed it)."""
-        sock = self.sock
-        if not self.usable or last_read >= self.enough or sock.fileno() < 0:
-            return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self.enough)
-        try:
-            self._poll.poll(seconds * 1000)
-        finally:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self._before)
-
-
 class HiredisEventStream(Subscription):
     """The subscription read straight from the connection's socket into a hiredis Reader:
     one `recv` and one parse for every message that has arrived, instead of redis-py's
@@ -300,10 +242,10 @@ class HiredisEventStream(Subscription):
     `send_command`, and every reply is read here. RESP2 and RESP3 replies alike (hiredis
     gives a RESP3 push as a list)."""
 
-    name = "redis-hiredis"
+    name = REDIS_HIREDIS
 
-    def __init__(self, connection: Connection, exchange: str):
-        super().__init__()
+    def __init__(self, connection: Connection, exchange: str, accept: Iterable[str] = (JSON,)):
+        super().__init__(accept)
         if _hiredis is None:
             raise ImportError("hiredis is not installed")
         pubsub, self.topics = internals.redis_subscription(connection, exchange)
@@ -365,18 +307,27 @@ class HiredisEventStream(Subscription):
             pass
 
 
-def open_stream(connection: Connection, exchange: str) -> Optional[Subscription]:
-    """The fastest reader that works here: hiredis on the socket; else redis-py's PubSub
-    (hiredis missing, or redis-py's connection without the socket it reads, as after a
-    redis-py release that renamed it); else None, when kombu's Redis Channel lacks what both
-    need (its PUB/SUB client or topic layout): then the caller uses kombu's own consumer.
-    Each fallback is logged once, and the reader in use is a metric."""
+def open_stream(
+    connection: Connection, exchange: str, accept: Iterable[str] = (JSON,), reader: str = AUTO
+) -> Optional[Subscription]:
+    """The subscription read by `reader` (streams.REDIS_READERS), or with `auto` the fastest
+    reader that works here: hiredis on the socket; else redis-py's PubSub (hiredis missing,
+    or redis-py's connection without the socket it reads, as after a redis-py release that
+    renamed it); else None, when kombu's Redis Channel lacks what both need (its PUB/SUB
+    client or topic layout): then the caller uses kombu's own consumer. Each fallback is
+    logged once, and the reader in use is a metric. A forced reader that cannot read here
+    raises ReaderUnavailable instead: it never falls back."""
+    if reader in (AUTO, REDIS_HIREDIS):
+        try:
+            return HiredisEventStream(connection, exchange, accept)
+        except (ImportError, AttributeError, TypeError) as exc:
+            if reader != AUTO:
+                raise ReaderUnavailable.because(reader, exc) from exc
+            internals.fell_back("reading Redis events through redis-py's PubSub, not the socket", exc)
     try:
-        return HiredisEventStream(connection, exchange)
-    except (ImportError, AttributeError, TypeError) as exc:
-        internals.fell_back("reading Redis events through redis-py's PubSub, not the socket", exc)
-    try:
-        return RedisEventStream(connection, exchange)
+        return RedisEventStream(connection, exchange, accept)
     except (AttributeError, TypeError) as exc:
+        if reader != AUTO:
+            raise ReaderUnavailable.because(reader, exc) from exc
         internals.fell_back("reading Redis events through kombu's consumer (slower)", exc)
     return None

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 from harness.procs import free_port, on_core, stop_process
 
 # The message TTL of the exporter's RabbitMQ queue (QUEUE_MESSAGE_TTL in
-# celery_exporter/receiver.py); the reference's queue gets the same, instead of Celery's
+# celery_exporter/readers.py); the reference's queue gets the same, instead of Celery's
 # event_queue_ttl of 5 s, so that neither drops a late event earlier than the other.
 RMQ_QUEUE_TTL = 30.0
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Tuple, Union
 
 import click
 
-from celery_exporter import catalogue, nativehist
+from celery_exporter import catalogue, nativehist, streams
 from celery_exporter.settings.declaration import Group, Invalid, Option
 from celery_exporter.settings.params import (
     BrokerUrl,
@@ -142,6 +142,20 @@ class Settings:
         group=Group.BROKER,
         help="Celery's event_exchange setting.",
         doc="Celery's `event_exchange` setting.",
+    ).field()
+    event_reader: str = Option(
+        "--event-reader",
+        type=click.Choice(streams.CHOICES),
+        default=streams.AUTO,
+        group=Group.BROKER,
+        help="How events are read: auto (the fastest reader that works on the broker), kombu (kombu's consumer, "
+        "any broker), redis-hiredis or redis-py (Redis), amqp-frames or py-amqp (RabbitMQ). A reader named here "
+        "never falls back to another; one that cannot serve --broker-url is refused at start.",
+        doc="How events are read: `auto` (the fastest reader that works on the broker), `kombu` (kombu's public "
+        "consumer, any broker), `redis-hiredis` or `redis-py` (Redis), `amqp-frames` or `py-amqp` (RabbitMQ). "
+        "A reader named here never falls back to another; one that cannot serve `--broker-url` is refused at "
+        "start. If a fast reader misbehaves after a library upgrade, `--event-reader kombu` reads with kombu's "
+        "public consumer.",
     ).field()
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -419,6 +433,18 @@ def _worker_ttl_outlives_timeout(settings: Settings) -> None:
         )
 
 
+def _event_reader_serves_broker(settings: Settings) -> None:
+    """A reader named by --event-reader must be able to serve the broker URL (checked
+    without contacting the broker)."""
+    if settings.event_reader == streams.AUTO:
+        return
+    from celery_exporter import readers  # imported late: --help stays fast
+
+    reason = readers.refusal(settings.event_reader, settings.broker_url, settings.transport_options)
+    if reason is not None:
+        raise Invalid(reason, "--event-reader")
+
+
 # Checks across settings, run on every Settings built from options; each raises Invalid
 # naming the flag to change.
-CHECKS: Tuple[Callable[[Settings], None], ...] = (_worker_ttl_outlives_timeout,)
+CHECKS: Tuple[Callable[[Settings], None], ...] = (_worker_ttl_outlives_timeout, _event_reader_serves_broker)

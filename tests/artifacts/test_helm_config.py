@@ -28,6 +28,7 @@ EXAMPLES = {
     ),
     "acceptContent": (["json", "pickle"], "json,pickle", "accept_content", ("json", "pickle")),
     "eventsExchange": ("proj-events", "proj-events", "events_exchange", "proj-events"),
+    "eventReader": ("kombu", "kombu", "event_reader", "kombu"),
     # a million: YAML numbers reach the templates as floats, and must not render as 1e+06
     "webMaxRequests": (1000000, "1000000", "web_max_requests", 1000000),
     "webReadTimeout": ("20s", "20s", "web_read_timeout", 20.0),

@@ -17,7 +17,7 @@ from amqp.basic_message import Message
 from amqp.serialization import dumps
 
 from celery_exporter import amqp_events, internals
-from celery_exporter.redis_events import UndecodableMessage, accepted
+from celery_exporter.streams import UndecodableMessage, accepted
 
 CHANNEL, TAG = 1, "ctag-exporter"
 ACCEPT = accepted(["json"])
@@ -270,4 +270,20 @@ def test_a_frame_longer_than_frame_max_is_an_error(pair):
     reader, amqp = stream(ours)
     broker.sendall(struct.pack(">BHI", 3, CHANNEL, amqp.frame_max + 1) + b"x" * 100)
     with pytest.raises(amqp_events.FrameError, match="frame_max"):
+        reader.read_many(1.0)
+
+
+def test_check_runs_py_amqps_heartbeat_tick_and_counts_frames(pair):
+    ours, broker = pair
+    reader, amqp = stream(ours)
+    ticks = []
+    amqp.heartbeat_tick = lambda rate: ticks.append(rate)
+    broker.sendall(delivery(json.dumps(ONE).encode()))
+    assert events(reader.read_many(1.0)) == [ONE]
+    assert reader.check() == 3 and ticks == [amqp_events.HEARTBEAT_RATE]
+    amqp.fail_on = (8,)
+    broker.sendall(frame(8, 0, b""))
+    assert reader.read_many(1.0) == []
+    assert reader.check() == 4 and len(ticks) == 1  # py-amqp's handler raised: no tick; the read raises
+    with pytest.raises(ConnectionAbortedError):
         reader.read_many(1.0)

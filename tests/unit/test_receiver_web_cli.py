@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from celery_exporter import cli
+from celery_exporter import cli, redis_events
+from celery_exporter.kombu_events import decode_message
 from celery_exporter.receiver import COALESCE_SECONDS, Receiver, mask_url
 from celery_exporter.settings import Settings
 from celery_exporter.web import Web
@@ -35,10 +36,16 @@ def receiver_for(rig):
     return Receiver(rig.settings, rig.handler, rig.store, rig.clock, threading.Event())
 
 
+def deliver(r, *messages):
+    """Messages of kombu's consumer, as the receiver's loop hands them on (decoded by the
+    kombu reader's decode function)."""
+    r._deliver(list(messages), decode_message, r.clock.now())
+
+
 def test_task_multi_batches_are_unpacked(rig):
     r = receiver_for(rig)
-    r._on_message(FakeMessage([received("u1"), started("u1"), succeeded("u1")]))
-    r._on_message(FakeMessage(heartbeat()))
+    deliver(r, FakeMessage([received("u1"), started("u1"), succeeded("u1")]))
+    deliver(r, FakeMessage(heartbeat()))
     rig.settle()
     assert rig.value("celery_task_succeeded_total", name="app.add", queue_name="unknown") == 1
     assert rig.value("celery_worker_up", hostname="w1@h") == 1
@@ -46,24 +53,29 @@ def test_task_multi_batches_are_unpacked(rig):
 
 def test_undecodable_messages_and_handler_bugs_are_counted_not_fatal(rig, monkeypatch):
     r = receiver_for(rig)
-    r._on_message(FakeMessage(ValueError("not json")))
+    deliver(r, FakeMessage(ValueError("not json")))
     monkeypatch.setattr(rig.handler, "handle", lambda event, now: 1 / 0)
-    r._on_message(FakeMessage([received("u1"), received("u2")]))
+    deliver(r, FakeMessage([received("u1"), received("u2")]))
     assert rig.value("celery_exporter_events_dropped_total", reason="undecodable") == 1
     assert rig.value("celery_exporter_events_dropped_total", reason="handler_error") == 2
 
 
 class FakeSubscription:
-    """A Redis subscription that hands out prepared reads, then asks the receiver to stop."""
+    """A Redis subscription (an EventStream) that hands out prepared reads, then asks the
+    receiver to stop."""
 
     name = "fake"
 
     def __init__(self, reads, stop_event):
         self.reads, self.stop_event = list(reads), stop_event
         self.replies, self.log = 0, []
+        self.decode = redis_events.decoder(["json"])
 
-    def wait_subscribed(self, timeout):
+    def open(self, timeout):
         return []
+
+    def check(self):
+        return self.replies
 
     def read_many(self, timeout):
         if not self.reads:
@@ -86,7 +98,7 @@ def test_a_read_with_messages_is_followed_by_a_pause_to_gather_more(rig):
     body = base64.b64encode(json.dumps(heartbeat()).encode()).decode()
     message = json.dumps({"body": body, "properties": {"body_encoding": "base64"}}).encode()
     stream = FakeSubscription([[message], [message] * 3, [], [message]], r.stop_event)
-    assert r._consume_redis(stream)
+    assert r._consume_stream(stream)
     # after a read with messages: a pause (which the stream ends early, or skips after a large
     # read: see test_redis_events); after an empty one (the read's own timeout): none
     assert stream.log == [1, COALESCE_SECONDS, 3, COALESCE_SECONDS, 0, 1, COALESCE_SECONDS]
@@ -220,6 +232,10 @@ def run_cli(argv, capsys, monkeypatch, env=None):
         (["--log-format", "xml"], "--log-format"),
         (["--max-series", "0"], "--max-series"),
         (["--frobnicate"], "--frobnicate"),
+        (["--event-reader", "fastest"], "--event-reader"),
+        (["--event-reader", "amqp-frames"], "--event-reader"),  # with the default Redis URL
+        (["--broker-url", "amqp://h//", "--event-reader", "redis-py"], "--event-reader"),
+        (["--broker-url", "memory://", "--event-reader", "py-amqp"], "--event-reader"),
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag_and_exit_2(argv, flag, capsys, monkeypatch):
@@ -260,6 +276,31 @@ def test_options_come_from_flags_and_environment(capsys, monkeypatch):
     assert s.runtime_buckets == (0.1, 1.0, 10.0)
     assert s.task_hostname_label is True
     assert s.broker_ssl == {"cert_reqs": 2}
+
+
+@pytest.mark.parametrize(
+    "argv, env, reader",
+    [
+        ([], {}, "auto"),
+        (["--event-reader", "kombu"], {}, "kombu"),
+        ([], {"CELERY_EXPORTER_EVENT_READER": "redis-py"}, "redis-py"),
+        (["--event-reader", "amqp-frames", "--broker-url", "amqp://h//;amqps://g//"], {}, "amqp-frames"),
+        (["--event-reader", "kombu", "--broker-url", "memory://"], {}, "kombu"),
+    ],
+)
+def test_the_event_reader_is_chosen_by_flag_or_environment(argv, env, reader, capsys, monkeypatch):
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    code, _, s = run_cli(argv, capsys, monkeypatch, env=env)
+    assert code == 0 and s.event_reader == reader
+
+
+def test_a_forced_reader_the_broker_cannot_use_is_named_in_the_error(capsys, monkeypatch):
+    code, out, _ = run_cli(["--broker-url", "redis://:pw@h/0", "--event-reader", "amqp-frames"], capsys, monkeypatch)
+    assert code == 2
+    assert out.err.strip() == (
+        "celery-exporter: error: Invalid value for '--event-reader': amqp-frames reads RabbitMQ over py-amqp "
+        "only (amqp://, amqps://, pyamqp://), not redis://"
+    )
 
 
 def test_exporter_specific_broker_variable_wins(capsys, monkeypatch):

@@ -4,13 +4,12 @@ import base64
 import json
 import pickle
 import socket
-import ssl
-import time
 
 import pytest
 
-from celery_exporter import internals, redis_events
-from celery_exporter.redis_events import UndecodableMessage, decode
+from celery_exporter import internals, redis_events, streams
+from celery_exporter.redis_events import decode
+from celery_exporter.streams import UndecodableMessage
 
 
 @pytest.fixture(params=["orjson", "json"])
@@ -18,11 +17,11 @@ def json_decoder(request, monkeypatch):
     """Every decoding test runs with orjson and pybase64 (default dependencies) and with the
     standard library alone."""
     if request.param == "orjson":
-        assert redis_events.fast_loads is not None, "orjson is a dependency: it must be installed"
-        assert redis_events.fast_b64decode is not None, "pybase64 is a dependency: it must be installed"
+        assert streams.fast_loads is not None, "orjson is a dependency: it must be installed"
+        assert streams.fast_b64decode is not None, "pybase64 is a dependency: it must be installed"
     else:
-        monkeypatch.setattr(redis_events, "fast_loads", None)
-        monkeypatch.setattr(redis_events, "fast_b64decode", None)
+        monkeypatch.setattr(streams, "fast_loads", None)
+        monkeypatch.setattr(streams, "fast_b64decode", None)
     return request.param
 
 
@@ -43,35 +42,6 @@ def envelope(body, content_type="application/json", encoding="base64"):
             },
         }
     ).encode()
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        "eyJhIjogMX0=",  # canonical
-        b"eyJhIjogMX0=",
-        "eyJhIjogMX0",  # padding missing
-        "eyJh\nIjogMX0=",  # a line break: the standard library skips it
-        "eyJhIjog MX0=",
-        "=eyJhIjogMX0=",  # padding first
-        "eyJh==IjogMX0=",  # padding inside: the standard library stops there
-        "eyJhIjogMX0=\u00e9",  # not ASCII
-        "!!!!",
-        "",
-        42,
-        None,
-    ],
-)
-def test_base64_reads_as_the_standard_library_does(data):
-    assert redis_events.fast_b64decode is not None, "pybase64 is a dependency: it must be installed"
-
-    def outcome(decoder):
-        try:
-            return decoder(data)
-        except Exception as exc:
-            return type(exc)
-
-    assert outcome(redis_events.b64decode) == outcome(base64.b64decode)
 
 
 def test_a_batch_and_a_single_event(json_decoder):
@@ -246,7 +216,7 @@ def test_the_socket_reader_subscribes_and_returns_every_message_of_one_read(sock
         + push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/worker.heartbeat", b"two", resp3=False)
         + push(b"message", b"/0.celeryev/x", b"three")
     )
-    assert stream.wait_subscribed(1.0) == [b"one", b"two", b"three"]
+    assert stream.open(1.0) == [b"one", b"two", b"three"]
     assert stream.subscribed and stream.replies == 4
     # a message split across reads comes out whole, once
     whole = push(b"pmessage", b"/0.celeryev/*", b"/0.celeryev/task.multi", b"x" * 1000)
@@ -262,63 +232,9 @@ def test_the_socket_reader_counts_the_bytes_of_its_last_read(socket_stream):
     server.recv(100)
     confirmation = push(b"psubscribe", b"/0.celeryev/*", 1)
     server.sendall(confirmation)
-    stream.wait_subscribed(1.0)
+    stream.open(1.0)
     assert stream.last_read == len(confirmation)
-    stream.gather(10.0)  # a socket pair: no pause (see below)
-
-
-@pytest.fixture
-def tcp_pair():
-    listener = socket.create_server(("127.0.0.1", 0))
-    ours = socket.create_connection(listener.getsockname())
-    theirs, _ = listener.accept()
-    listener.close()
-    yield ours, theirs
-    ours.close()
-    theirs.close()
-
-
-def test_a_pause_after_a_small_read_ends_as_soon_as_enough_is_waiting(tcp_pair):
-    ours, theirs = tcp_pair
-    gatherer = redis_events.Gatherer(ours)
-    buffer = ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    assert gatherer.usable and gatherer.enough == min(redis_events.GATHER_BYTES, buffer // 4)
-    theirs.sendall(b"x" * 100)
-    started = time.monotonic()
-    gatherer.wait(100, 0.05)  # less than enough is waiting: the whole pause
-    assert time.monotonic() - started >= 0.04
-    assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1  # reads as before after it
-    theirs.sendall(b"x" * gatherer.enough)
-    started = time.monotonic()
-    gatherer.wait(100, 10.0)  # enough is waiting (a backlog): it ends at once
-    gatherer.wait(gatherer.enough, 10.0)  # after a large read: no pause at all
-    assert time.monotonic() - started < 5.0
-
-
-def test_a_pause_sets_the_low_water_mark_back_as_it_was_and_skips_a_closed_socket(tcp_pair):
-    ours, theirs = tcp_pair
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 5)  # (e.g. py-amqp's socket_settings)
-    gatherer = redis_events.Gatherer(ours)
-    gatherer.wait(0, 0.001)
-    assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 5
-    ours.close()
-    gatherer.wait(0, 10.0)  # closed meanwhile: nothing to wait for, and no error
-
-
-def test_no_pause_over_tls_or_a_unix_socket():
-    unix, other = socket.socketpair()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    tls = context.wrap_socket(socket.socket(), server_hostname="broker", do_handshake_on_connect=False)
-    try:
-        for sock in (unix, tls):  # (a TLS read returns one record at most, however much waits)
-            gatherer = redis_events.Gatherer(sock)
-            assert not gatherer.usable
-            started = time.monotonic()
-            gatherer.wait(0, 10.0)
-            assert time.monotonic() - started < 5.0
-    finally:
-        for sock in (unix, other, tls):
-            sock.close()
+    stream.gather(10.0)  # a socket pair: no pause (see test_streams)
 
 
 def test_the_socket_reader_pings_a_quiet_connection(socket_stream, monkeypatch):
@@ -363,7 +279,7 @@ def test_the_reader_falls_back_to_redis_pys_pubsub(monkeypatch, caplog):
     monkeypatch.setattr(internals, "_WARNED", set())
     stream = redis_events.open_stream(FakeConnection(pubsub), "celeryev")
     assert stream.name == "redis-py" and isinstance(stream, redis_events.RedisEventStream)
-    assert stream.wait_subscribed(1.0) == [] and stream.subscribed
+    assert stream.open(1.0) == [] and stream.subscribed
     pubsub.replies.append([b"pmessage", b"*", b"/0.celeryev/task.multi", b"data"])
     assert stream.read_many(0.1) == [b"data"]
     assert "hiredis is not installed" in caplog.text and "kombu" in caplog.text
@@ -384,7 +300,7 @@ def test_a_changed_redis_py_falls_back_too(monkeypatch, caplog, missing):
         del conn._sock
     monkeypatch.setattr(internals, "_WARNED", set())
     stream = redis_events.open_stream(FakeConnection(pubsub), "celeryev")
-    assert stream.name == "redis-py" and stream.wait_subscribed(1.0) == []
+    assert stream.name == "redis-py" and stream.open(1.0) == []
     pubsub.replies.append([b"pmessage", b"*", b"/0.celeryev/task.multi", b"data"])
     assert stream.read_many(0.1) == [b"data"]
     assert caplog.text.count("reading Redis events through redis-py's PubSub") == 1
@@ -435,3 +351,31 @@ def test_a_kombu_without_the_channel_internals_falls_back_to_kombus_consumer(mon
     monkeypatch.setattr(internals, "_WARNED", set())
     assert redis_events.open_stream(connection, "celeryev") is None
     assert "through kombu's consumer" in caplog.text and "kombu 5." in caplog.text
+
+
+class CompatChannel:
+    """kombu 5.7.0's Redis channel: `_fanout_compat_active` is a property."""
+
+    def __init__(self, active):
+        self.active = active
+
+    @property
+    def _fanout_compat_active(self):
+        return self.active
+
+
+class CompatChannelWithMethod:
+    def __init__(self, active):
+        self.active = active
+
+    def _fanout_compat_active(self):
+        return self.active
+
+
+@pytest.mark.parametrize("kind", [CompatChannel, CompatChannelWithMethod])
+@pytest.mark.parametrize("active", [True, False])
+def test_sentinel_fanout_compat_is_read_as_kombu_has_it(kind, active):
+    """With sentinel_fanout_compat active kombu publishes every event on two topics, and the
+    lean readers (which subscribe to both) would count each twice: they must see it on."""
+    assert internals.fanout_compat_active(kind(active)) is active
+    assert internals.fanout_compat_active(object()) is False  # a kombu without it: off

@@ -39,6 +39,7 @@ SURFACE = [
     (("--broker-ssl-option",), ["CELERY_EXPORTER_BROKER_SSL_OPTIONS"], None),
     (("--accept-content",), ["CELERY_EXPORTER_ACCEPT_CONTENT"], "json"),
     (("--events-exchange",), ["CELERY_EXPORTER_EVENTS_EXCHANGE"], "celeryev"),
+    (("--event-reader",), ["CELERY_EXPORTER_EVENT_READER"], "auto"),
     (("--listen-address",), ["CELERY_EXPORTER_LISTEN_ADDRESS"], "0.0.0.0"),
     (("-p", "--port"), ["CELERY_EXPORTER_PORT"], 9808),
     (("--web-config-file",), ["CELERY_EXPORTER_WEB_CONFIG_FILE"], None),
@@ -85,7 +86,7 @@ def click_param(flag: str) -> click.Option:
 def test_the_command_has_exactly_the_declared_options_in_order():
     declared = [o.name for o in OPTIONS.values()]
     assert [p.name for p in cli.command.params if p.name != "version"] == declared
-    assert len(declared) == len(SURFACE) == 33
+    assert len(declared) == len(SURFACE) == 34
 
 
 @pytest.mark.parametrize("flags,env,default", SURFACE, ids=[s[0][-1] for s in SURFACE])
@@ -119,6 +120,7 @@ EXAMPLES = {
     "broker_ssl_options": (["cert_reqs=2", "ca_certs=/ca.pem"], "broker_ssl", {"cert_reqs": 2, "ca_certs": "/ca.pem"}),
     "accept_content": (["json,pickle"], "accept_content", ("json", "pickle")),
     "events_exchange": (["proj-events"], "events_exchange", "proj-events"),
+    "event_reader": (["kombu"], "event_reader", "kombu"),
     "listen_address": (["::"], "listen_address", "::"),
     "port": (["9999"], "port", 9999),
     "web_max_requests": (["7"], "web_max_requests", 7),
@@ -195,6 +197,8 @@ BAD = {
     "transport_options": ["novalue", "=1"],
     "broker_ssl_options": ["novalue"],
     "accept_content": [",", " "],
+    # not a reader; a RabbitMQ reader for the default Redis broker URL
+    "event_reader": ["nosuch", "amqp-frames"],
     "port": ["http", "0", "65536"],
     "web_config_file": ["/nonexistent/web.yml"],
     "web_max_requests": ["0", "many"],

@@ -14,6 +14,10 @@
 - name: CELERY_EXPORTER_EVENTS_EXCHANGE
   value: {{ .eventsExchange | quote }}
 {{- end }}
+{{- if .eventReader }}
+- name: CELERY_EXPORTER_EVENT_READER
+  value: {{ .eventReader | quote }}
+{{- end }}
 {{- if not (kindIs "invalid" .webMaxRequests) }}
 - name: CELERY_EXPORTER_WEB_MAX_REQUESTS
   value: {{ .webMaxRequests | int64 | quote }}
