@@ -17,7 +17,7 @@ Tasks in flight: task-started starts a run in the store's running set (unless th
 already ended); its terminal event, task-retried and task-rejected end it, as does a
 heartbeat of its worker that says nothing runs (its end event was lost). A worker-offline
 starts the warm shutdown, in which the worker's runs drain by their own events. On the
-tick, the runs of workers declared lost (store.take_lost_runs) and, at a worker-online,
+tick, the runs of workers declared lost (liveness.verdict, through store.take_lost_runs) and, at a worker-online,
 those of a worker that restarted under its name, are counted as interrupted, once per
 task id. A task id received again for the same attempt is counted as
 redelivered.
@@ -31,6 +31,7 @@ from celery_exporter import attempts, catalogue
 from celery_exporter.drops import Drops
 from celery_exporter.events import TaskCancelled, TaskEvent, Validator, WorkerEvent
 from celery_exporter.labels import LabelResolver
+from celery_exporter.liveness import Listening
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.running import Taken
@@ -41,10 +42,6 @@ TERMINAL = catalogue.TERMINAL_EVENTS
 # events after which a task is no longer running (a rejected task may be requeued: then a
 # new receipt and start follow)
 ENDS_RUN = TERMINAL | {"task-retried", "task-rejected"}
-# A gap this long between two ticks (normally 0.5 s apart) means the event thread was stalled
-# (CPU throttling, a suspended process): the heartbeats of that time are still unread, so
-# nobody is declared lost until a whole worker timeout has passed since.
-STALL_SECONDS = 5.0
 
 
 class Handler:
@@ -55,8 +52,7 @@ class Handler:
         self.tracker = TaskTracker(settings.max_tasks, settings.finished_grace_seconds)
         self.labels = LabelResolver(self.tracker, store.queues, settings, self.drop, self._emit)
         self.with_hostname = settings.task_hostname_label
-        self._last_tick: Optional[float] = None
-        self._resumed: Optional[float] = None  # when the last stall ended
+        self.listening = Listening()
 
     # -- entry points -------------------------------------------------------------------
 
@@ -77,12 +73,7 @@ class Handler:
         of workers declared lost as interrupted."""
         self.labels.release_due(now)
         self.tracker.forget_finished(now)
-        if self._last_tick is not None and now - self._last_tick > STALL_SECONDS:
-            self._resumed = now
-        self._last_tick = now
-        listening = self.store.exporter.connected_since
-        if listening is not None and self._resumed is not None:
-            listening = max(listening, self._resumed)
+        listening = self.listening.tick(now, self.store.exporter.connected_since)
         self._interrupted(self.store.take_lost_runs(now, listening, self.store.exporter.heard_at), now)
         self.store.exporter.set_tracker_stats(len(self.tracker), self.tracker.evicted)
 
