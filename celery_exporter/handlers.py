@@ -7,7 +7,7 @@ the message arrived, and tick(now) about every half second. An event goes throug
 2. for task events: the uuid map (tasks.py) and attempts.learn (what the event tells about
    the task's attempt);
 3. labels.LabelResolver: count it under its (name, queue_name) now, or hold it for the
-   task-sent that carries the queue;
+   task-sent that carries the queue (it returns what to count once the labels are fixed);
 4. Handler._emit: terminal events de-duplicated per task id, observations, store calls.
 
 Handling is order-independent per task uuid: events that arrive before the task's name
@@ -36,7 +36,7 @@ from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.running import Taken
 from celery_exporter.store.tasks import Observation, TaskKey, Trace
-from celery_exporter.tasks import TaskRecord, TaskTracker
+from celery_exporter.tasks import Held, TaskRecord, TaskTracker
 
 TERMINAL = catalogue.TERMINAL_EVENTS
 # events after which a task is no longer running (a rejected task may be requeued: then a
@@ -50,7 +50,7 @@ class Handler:
         self.drop = Drops(store.exporter)
         self.validator = Validator(store.exporter, self.drop, settings.task_hostname_label)
         self.tracker = TaskTracker(settings.max_tasks, settings.finished_grace_seconds)
-        self.labels = LabelResolver(self.tracker, store.queues, settings, self.drop, self._emit)
+        self.labels = LabelResolver(self.tracker, store.queues, settings, self.drop)
         self.with_hostname = settings.task_hostname_label
         self.listening = Listening()
 
@@ -69,9 +69,10 @@ class Handler:
                 self.store.running.end(event.uuid)
 
     def tick(self, now: float) -> None:
-        """Release held events whose wait ran out; forget finished tasks; count the runs
-        of workers declared lost as interrupted."""
-        self.labels.release_due(now)
+        """Count held events whose wait ran out; forget finished tasks; count the runs of
+        workers declared lost as interrupted."""
+        for record, held in self.labels.release_due(now):
+            self._emit_held(record, held)
         self.tracker.forget_finished(now)
         listening = self.listening.tick(now, self.store.exporter.connected_since)
         self._interrupted(self.store.take_lost_runs(now, listening, self.store.exporter.heard_at), now)
@@ -91,9 +92,16 @@ class Handler:
                     self.store.running.forget(evicted.uuid)
         attempts.learn(record, event)
         if record.labels is None:
-            self.labels.resolve(record, event, now)
-        else:
-            self._emit(record, event, now)
+            held = self.labels.resolve(record, event, now)
+            if held is None:  # held for its labels, or dropped
+                return
+            if held:
+                self._emit_held(record, held)
+        self._emit(record, event, now)
+
+    def _emit_held(self, record: TaskRecord, held: Iterable[Held]) -> None:
+        for event, arrived in held:
+            self._emit(record, event, arrived)
 
     def _emit(self, record: TaskRecord, event: TaskEvent, now: float) -> None:
         """Count one event of a task whose labels are fixed, as of `now`."""

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Deque, List, Optional, Tuple
 if TYPE_CHECKING:
     from celery_exporter.events import TaskEvent
 
+# an event held until its task's labels are fixed, with its arrival time
+Held = Tuple["TaskEvent", float]
+
 
 # finished tasks are forgotten on this grid of times: at most this much after their grace
 FINISHED_GRID = 0.125  # seconds (a power of two: exact in binary)
@@ -77,7 +80,7 @@ class TaskRecord:
         self.done = 0  # bit per terminal state (1 << state index) counted
         self.labels: Optional[Tuple[str, str]] = None  # (name, queue_name) once fixed
         # events held until the labels are fixed, with their arrival times
-        self.pending: Optional[List[Tuple["TaskEvent", float]]] = None
+        self.pending: Optional[List[Held]] = None
         self.hold_until: Optional[float] = None
         self.finished = False
         # the attempt before a retry, whose task-started can arrive after the next attempt's task-sent
