@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from celery_exporter import catalogue
 from celery_exporter.events import TaskEvent
+from celery_exporter.lifecycle import Found
 from celery_exporter.store.tasks import Observation
 from celery_exporter.tasks import Attempt, TaskRecord
 
@@ -20,9 +21,11 @@ QUEUE_WAIT_BIT, PREFETCH_WAIT_BIT = 1, 2
 BOTH_WAITS = QUEUE_WAIT_BIT | PREFETCH_WAIT_BIT  # nothing left to observe
 
 
-def learn(record: TaskRecord, event: TaskEvent) -> None:
-    """Take what this event tells about the task into its record."""
+def learn(record: TaskRecord, event: TaskEvent) -> Optional[Found]:
+    """Take what this event tells about the task into its record; return what it found out
+    about the event itself (None: nothing), for the lifecycle to classify it by."""
     etype, ts = event.type, event.timestamp
+    found = None
     if etype == "task-sent" or etype == "task-received":
         if event.retries > record.attempt:  # a retry: same uuid, new attempt
             record.attempt = event.retries
@@ -46,7 +49,8 @@ def learn(record: TaskRecord, event: TaskEvent) -> None:
                 # start) is observed once, whichever start. Under the same task name it is
                 # the broker redelivering the message; under another, Task.replace(), which
                 # publishes the replacement under the replaced task's id.
-                event.redelivery = event.name == record.name
+                if event.name == record.name:
+                    found = Found.REDELIVERY
                 record.started_ts = None
                 record.waits_observed &= QUEUE_WAIT_BIT
             record.received_ts = ts
@@ -57,11 +61,12 @@ def learn(record: TaskRecord, event: TaskEvent) -> None:
         previous = record.previous
         if previous is not None and _late_start_of_previous_attempt(record, previous, ts):
             previous.started_ts = ts
-            event.previous_attempt = True
+            found = Found.PREVIOUS_ATTEMPT
         else:
             record.started_ts = ts
         if record.worker is None:
             record.worker = event.hostname
+    return found
 
 
 def _late_start_of_previous_attempt(record: TaskRecord, previous: Attempt, ts: float) -> bool:

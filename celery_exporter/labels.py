@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from celery_exporter.drops import Drops
 from celery_exporter.events import TaskEvent
+from celery_exporter.lifecycle import Found
 from celery_exporter.settings import Settings
 from celery_exporter.store.queues import QueueStore
 from celery_exporter.tasks import Held, TaskRecord, TaskTracker
@@ -65,7 +66,9 @@ class LabelResolver:
         if event.type == "task-sent":
             self.last_sent_seen = now
 
-    def resolve(self, record: TaskRecord, event: TaskEvent, now: float) -> Optional[Sequence[Held]]:
+    def resolve(
+        self, record: TaskRecord, event: TaskEvent, found: Optional[Found], now: float
+    ) -> Optional[Sequence[Held]]:
         """An event of a task without labels yet. If the labels can be known now, fix them and
         return the events held before this one, to be counted first; else hold the event
         (until they can, or the hold runs out) or drop it, and return None."""
@@ -86,7 +89,7 @@ class LabelResolver:
         elif len(record.pending) >= MAX_PENDING_PER_TASK:
             self._drop("bad_field", "too many events for one task id before its name arrived")
             return None
-        record.pending.append((event, now))
+        record.pending.append((event, found, now))
         self._tracker.hold(record, now + self._hold_seconds)
         return None
 
@@ -114,7 +117,7 @@ class LabelResolver:
             and record.worker is not None
             and record.worker not in self._queues.worker_queues
             and pending
-            and now - pending[0][1] < self._inspect_wait
+            and now - pending[0][2] < self._inspect_wait
         )
 
     def _sent_flowing(self, now: float) -> bool:
