@@ -69,11 +69,7 @@ class Handler:
         elif isinstance(event, WorkerEvent):
             self._worker_event(event, now)
         elif isinstance(event, TaskCancelled):
-            record = self.tracker.peek(event.uuid)
-            if record is not None:  # its redelivery will start it again
-                record.state, effects = STEPS[Kind.CANCELLED][record.state]
-                if effects & END_RUN:
-                    self.store.running.end(event.uuid)
+            self._cancelled(event.uuid)
 
     def tick(self, now: float) -> None:
         """Count held events whose wait ran out; forget finished tasks; count the runs of
@@ -102,6 +98,15 @@ class Handler:
             if held:
                 self._emit_held(record, held)
         self._emit(record, event, found, now)
+
+    def _cancelled(self, uuid: str) -> None:
+        """task-cancelled: counted as an event only; it ends the task's run (its redelivery
+        will start it again)."""
+        record = self.tracker.peek(uuid)
+        if record is not None:
+            record.state, effects = STEPS[Kind.CANCELLED][record.state]
+            if effects & END_RUN:
+                self.store.running.end(uuid)
 
     def _evicted(self, record: TaskRecord) -> None:
         """A record evicted from the full uuid map: counted as evicted by the tracker, never as
