@@ -49,7 +49,8 @@ retry) and by what this module remembers per task (`classify`):
   the task may run again elsewhere (a redelivery), and ending a run that is gone is a no-op.
   A task id already forgotten is counted too (`lost(None)`): its displaced run outlived it.
 
-`TABLE` says, for every (kind, state), the next state and the effects the handler applies:
+`TABLE` says, for every (kind, state) that can happen, the next state and the effects the
+handler applies:
 
     COUNT        count the event under the task's label set, with the observations it
                  completes (runtime, waits); refused when --max-series is reached
