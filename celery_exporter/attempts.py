@@ -9,20 +9,24 @@ the record's `previous` attempt, so its waits are observed once, against its own
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from celery_exporter import catalogue
 from celery_exporter.events import TaskEvent
+from celery_exporter.lifecycle import Found
 from celery_exporter.store.tasks import Observation
 from celery_exporter.tasks import Attempt, TaskRecord
 
 QUEUE_WAIT_BIT, PREFETCH_WAIT_BIT = 1, 2
 BOTH_WAITS = QUEUE_WAIT_BIT | PREFETCH_WAIT_BIT  # nothing left to observe
+NONE: Sequence[Observation] = ()
 
 
-def learn(record: TaskRecord, event: TaskEvent) -> None:
-    """Take what this event tells about the task into its record."""
+def learn(record: TaskRecord, event: TaskEvent) -> Optional[Found]:
+    """Take what this event tells about the task into its record; return what it found out
+    about the event itself (None: nothing), for the lifecycle to classify it by."""
     etype, ts = event.type, event.timestamp
+    found = None
     if etype == "task-sent" or etype == "task-received":
         if event.retries > record.attempt:  # a retry: same uuid, new attempt
             record.attempt = event.retries
@@ -46,7 +50,8 @@ def learn(record: TaskRecord, event: TaskEvent) -> None:
                 # start) is observed once, whichever start. Under the same task name it is
                 # the broker redelivering the message; under another, Task.replace(), which
                 # publishes the replacement under the replaced task's id.
-                event.redelivery = event.name == record.name
+                if event.name == record.name:
+                    found = Found.REDELIVERY
                 record.started_ts = None
                 record.waits_observed &= QUEUE_WAIT_BIT
             record.received_ts = ts
@@ -57,11 +62,12 @@ def learn(record: TaskRecord, event: TaskEvent) -> None:
         previous = record.previous
         if previous is not None and _late_start_of_previous_attempt(record, previous, ts):
             previous.started_ts = ts
-            event.previous_attempt = True
+            found = Found.PREVIOUS_ATTEMPT
         else:
             record.started_ts = ts
         if record.worker is None:
             record.worker = event.hostname
+    return found
 
 
 def _late_start_of_previous_attempt(record: TaskRecord, previous: Attempt, ts: float) -> bool:
@@ -76,31 +82,33 @@ def _late_start_of_previous_attempt(record: TaskRecord, previous: Attempt, ts: f
     )
 
 
-def observations(record: TaskRecord, event: TaskEvent) -> List[Observation]:
+def observations(record: TaskRecord, event: TaskEvent) -> Sequence[Observation]:
     """The histogram observations this event completes: the runtime of a success, and
     each attempt's queue and prefetch waits once its start is known."""
+    etype = event.type
+    if etype == "task-sent":  # with the hostname label, task-sent has none: keep waits per worker
+        return NONE
     out: List[Observation] = []
-    if event.type == "task-succeeded":
+    if etype == "task-succeeded":
         runtime = event.runtime
         if runtime is None and record.started_ts is not None:
             runtime = event.timestamp - record.started_ts  # 5.7 can send runtime=None
         if runtime is not None:
             out.append((catalogue.RUNTIME, max(runtime, 0.0)))
-    if event.type != "task-sent":  # with the hostname label, task-sent has none: keep waits per worker
-        previous = record.previous
-        if previous is not None and previous.started_ts is not None and previous.waits_observed != BOTH_WAITS:
-            previous.waits_observed = _observe_waits(
-                out,
-                previous.started_ts,
-                previous.sent_ts,
-                previous.received_ts,
-                previous.eta_ts,
-                previous.waits_observed,
-            )
-        if record.started_ts is not None and record.waits_observed != BOTH_WAITS:
-            record.waits_observed = _observe_waits(
-                out, record.started_ts, record.sent_ts, record.received_ts, record.eta_ts, record.waits_observed
-            )
+    previous = record.previous
+    if previous is not None and previous.started_ts is not None and previous.waits_observed != BOTH_WAITS:
+        previous.waits_observed = _observe_waits(
+            out,
+            previous.started_ts,
+            previous.sent_ts,
+            previous.received_ts,
+            previous.eta_ts,
+            previous.waits_observed,
+        )
+    if record.started_ts is not None and record.waits_observed != BOTH_WAITS:
+        record.waits_observed = _observe_waits(
+            out, record.started_ts, record.sent_ts, record.received_ts, record.eta_ts, record.waits_observed
+        )
     return out
 
 

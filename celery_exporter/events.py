@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Final, Mapping, Optional, Union
 
 from celery_exporter import catalogue
 from celery_exporter.drops import Drops
@@ -152,7 +152,11 @@ class TaskEvent:
     """A task event whose fields are checked. `name`, `retries` and `eta` are read from
     task-sent and task-received only (the others carry none), `queue` from task-sent only,
     `runtime` from task-succeeded, `exception` (a class name) from task-failed and
-    task-retried, `hostname` where it is used (see Validator)."""
+    task-retried, `hostname` where it is used (see Validator).
+
+    Immutable: every field is Final, so mypy refuses an assignment after __init__ (what the
+    handling finds out about an event is returned, never written into it). At run time it
+    is a plain __slots__ class: a frozen dataclass or a NamedTuple costs more per event."""
 
     __slots__ = (
         "type",
@@ -166,8 +170,6 @@ class TaskEvent:
         "queue",
         "runtime",
         "exception",
-        "redelivery",
-        "previous_attempt",
     )
 
     def __init__(
@@ -184,21 +186,17 @@ class TaskEvent:
         runtime: Optional[float] = None,
         exception: Optional[str] = None,
     ):
-        self.type = type_
-        self.state = state  # index into catalogue.TASK_STATES
-        self.uuid = uuid
-        self.timestamp = timestamp  # the sender's clock
-        self.hostname = hostname
-        self.name = name
-        self.retries = retries
-        self.eta = eta
-        self.queue = queue
-        self.runtime = runtime
-        self.exception = exception
-        # set by attempts.learn: a task-received for an attempt that was received before;
-        # a task-started of the attempt before a retry, arriving late
-        self.redelivery = False
-        self.previous_attempt = False
+        self.type: Final = type_
+        self.state: Final = state  # index into catalogue.TASK_STATES
+        self.uuid: Final = uuid
+        self.timestamp: Final = timestamp  # the sender's clock
+        self.hostname: Final = hostname
+        self.name: Final = name
+        self.retries: Final = retries
+        self.eta: Final = eta
+        self.queue: Final = queue
+        self.runtime: Final = runtime
+        self.exception: Final = exception
 
     def __repr__(self) -> str:
         return f"TaskEvent({self.type} {self.uuid} name={self.name!r} at {self.timestamp})"

@@ -5,46 +5,49 @@ the message arrived, and tick(now) about every half second. An event goes throug
 
 1. events.Validator: raw dict -> TaskEvent / WorkerEvent, or refused and counted;
 2. for task events: the uuid map (tasks.py) and attempts.learn (what the event tells about
-   the task's attempt);
+   the task's attempt, and what it found out about the event: a redelivery, a late start);
 3. labels.LabelResolver: count it under its (name, queue_name) now, or hold it for the
-   task-sent that carries the queue;
-4. Handler._emit: terminal events de-duplicated per task id, observations, store calls.
+   task-sent that carries the queue (it returns what to count once the labels are fixed);
+4. lifecycle: the event's kind and the transition table's row for the task's state; the
+   handler applies the row: the task's next state, the counts and observations, the run
+   started or ended in the store's running set.
 
 Handling is order-independent per task uuid: events that arrive before the task's name
 (and, when task-sent events are flowing, before its queue) are held on the task's record.
 
-Tasks in flight: task-started starts a run in the store's running set (unless the task
-already ended); its terminal event, task-retried and task-rejected end it, as does a
-heartbeat of its worker that says nothing runs (its end event was lost). A worker-offline
-starts the warm shutdown, in which the worker's runs drain by their own events. On the
-tick, the runs of workers declared lost (store.take_lost_runs) and, at a worker-online,
-those of a worker that restarted under its name, are counted as interrupted, once per
-task id. A task id received again for the same attempt is counted as
-redelivered.
+The rules of a task's run (running, interrupted, redelivered, duplicate terminal events)
+are written in lifecycle.py. The handler feeds it the events that are not task events too:
+task-cancelled ends a run; on the tick, the runs of workers declared lost (liveness.verdict,
+through store.take_lost_runs) and, at a worker-online, those of a worker that restarted
+under its name, are counted as interrupted; an evicted record forgets its run. A heartbeat
+that says nothing runs ends its worker's runs in the store (their end events were lost), and
+a worker-offline starts the warm shutdown, in which the worker's runs drain by their own
+events.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
-from celery_exporter import attempts, catalogue
+from celery_exporter import attempts, catalogue, lifecycle
 from celery_exporter.drops import Drops
 from celery_exporter.events import TaskCancelled, TaskEvent, Validator, WorkerEvent
 from celery_exporter.labels import LabelResolver
+from celery_exporter.lifecycle import Effect, Found, Kind
+from celery_exporter.liveness import Listening
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.running import Taken
-from celery_exporter.store.tasks import Observation, TaskKey, Trace
-from celery_exporter.tasks import TaskRecord, TaskTracker
+from celery_exporter.store.tasks import TaskKey
+from celery_exporter.tasks import Held, TaskRecord, TaskTracker
 
-TERMINAL = catalogue.TERMINAL_EVENTS
-# events after which a task is no longer running (a rejected task may be requeued: then a
-# new receipt and start follow)
-ENDS_RUN = TERMINAL | {"task-retried", "task-rejected"}
-# A gap this long between two ticks (normally 0.5 s apart) means the event thread was stalled
-# (CPU throttling, a suspended process): the heartbeats of that time are still unread, so
-# nobody is declared lost until a whole worker timeout has passed since.
-STALL_SECONDS = 5.0
+# the lifecycle's effects and table, as plain ints and tuples (read on every task event)
+STEPS, DIRECT = lifecycle.STEPS, lifecycle.DIRECT
+FINISH, START_RUN, END_RUN = Effect.FINISH, Effect.START_RUN, Effect.END_RUN
+REDELIVERED, DUPLICATE, INTERRUPTED, FORGET = Effect.REDELIVERED, Effect.DUPLICATE, Effect.INTERRUPTED, Effect.FORGET
+BEFORE_COUNT = DUPLICATE | FINISH | END_RUN  # (one test for the events that have none of them)
+AFTER_COUNT = START_RUN | REDELIVERED
+SERIES_LIMIT_DETAIL = "a new label set was refused: --max-series reached"
 
 
 class Handler:
@@ -53,10 +56,9 @@ class Handler:
         self.drop = Drops(store.exporter)
         self.validator = Validator(store.exporter, self.drop, settings.task_hostname_label)
         self.tracker = TaskTracker(settings.max_tasks, settings.finished_grace_seconds)
-        self.labels = LabelResolver(self.tracker, store.queues, settings, self.drop, self._emit)
+        self.labels = LabelResolver(self.tracker, store.queues, settings, self.drop)
         self.with_hostname = settings.task_hostname_label
-        self._last_tick: Optional[float] = None
-        self._resumed: Optional[float] = None  # when the last stall ended
+        self.listening = Listening()
 
     # -- entry points -------------------------------------------------------------------
 
@@ -67,22 +69,15 @@ class Handler:
         elif isinstance(event, WorkerEvent):
             self._worker_event(event, now)
         elif isinstance(event, TaskCancelled):
-            record = self.tracker.peek(event.uuid)
-            if record is not None and record.running:  # its redelivery will start it again
-                record.running = False
-                self.store.running.end(event.uuid)
+            self._cancelled(event.uuid)
 
     def tick(self, now: float) -> None:
-        """Release held events whose wait ran out; forget finished tasks; count the runs
-        of workers declared lost as interrupted."""
-        self.labels.release_due(now)
+        """Count held events whose wait ran out; forget finished tasks; count the runs of
+        workers declared lost as interrupted."""
+        for record, held in self.labels.release_due(now):
+            self._emit_held(record, held)
         self.tracker.forget_finished(now)
-        if self._last_tick is not None and now - self._last_tick > STALL_SECONDS:
-            self._resumed = now
-        self._last_tick = now
-        listening = self.store.exporter.connected_since
-        if listening is not None and self._resumed is not None:
-            listening = max(listening, self._resumed)
+        listening = self.listening.tick(now, self.store.exporter.connected_since)
         self._interrupted(self.store.take_lost_runs(now, listening, self.store.exporter.heard_at), now)
         self.store.exporter.set_tracker_stats(len(self.tracker), self.tracker.evicted)
 
@@ -94,83 +89,97 @@ class Handler:
         if record is None:
             record, evicted = self.tracker.create(event.uuid)
             if evicted is not None:
-                if evicted.pending:
-                    self.drop("unknown_task", "task id evicted from a full uuid map", len(evicted.pending))
-                if evicted.ran:  # counted as evicted by the tracker, never as interrupted
-                    self.store.running.forget(evicted.uuid)
-        attempts.learn(record, event)
+                self._evicted(evicted)
+        found = attempts.learn(record, event)
         if record.labels is None:
-            self.labels.resolve(record, event, now)
-        else:
-            self._emit(record, event, now)
-
-    def _emit(self, record: TaskRecord, event: TaskEvent, now: float) -> None:
-        """Count one event of a task whose labels are fixed, as of `now`."""
-        etype = event.type
-        if etype in TERMINAL:
-            bit = 1 << event.state
-            if record.done & bit:
-                self.drop("duplicate", f"a second {etype} for one task id")
+            held = self.labels.resolve(record, event, found, now)
+            if held is None:  # held for its labels, or dropped
                 return
-            record.done |= bit
+            if held:
+                self._emit_held(record, held)
+        self._emit(record, event, found, now)
+
+    def _cancelled(self, uuid: str) -> None:
+        """task-cancelled: counted as an event only; it ends the task's run (its redelivery
+        will start it again)."""
+        record = self.tracker.peek(uuid)
+        if record is not None:
+            record.state, effects = STEPS[Kind.CANCELLED][record.state]
+            if effects & END_RUN:
+                self.store.running.end(uuid)
+
+    def _evicted(self, record: TaskRecord) -> None:
+        """A record evicted from the full uuid map: counted as evicted by the tracker, never as
+        interrupted."""
+        if record.pending:
+            self.drop("unknown_task", "task id evicted from a full uuid map", len(record.pending))
+        if STEPS[Kind.EVICTED][record.state][1] & FORGET:
+            self.store.running.forget(record.uuid)
+
+    def _emit_held(self, record: TaskRecord, held: Iterable[Held]) -> None:
+        for event, found, arrived in held:
+            self._emit(record, event, found, arrived)
+
+    def _emit(self, record: TaskRecord, event: TaskEvent, found: Optional[Found], now: float) -> None:
+        """Apply the lifecycle's row for one event of a task whose labels are fixed, as of `now`."""
+        rows = DIRECT[event.state]  # the rows of its event type, if that alone tells its kind
+        if rows is None or found is not None:
+            rows = STEPS[lifecycle.classify(record, event, found)]
+        next_state, effects = rows[record.state]
+        if effects & BEFORE_COUNT and self._duplicate_or_ends(record, event, effects, now):
+            return
+        if not effects & START_RUN:  # (a run starts, and the state moves, once the label set is admitted)
+            record.state = next_state
+        # COUNT: every row of a task event has it but a duplicate's (test_lifecycle checks)
+        key = self._count_event(record, event, now)
+        if key is None or not effects & AFTER_COUNT:
+            return
+        if effects & START_RUN:
+            record.state = next_state
+            record.run_attempt = record.attempt
+            self.store.running.start(record.uuid, event.hostname or record.worker or "", key, now, event.timestamp)
+        if effects & REDELIVERED:
+            self._count(key, catalogue.REDELIVERED, now)
+
+    def _duplicate_or_ends(self, record: TaskRecord, event: TaskEvent, effects: int, now: float) -> bool:
+        """The effects before the count: True for a duplicate (dropped, nothing else happens);
+        else the task's end (FINISH) and its run's (END_RUN)."""
+        if effects & DUPLICATE:
+            self.drop("duplicate", f"a second {event.type} for one task id")
+            return True
+        if effects & FINISH:
             self.tracker.finish(record, now)
-        if record.running and etype in ENDS_RUN and self._ends_current_run(record, etype):
-            record.running = False
+        if effects & END_RUN:
             self.store.running.end(record.uuid)
+        return False
+
+    def _count_event(self, record: TaskRecord, event: TaskEvent, now: float) -> Optional[TaskKey]:
+        """Count the event under its label set, with the observations it completes (the task
+        id as their exemplar) and its exception; the label set, or None (a drop) when
+        --max-series refused it."""
         assert record.labels is not None  # LabelResolver fixed them before emitting
         key: TaskKey = record.labels
         if self.with_hostname:
-            key = key + ("" if etype == "task-sent" else (event.hostname or ""),)
+            key = key + ("" if event.type == "task-sent" else (event.hostname or ""),)
         observations = attempts.observations(record, event)
         trace = (record.uuid, event.hostname or record.worker or "") if observations else None
-        if not self._count(key, event.state, now, observations, trace):
-            return
+        if not self.store.tasks.observe(key, event.state, now, observations, trace):
+            self.drop("series_limit", SERIES_LIMIT_DETAIL)
+            return None
         if event.exception is not None:  # task-failed, task-retried
             self.store.tasks.exception(key, event.exception, now)
-        if etype == "task-started" and not record.done and not event.previous_attempt:
-            # (not after a terminal event that came first, nor for a retried attempt's late start)
-            record.running = record.ran = True
-            record.run_attempt = record.attempt
-            self.store.running.start(record.uuid, event.hostname or record.worker or "", key, now, event.timestamp)
-        if event.redelivery:
-            self._count(key, catalogue.REDELIVERED, now)
+        return key
 
-    @staticmethod
-    def _ends_current_run(record: TaskRecord, etype: str) -> bool:
-        """Whether this end event ends the running attempt. A task-retried is the end of
-        attempt N when it is the (N+1)-th: a retried attempt's task-retried can come after the
-        next attempt's task-started (the pool child publishes the retry at once, the worker
-        sends task-retried from its buffer later), and must not end that one."""
-        if etype != "task-retried":
-            return True
-        record.retried_seen += 1
-        return record.retried_seen > record.run_attempt
-
-    def _count(
-        self,
-        key: TaskKey,
-        counter: int,
-        now: float,
-        observations: Sequence[Observation] = (),
-        trace: Optional[Trace] = None,
-    ) -> bool:
-        """Count `counter` (and observe, `trace` as the exemplar) for the label set; False,
-        counted as a drop, when --max-series refused the label set."""
-        if self.store.tasks.observe(key, counter, now, observations, trace):
-            return True
-        self.drop("series_limit", "a new label set was refused: --max-series reached")
-        return False
+    def _count(self, key: TaskKey, counter: int, now: float) -> None:
+        """Count `counter` for the label set, or a drop when --max-series refused the label set."""
+        if not self.store.tasks.observe(key, counter, now, (), None):
+            self.drop("series_limit", SERIES_LIMIT_DETAIL)
 
     def _interrupted(self, taken: Iterable[Taken], now: float) -> None:
-        """Count runs cut off by their worker's loss, once per task id. (The record keeps
-        `running` set: it may run again elsewhere, and ending a run that is gone is a no-op.)"""
+        """Count runs cut off by their worker's loss, once per task id (lifecycle.lost)."""
         for uuid, key in taken:
-            record = self.tracker.peek(uuid)
-            if record is not None:
-                if record.interrupted:
-                    continue
-                record.interrupted = True
-            self._count(key, catalogue.INTERRUPTED, now)
+            if lifecycle.lost(self.tracker.peek(uuid)) & INTERRUPTED:
+                self._count(key, catalogue.INTERRUPTED, now)
 
     # -- workers ------------------------------------------------------------------------
 

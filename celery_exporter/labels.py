@@ -9,17 +9,21 @@ its task-sent, which can arrive after the worker's task-received and even its
 task-succeeded; a task of a worker that inspect has not reported yet is held a few seconds
 more, for the poller's early re-inspect of that worker. Events of a task whose name never
 arrives are dropped as unknown_task.
+
+The resolver only decides: it returns the events to count once a task's labels are fixed
+(those it held, in their order, each with its arrival time), and the handler counts them.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from celery_exporter.drops import Drops
 from celery_exporter.events import TaskEvent
+from celery_exporter.lifecycle import Found
 from celery_exporter.settings import Settings
 from celery_exporter.store.queues import QueueStore
-from celery_exporter.tasks import TaskRecord, TaskTracker
+from celery_exporter.tasks import Held, TaskRecord, TaskTracker
 
 MAX_PENDING_PER_TASK = 16
 # task-sent events count as "flowing" if one arrived this recently, or, before the first
@@ -38,12 +42,11 @@ RECHECK = 0.5  # a hold kept for an inspect is looked at again this often (the r
 UNKNOWN_TASK_DETAIL = (
     "task events for a task id whose name never arrived (normal for tasks already running when the exporter started)"
 )
-
-Emit = Callable[[TaskRecord, TaskEvent, float], None]
+NOTHING_HELD: Sequence[Held] = ()
 
 
 class LabelResolver:
-    def __init__(self, tracker: TaskTracker, queues: QueueStore, settings: Settings, drop: Drops, emit: Emit):
+    def __init__(self, tracker: TaskTracker, queues: QueueStore, settings: Settings, drop: Drops):
         self._tracker = tracker
         self._queues = queues
         self._hold_seconds = settings.sent_hold_seconds
@@ -52,7 +55,6 @@ class LabelResolver:
         self._inspect = settings.inspect
         self._max_series = settings.max_series
         self._drop = drop
-        self._emit = emit  # counts one event of a record whose labels are fixed
         self.last_sent_seen: Optional[float] = None
         self.first_task_event: Optional[float] = None
         self._interned: Dict[Tuple[str, str], Tuple[str, str]] = {}  # one tuple per label set, shared
@@ -64,33 +66,37 @@ class LabelResolver:
         if event.type == "task-sent":
             self.last_sent_seen = now
 
-    def resolve(self, record: TaskRecord, event: TaskEvent, now: float) -> None:
-        """An event of a task without labels yet: count it (and what was held before it)
-        if the labels can be known now, else hold it until they can or the hold runs out."""
+    def resolve(
+        self, record: TaskRecord, event: TaskEvent, found: Optional[Found], now: float
+    ) -> Optional[Sequence[Held]]:
+        """An event of a task without labels yet. If the labels can be known now, fix them and
+        return the events held before this one, to be counted first; else hold the event
+        (until they can, or the hold runs out) or drop it, and return None."""
         hold_over = record.hold_until is not None and now >= record.hold_until
         if record.name is None:
             if hold_over:  # the hold ran out before: its events were dropped, so is this one
                 self._drop("unknown_task", UNKNOWN_TASK_DETAIL)
-                return
+                return None
         elif (
             record.queue is not None
             or hold_over
             or not self._sent_flowing(now)
             or self._single_queue(record.worker) is not None
         ):  # that worker's queue is certain
-            self._fix(record)
-            self._emit(record, event, now)
-            return
+            return self._fix(record)
         if record.pending is None:
             record.pending = []
         elif len(record.pending) >= MAX_PENDING_PER_TASK:
             self._drop("bad_field", "too many events for one task id before its name arrived")
-            return
-        record.pending.append((event, now))
+            return None
+        record.pending.append((event, found, now))
         self._tracker.hold(record, now + self._hold_seconds)
+        return None
 
-    def release_due(self, now: float) -> None:
-        """Holds that ran out: count their events under the labels known now, or drop them."""
+    def release_due(self, now: float) -> List[Tuple[TaskRecord, Sequence[Held]]]:
+        """Holds that ran out: the records whose labels are fixed now, each with its held
+        events to count; the events of those whose name never came are dropped."""
+        released = []
         for record in self._tracker.due_holds(now):
             if record.name is None:
                 self._drop("unknown_task", UNKNOWN_TASK_DETAIL, len(record.pending or ()))
@@ -98,7 +104,8 @@ class LabelResolver:
             elif self._awaits_inspect(record, now):
                 self._tracker.hold(record, now + RECHECK, again=True)
             else:
-                self._fix(record)
+                released.append((record, self._fix(record)))
+        return released
 
     def _awaits_inspect(self, record: TaskRecord, now: float) -> bool:
         """No task-sent came, and the worker that received the task has not been reported
@@ -110,7 +117,7 @@ class LabelResolver:
             and record.worker is not None
             and record.worker not in self._queues.worker_queues
             and pending
-            and now - pending[0][1] < self._inspect_wait
+            and now - pending[0][2] < self._inspect_wait
         )
 
     def _sent_flowing(self, now: float) -> bool:
@@ -119,16 +126,16 @@ class LabelResolver:
         since = self.last_sent_seen if self.last_sent_seen is not None else self.first_task_event
         return since is not None and now - since < SENT_RECENT_SECONDS
 
-    def _fix(self, record: TaskRecord) -> None:
-        """Fix the record's labels and count what was held, as of when each event arrived."""
+    def _fix(self, record: TaskRecord) -> Sequence[Held]:
+        """Fix the record's labels; returns what was held, to be counted as of when each
+        event arrived."""
         assert record.name is not None  # callers check
         labels = (record.name, record.queue or self._single_queue(record.worker) or UNKNOWN_QUEUE)
         if len(self._interned) > self._max_series:
             self._interned.clear()  # only a memory saving: never let hostile names grow it
         record.labels = self._interned.setdefault(labels, labels)
         pending, record.pending = record.pending, None
-        for event, arrived in pending or ():
-            self._emit(record, event, arrived)
+        return pending or NOTHING_HELD
 
     def _single_queue(self, worker: Optional[str]) -> Optional[str]:
         """The queue of a worker that consumes exactly one (per the poller's inspect)."""

@@ -13,8 +13,14 @@ import math
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Deque, List, Optional, Tuple
 
+from celery_exporter import lifecycle
+from celery_exporter.lifecycle import PENDING
+
 if TYPE_CHECKING:
     from celery_exporter.events import TaskEvent
+
+# an event held until its task's labels are fixed: (event, what attempts.learn found, arrival)
+Held = Tuple["TaskEvent", Optional[lifecycle.Found], float]
 
 
 # finished tasks are forgotten on this grid of times: at most this much after their grace
@@ -54,10 +60,8 @@ class TaskRecord:
         "labels",
         "pending",
         "hold_until",
-        "finished",
         "previous",
-        "running",
-        "ran",
+        "state",
         "run_attempt",
         "retried_seen",
         "interrupted",
@@ -74,18 +78,18 @@ class TaskRecord:
         self.eta_ts: Optional[float] = None
         self.attempt = 0  # the `retries` field of the latest attempt
         self.waits_observed = 0  # bit 1: queue wait, bit 2: prefetch wait
-        self.done = 0  # bit per terminal state (1 << state index) counted
         self.labels: Optional[Tuple[str, str]] = None  # (name, queue_name) once fixed
-        # events held until the labels are fixed, with their arrival times
-        self.pending: Optional[List[Tuple["TaskEvent", float]]] = None
+        # events held until the labels are fixed, with what attempts.learn found and their arrival times
+        self.pending: Optional[List[Held]] = None
         self.hold_until: Optional[float] = None
-        self.finished = False
         # the attempt before a retry, whose task-started can arrive after the next attempt's task-sent
         self.previous: Optional[Attempt] = None
-        self.running = False  # its current run is in the store's running set
-        self.ran = False  # a run was started: the running set may hold a (displaced) run of it
+        # what lifecycle.py reads and keeps: the run's state (a lifecycle.State value), and what
+        # tells the events it classifies apart
+        self.state = PENDING
+        self.done = 0  # bit per terminal state (1 << state index) counted
         self.run_attempt = 0  # the attempt (retries) of the latest run
-        self.retried_seen = 0  # task-retried events seen
+        self.retried_seen = 0  # task-retried events seen while a run was current
         self.interrupted = False  # counted as interrupted (once per task id)
 
 
@@ -120,7 +124,7 @@ class TaskTracker:
         evicted = None
         if len(self._records) > self.max_tasks:
             _, evicted = self._records.popitem(last=False)
-            if not evicted.finished:
+            if evicted.state not in lifecycle.FINISHED_STATES:
                 self.evicted += 1
         return record, evicted
 
@@ -142,20 +146,20 @@ class TaskTracker:
         return due
 
     def finish(self, record: TaskRecord, now: float) -> None:
-        if not record.finished:
-            record.finished = True
-            until = math.ceil((now + self.finished_grace) / FINISHED_GRID) * FINISHED_GRID
-            finished = self._finished
-            if finished and finished[-1][0] == until:
-                finished[-1][1].append(record.uuid)
-            else:
-                finished.append((until, [record.uuid]))
+        """The task ended (the lifecycle's FINISH, once per record): forget it after the grace."""
+        until = math.ceil((now + self.finished_grace) / FINISHED_GRID) * FINISHED_GRID
+        finished = self._finished
+        if finished and finished[-1][0] == until:
+            finished[-1][1].append(record.uuid)
+        else:
+            finished.append((until, [record.uuid]))
 
     def forget_finished(self, now: float) -> None:
         records = self._records
+        finished_states = lifecycle.FINISHED_STATES
         while self._finished and self._finished[0][0] <= now:
             _, uuids = self._finished.popleft()
             for uuid in uuids:
                 record = records.get(uuid)
-                if record is not None and record.finished:
+                if record is not None and record.state in finished_states:
                     del records[uuid]

@@ -22,7 +22,7 @@ import dataclasses
 import threading
 from typing import Dict, List, Optional, Set, Tuple
 
-from celery_exporter.liveness import Liveness
+from celery_exporter.liveness import Hearing, Liveness, Verdict, verdict
 from celery_exporter.settings import Settings
 from celery_exporter.store.budget import SeriesBudget, SeriesSnapshot
 from celery_exporter.store.own import ExporterSnapshot, ExporterState
@@ -33,9 +33,6 @@ from celery_exporter.store.tasks import TaskSeriesStore, TaskSnapshot
 from celery_exporter.store.workers import WorkerSnapshot, WorkerStore
 
 __all__ = ["Snapshot", "Store"]
-
-# a worker's state for the running set, on one tick (_GONE: forget its runs, uncounted)
-_ALIVE, _LOST, _UNSURE, _GONE = "alive", "lost", "unsure", "gone"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,63 +78,44 @@ class Store:
             return removed
 
     def take_lost_runs(self, now: float, listening_since: Optional[float], heard_at: Optional[float]) -> List[Taken]:
-        """The runs (and displaced runs) on workers declared lost at `now`: down by the
-        liveness rule while the exporter was listening (connected, not stalled) for longer
-        than their timeout, and the broker was heard after their deadline (so the connection
-        was alive when their heartbeats were due; a connection that died silently proves
-        nothing until it is found dead). Our own outage declares nobody lost. Displaced runs
-        of a worker that is up, or unknown, two timeouts after the displacement are
-        forgotten: that worker lived on."""
+        """The runs (and displaced runs) on workers declared lost at `now` by the liveness
+        verdict (liveness.verdict: down while the exporter listened, and the broker heard
+        after their deadline; or a warm shutdown that outlived --worker-ttl). Our own outage
+        declares nobody lost. Displaced runs of a worker that is up, or unknown, two timeouts
+        after the displacement are forgotten: that worker lived on."""
+        hearing = Hearing(listening_since, heard_at)
         taken: List[Taken] = []
         with self.lock:
-            verdicts: Dict[str, Tuple[str, float]] = {}
-
-            def verdict(host: str) -> Tuple[str, float]:
-                known = verdicts.get(host)
-                if known is None:
-                    worker = self.workers.get_locked(host)
-                    draining = self.running.draining_locked(host)
-                    if worker is None and draining is not None:
-                        left_at = draining[0]
-                        # it began a warm shutdown and sends no heartbeats: past --worker-ttl,
-                        # what it still ran was killed with it, if we listened all along
-                        known = (_ALIVE, self.liveness.worker_timeout)
-                        if now - left_at > self.liveness.worker_ttl:
-                            heard_all_along = listening_since is not None and listening_since <= left_at
-                            known = (_LOST if heard_all_along else _GONE, self.liveness.worker_timeout)
-                    elif worker is None:  # no heartbeat known (yet): it cannot be told lost
-                        known = (_ALIVE, self.liveness.worker_timeout)
-                    else:
-                        timeout = self.liveness.timeout(worker.freq)
-                        if self.liveness.is_up(worker.last_seen, worker.freq, now):
-                            known = (_ALIVE, timeout)
-                        elif (
-                            listening_since is not None
-                            and now - listening_since > timeout
-                            and heard_at is not None
-                            and heard_at > worker.last_seen + timeout
-                        ):
-                            known = (_LOST, timeout)
-                        else:
-                            known = (_UNSURE, timeout)
-                    verdicts[host] = known
-                return known
-
+            verdicts: Dict[str, Tuple[Verdict, float]] = {}
             for host in self.running.hosts_locked():
-                state = verdict(host)[0]
-                if state == _LOST:
+                state = self._verdict_locked(host, now, hearing, verdicts)[0]
+                if state is Verdict.LOST:
                     taken.extend(self.running.take_locked(host))
-                elif state == _GONE:
+                elif state is Verdict.GONE:
                     self.running.drop_host_locked(host)
             displaced = self.running.displaced_locked()
             for uuid, entry in list(displaced.items()):
-                state, timeout = verdict(entry.host)
-                if state == _LOST:
+                state, timeout = self._verdict_locked(entry.host, now, hearing, verdicts)
+                if state is Verdict.LOST:
                     taken.append((uuid, entry.key))
                     del displaced[uuid]
-                elif state == _ALIVE and entry.when < now - 2 * timeout:
+                elif state is Verdict.ALIVE and entry.when < now - 2 * timeout:
                     del displaced[uuid]
         return taken
+
+    def _verdict_locked(
+        self, host: str, now: float, hearing: Hearing, known: Dict[str, Tuple[Verdict, float]]
+    ) -> Tuple[Verdict, float]:
+        """The worker's liveness verdict and timeout, once per host in `known`."""
+        found = known.get(host)
+        if found is None:
+            worker = self.workers.get_locked(host)
+            draining = self.running.draining_locked(host)
+            left_at = draining[0] if draining is not None else None
+            last_seen, freq = (worker.last_seen, worker.freq) if worker is not None else (None, None)
+            found = (verdict(self.liveness, now, last_seen, freq, left_at, hearing), self.liveness.timeout(freq))
+            known[host] = found
+        return found
 
     def take_restarted_runs(self, hostname: str, processed: Optional[int]) -> List[Taken]:
         """A worker-online of a new process under the same name: its `processed` count

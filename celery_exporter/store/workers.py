@@ -10,7 +10,7 @@ import dataclasses
 import threading
 from typing import Dict, List, Optional, Set, Tuple
 
-from celery_exporter.liveness import Liveness
+from celery_exporter.liveness import Liveness, Verdict, verdict
 from celery_exporter.store.budget import SeriesBudget
 
 Software = Tuple[str, str, str]  # (sw_ident, sw_ver, sw_sys)
@@ -117,7 +117,7 @@ class WorkerStore:
     # -- with the lock held -------------------------------------------------------------
 
     def _up(self, record: WorkerRecord, now: float) -> bool:
-        return self.liveness.is_up(record.last_seen, record.freq, now)
+        return verdict(self.liveness, now, record.last_seen, record.freq) is Verdict.ALIVE
 
     def up_hosts_locked(self, now: float) -> Set[str]:
         return {host for host, r in self._workers.items() if self._up(r, now)}

@@ -1,12 +1,28 @@
-"""Tasks in flight: the running gauge, the oldest start, and tasks interrupted when their
-worker is lost or redelivered afterwards, in every order the events can come in."""
+"""The task lifecycle through the handler, as rows: events (and what else happens: time
+passing, the exporter's connection, the broker's silence, a sweep) in, metrics out, checked
+where each row says. Tasks in flight (the running gauge and the oldest start), tasks
+interrupted when their worker is lost or restarts, redeliveries, duplicate terminal events
+and retries, in every order the events can come in. The rules are lifecycle.py's table;
+tests/unit/test_lifecycle.py walks the table itself."""
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Union
 
 import pytest
+
+from celery_exporter import catalogue
+from celery_exporter.receiver import TICK_INTERVAL
+from celery_exporter.tasks import FINISHED_GRID
 
 from .conftest import T0, Rig, failed, heartbeat, received, rejected, retried, revoked, sent, started, succeeded
 
 L = {"name": "app.add", "queue_name": "celery"}
+UNKNOWN = {"name": "app.add", "queue_name": "unknown"}
 TIMEOUT = 30.0  # Settings().worker_timeout; with freq=2 the effective timeout stays 30 s
+NOW = object()  # an expected value: the clock's time at the check
+
+Step = Callable[[Rig], None]
+Event = Union[dict, Callable[[float], dict]]  # an event, or one made at the clock's time
 
 
 def connected_rig(**overrides) -> Rig:
@@ -15,467 +31,759 @@ def connected_rig(**overrides) -> Rig:
     return rig
 
 
-@pytest.fixture
-def rig():
-    return connected_rig()
-
-
-def running(rig, **labels):
-    return rig.value("celery_task_running", **(labels or L))
-
-
-def oldest(rig, **labels):
-    return rig.value("celery_task_running_oldest_start_timestamp_seconds", **(labels or L))
-
-
-def interrupted(rig, **labels):
-    return rig.value("celery_task_interrupted_total", **(labels or L))
-
-
-def redelivered(rig, **labels):
-    return rig.value("celery_task_redelivered_total", **(labels or L))
-
-
-def begin(rig, uuid, host="w1@h"):
-    rig.feed(sent(uuid), received(uuid, host=host), started(uuid, host=host))
-
-
-def keep_alive(rig, seconds, *hosts, step=2.0):
-    """Advance the clock by `seconds`, with heartbeats from `hosts` every `step`, each
-    reporting as active the tasks the store has running there (as a real worker would)."""
-    elapsed = 0.0
-    while elapsed < seconds:
-        dt = min(step, seconds - elapsed)
-        rig.advance(dt)
-        elapsed += dt
-        rig.feed(*(heartbeat(host=h, ts=rig.clock.now(), active=active_on(rig, h)) for h in hosts))
-
-
 def active_on(rig, host):
     return len(rig.store.running._hosts.get(host, {}))
 
 
-def test_a_started_task_runs_until_it_ends_with_its_start_time():
-    rig = connected_rig()
-    rig.feed(heartbeat())
-    begin(rig, "a")
-    rig.clock.advance(5)
-    begin(rig, "b")
-    assert running(rig) == 2
-    assert oldest(rig) == T0  # the exporter's clock when a's task-started arrived
-    rig.feed(succeeded("a"))
-    assert running(rig) == 1
-    assert oldest(rig) == T0 + 5
-    rig.feed(failed("b"))
-    assert running(rig) == 0  # still shown, as 0, for the label set
-    assert oldest(rig) is None
-    assert interrupted(rig) == 0 and redelivered(rig) == 0
+# -- steps ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("end", [succeeded, failed, revoked, retried, rejected])
-def test_every_end_of_a_run_leaves_the_gauge(rig, end):
-    begin(rig, "a")
-    assert running(rig) == 1
-    rig.feed(end("a"))
-    assert running(rig) == 0
+def feed(*events: Event) -> Step:
+    """Deliver events as the receiver would, each at the current clock time (a callable is
+    given the clock's time to make its event then)."""
+
+    def step(rig):
+        rig.feed(*(dict(e(rig.clock.now()) if callable(e) else e) for e in events))
+
+    return step
 
 
-def test_task_started_before_task_received_runs_from_the_started_arrival(rig):
-    rig.feed(started("a"))  # no name yet: held
-    rig.clock.advance(1)
-    rig.feed(received("a"))
-    rig.settle()  # no task-sent flowing before: the fallback queue label after the hold
-    assert rig.value("celery_task_running", name="app.add", queue_name="unknown") == 1
-    assert rig.value("celery_task_running_oldest_start_timestamp_seconds", name="app.add", queue_name="unknown") == T0
+def begin(uuid, host="w1@h") -> Step:
+    return feed(sent(uuid), received(uuid, host=host), started(uuid, host=host))
 
 
-def test_a_terminal_event_before_task_started_leaves_nothing_running(rig):
-    rig.feed(sent("a"), received("a"), succeeded("a"), started("a"))
-    assert running(rig) == 0
-    assert rig.value("celery_task_succeeded_total", **L) == 1
-
-
-def test_a_retry_ends_the_run_and_the_next_attempt_runs_again(rig):
-    begin(rig, "a")
-    rig.feed(retried("a"))
-    assert running(rig) == 0
-    rig.clock.advance(3)
-    rig.feed(sent("a", retries=1), received("a", retries=1), started("a"))
-    assert running(rig) == 1
-    assert oldest(rig) == T0 + 3
-    assert redelivered(rig) == 0  # a retry is a new attempt, not a redelivery
-    rig.feed(succeeded("a"))
-    assert running(rig) == 0
-
-
-def test_lost_worker_interrupts_its_running_tasks_once_and_spares_the_survivor(rig):
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    for uuid in ("a", "b", "c"):
-        begin(rig, uuid)
-    begin(rig, "s", host="w2@h")
-    rig.feed(sent("p"), received("p"))  # prefetched on w1, never started
-    keep_alive(rig, TIMEOUT, "w2@h")
-    assert interrupted(rig) == 0 and running(rig) == 4  # w1's heartbeat is exactly TIMEOUT old: still up
-    keep_alive(rig, 1, "w2@h")
-    assert rig.value("celery_worker_up", hostname="w1@h") == 0
-    assert interrupted(rig) == 3  # a, b, c; not the prefetched p
-    assert running(rig) == 1  # s on the survivor, untouched
-    keep_alive(rig, 60, "w2@h")
-    assert interrupted(rig) == 3  # counted once, not on every tick
-    rig.feed(heartbeat(ts=rig.clock.now(), active=1, processed=3))  # w1 comes back (a partition, not a kill)
-    rig.feed(succeeded("a"))  # and reports a's end after all
-    assert interrupted(rig) == 3
-    assert rig.value("celery_task_succeeded_total", **L) == 1
-    assert running(rig) == 1
-
-
-def test_a_down_worker_runs_nothing_before_it_is_declared_lost(rig):
-    rig.feed(heartbeat())
-    begin(rig, "a")
-    rig.store.exporter.set_connected(False)  # the exporter's own outage: heartbeats stop arriving
-    rig.advance(TIMEOUT + 5)
-    assert rig.value("celery_worker_up", hostname="w1@h") == 0
-    assert running(rig) == 0  # only workers not down count
-    assert interrupted(rig) == 0  # but nobody is declared lost while we could not hear them
-    rig.store.exporter.set_connected(True, rig.clock.now())
-    rig.feed(heartbeat(ts=rig.clock.now(), active=1))  # the worker was fine all along
-    assert running(rig) == 1
-    rig.advance(TIMEOUT + 1)
-    assert interrupted(rig) == 1  # now silent for a whole timeout while connected: lost
-
-
-def test_redelivered_after_loss_is_counted_and_tracked_as_a_new_attempt(rig):
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    begin(rig, "a")
-    keep_alive(rig, TIMEOUT + 1, "w2@h")
-    assert interrupted(rig) == 1 and running(rig) == 0
-    t = rig.clock.now()
-    rig.feed(
-        received("a", host="w2@h", ts=t),
-        started("a", host="w2@h", ts=t + 0.25),
-    )
-    assert redelivered(rig) == 1
-    assert rig.value("celery_task_received_total", **L) == 2
-    assert running(rig) == 1 and oldest(rig) == t
-    # the new attempt's prefetch wait is its own (0.25 s), observed once per attempt
-    assert rig.value("celery_task_prefetch_wait_seconds_count", **L) == 2
-    assert rig.value("celery_task_prefetch_wait_seconds_sum", **L) == pytest.approx(0.25)
-    assert rig.value("celery_task_queue_wait_seconds_count", **L) == 1  # publish -> first start, once
-    rig.feed(succeeded("a", host="w2@h"))
-    assert rig.value("celery_task_succeeded_total", **L) == 1 and running(rig) == 0
-    assert interrupted(rig) == 1
-
-
-def test_prefetched_task_of_a_lost_worker_is_not_interrupted_but_redelivered(rig):
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    rig.feed(sent("p"), received("p"))
-    keep_alive(rig, TIMEOUT + 1, "w2@h")
-    assert interrupted(rig) == 0
-    rig.feed(received("p", host="w2@h"), started("p", host="w2@h"), succeeded("p", host="w2@h"))
-    assert redelivered(rig) == 1
-    assert rig.value("celery_task_succeeded_total", **L) == 1
-
-
-def test_redelivered_elsewhere_before_the_loss_still_counts_as_interrupted(rig):
-    """RabbitMQ hands a killed consumer's unacked messages to another one at once, before the
-    dead worker's heartbeats are overdue: the first run was still cut off by the death."""
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    begin(rig, "a")
-    rig.feed(received("a", host="w2@h"), started("a", host="w2@h"))
-    assert redelivered(rig) == 1 and running(rig) == 1
-    rig.feed(succeeded("a", host="w2@h"))  # the copy even finished before w1 is declared lost
-    keep_alive(rig, TIMEOUT + 1, "w2@h")
-    assert interrupted(rig) == 1
-    assert running(rig) == 0
-    assert rig.value("celery_task_succeeded_total", **L) == 1
-
-
-def test_redelivered_elsewhere_while_the_first_worker_lives_is_not_interrupted(rig):
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    begin(rig, "a")
-    rig.feed(received("a", host="w2@h"), started("a", host="w2@h"))  # w1's connection blipped
-    keep_alive(rig, 3 * TIMEOUT, "w1@h", "w2@h")
-    assert interrupted(rig) == 0
-    assert running(rig) == 1  # the copy on w2
-    assert rig.store.running.size() == (1, 0)  # the displaced run was forgotten
-    keep_alive(rig, TIMEOUT + 1, "w2@h")  # w1 lost much later: its displaced run was forgotten
-    assert rig.value("celery_worker_up", hostname="w1@h") == 0
-    assert interrupted(rig) == 0
-
-
-def draining(rig, *uuids):
+def draining(*uuids) -> List[Step]:
     """w1 runs these tasks and has begun a warm shutdown (worker-offline sent)."""
-    rig.feed(heartbeat(processed=5, active=len(uuids)))
-    for uuid in uuids:
-        begin(rig, uuid)
-    rig.feed(heartbeat(etype="worker-offline"))
+    return [
+        feed(heartbeat(processed=5, active=len(uuids))),
+        *(begin(uuid) for uuid in uuids),
+        feed(heartbeat(etype="worker-offline")),
+    ]
 
 
-def test_a_warm_shutdown_drains_its_runs_and_interrupts_nothing(rig):
-    """worker-offline comes when the warm shutdown begins; the worker then finishes its tasks."""
-    draining(rig, "a")
-    assert rig.value("celery_worker_up", hostname="w1@h") is None  # the worker leaves at once...
-    assert running(rig) == 1  # ...but its task still runs
-    rig.advance(TIMEOUT * 3)
-    assert running(rig) == 1 and interrupted(rig) == 0
-    rig.feed(succeeded("a"))
-    assert running(rig) == 0
-    rig.advance(rig.settings.worker_ttl + 1)
-    assert interrupted(rig) == 0
+def advance(seconds: Union[float, Callable[[Any], float]]) -> Step:
+    """Let time pass with the receiver's tick every TICK_INTERVAL (a callable is given the
+    settings to say how long)."""
+    return lambda rig: rig.advance(seconds(rig.settings) if callable(seconds) else seconds)
 
 
-def test_killed_during_its_warm_shutdown_and_back_under_its_name(rig):
-    """A grace period that ran out (Kubernetes): SIGKILL after worker-offline, then the
-    restarted container comes back under the same name."""
-    draining(rig, "a", "b")
-    rig.advance(30)
-    assert running(rig) == 2 and interrupted(rig) == 0
-    rig.feed(heartbeat(etype="worker-online", processed=0, ts=rig.clock.now()))
-    assert interrupted(rig) == 2
-    assert running(rig) == 0
+def settle() -> Step:
+    return lambda rig: rig.settle()
 
 
-def test_killed_during_its_warm_shutdown_and_never_back(rig):
-    draining(rig, "a")
-    rig.advance(rig.settings.worker_ttl - 1)
-    assert running(rig) == 1 and interrupted(rig) == 0
-    rig.advance(2)  # --worker-ttl after its goodbye, and no end: it died with the process
-    assert interrupted(rig) == 1
-    assert running(rig) == 0
+def clock(seconds: float) -> Step:
+    """Move the clock without ticks (events arriving that much later, or a frozen process)."""
+    return lambda rig: rig.clock.advance(seconds)
 
 
-def test_a_drain_we_did_not_hear_all_along_is_forgotten_uncounted(rig):
-    draining(rig, "a")
-    rig.store.exporter.set_connected(False)  # its end event may have come while we were away
-    rig.advance(5)
-    rig.store.exporter.set_connected(True, rig.clock.now())
-    rig.advance(rig.settings.worker_ttl)
-    assert interrupted(rig) == 0
-    assert running(rig) == 0
-    assert rig.store.running.size() == (0, 0)
+def tick() -> Step:
+    return lambda rig: rig.tick()
 
 
-def test_a_consumer_restart_after_a_broker_blip_interrupts_nothing(rig):
-    """The worker's consumer restarts after a broker blip: worker-offline and worker-online
-    from the same process, whose count did not go back; its task runs on."""
-    rig.feed(heartbeat(processed=5, active=1))
-    begin(rig, "a")
-    rig.feed(heartbeat(etype="worker-offline"), heartbeat(etype="worker-online", processed=6, active=1))
-    assert interrupted(rig) == 0
-    assert running(rig) == 1
-    rig.feed(succeeded("a"))
-    assert running(rig) == 0
+def connected(up: bool) -> Step:
+    """The exporter's own broker connection lost (nothing arrives) or made again."""
+    return lambda rig: rig.store.exporter.set_connected(up, rig.clock.now() if up else None)
 
 
-def test_restart_under_the_same_name_interrupts_at_once(rig):
-    rig.feed(heartbeat(processed=7))
-    begin(rig, "a")
-    begin(rig, "b")
-    rig.advance(3)
-    rig.feed(heartbeat(etype="worker-online", processed=0, ts=rig.clock.now()))  # a new process
-    assert interrupted(rig) == 2
-    assert running(rig) == 0
-    rig.advance(TIMEOUT * 2)  # and the fresh process stays up: nothing is counted again
-    assert interrupted(rig) == 2
+def broker_heard(alive: bool) -> Step:
+    """Whether the broker answers on the connection (pongs, AMQP heartbeats) on each tick."""
+
+    def step(rig):
+        rig.broker_alive = alive
+
+    return step
 
 
-def test_restart_before_any_heartbeat_reported_the_tasks(rig):
-    """A worker that ran its tasks before its first periodic heartbeat: the last count heard
-    is its online's 0, yet a new process's 0 is below the 2 runs the old one accepted."""
-    rig.feed(heartbeat(etype="worker-online", processed=0))
-    begin(rig, "a")
-    begin(rig, "b")
-    rig.feed(heartbeat(etype="worker-offline"))
-    rig.feed(heartbeat(etype="worker-online", processed=0, ts=T0 + 1))
-    assert interrupted(rig) == 2 and running(rig) == 0
+def sweep() -> Step:
+    return lambda rig: rig.store.sweep(rig.clock.now())
 
 
-def test_worker_online_of_the_same_process_interrupts_nothing(rig):
-    rig.feed(heartbeat(processed=7))
-    begin(rig, "a")
-    rig.feed(heartbeat(etype="worker-online", processed=9))  # consumer restart after a broker blip
-    assert interrupted(rig) == 0 and running(rig) == 1
+def keep_alive(seconds, *hosts, step=2.0) -> Step:
+    """Advance the clock by `seconds`, with heartbeats from `hosts` every `step`, each
+    reporting as active the tasks the store has running there (as a real worker would)."""
+
+    def run(rig):
+        elapsed = 0.0
+        while elapsed < seconds:
+            dt = min(step, seconds - elapsed)
+            rig.advance(dt)
+            elapsed += dt
+            rig.feed(*(heartbeat(host=h, ts=rig.clock.now(), active=active_on(rig, h)) for h in hosts))
+
+    return run
 
 
-def test_evicted_running_task_leaves_the_gauge_and_is_never_interrupted():
-    rig = connected_rig(max_tasks=2)
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    begin(rig, "a")
-    rig.feed(sent("x"), sent("y"))  # the uuid map holds 2: a is evicted
-    assert running(rig) == 0
-    rig.advance(0.5)  # the tick publishes the uuid map's figures
-    assert rig.value("celery_exporter_tasks_evicted_total") == 1
-    keep_alive(rig, TIMEOUT + 1, "w2@h")
-    assert interrupted(rig) == 0
+# -- expectations -----------------------------------------------------------------------------
 
 
-def test_a_worker_without_heartbeats_runs_its_tasks_and_loses_none(rig):
-    begin(rig, "a")  # w1 never heartbeats (--without-heartbeat): it cannot be told lost
-    rig.advance(TIMEOUT * 3)
-    assert running(rig) == 1
-    assert interrupted(rig) == 0
+def _metric(name):
+    return lambda rig, labels: rig.value(name, **labels)
 
 
-def test_a_swept_worker_takes_nothing_with_it():
-    rig = connected_rig()
-    rig.feed(heartbeat())
-    begin(rig, "a")
-    rig.store.exporter.set_connected(False)  # never declared lost: we could not hear it
-    rig.advance(rig.settings.worker_ttl + 1)
-    rig.store.sweep(rig.clock.now())
-    assert rig.store.running.size()[0] == 0
-    assert running(rig) == 0
+# probe -> value, for the label set of the check
+PROBES: Dict[str, Callable[[Rig, dict], Any]] = {
+    "running": _metric("celery_task_running"),
+    "oldest": _metric("celery_task_running_oldest_start_timestamp_seconds"),
+    **{counter: _metric(f"celery_task_{counter}_total") for counter in catalogue.TASK_COUNTERS},
+    "counters": lambda rig, labels: {s: rig.value(f"celery_task_{s}_total", **labels) for s in catalogue.TASK_STATES},
+    "queue_wait_count": _metric("celery_task_queue_wait_seconds_count"),
+    "queue_wait_sum": _metric("celery_task_queue_wait_seconds_sum"),
+    "prefetch_wait_count": _metric("celery_task_prefetch_wait_seconds_count"),
+    "prefetch_wait_sum": _metric("celery_task_prefetch_wait_seconds_sum"),
+    "evicted": lambda rig, labels: rig.value("celery_exporter_tasks_evicted_total"),
+    "runs_held": lambda rig, labels: rig.store.running.size(),  # (runs, displaced runs) in memory
+    "runs": lambda rig, labels: rig.store.running.size()[0],
+    "tracked": lambda rig, labels: len(rig.handler.tracker),  # records in the uuid map
+}
+# probe -> value for one key, for the label set of the check; expected as {key: value}
+KEYED: Dict[str, Callable[[Rig, dict, str], Any]] = {
+    "worker_up": lambda rig, labels, host: rig.value("celery_worker_up", hostname=host),
+    "events": lambda rig, labels, etype: rig.value("celery_exporter_events_total", type=etype),
+    "dropped": lambda rig, labels, reason: rig.value("celery_exporter_events_dropped_total", reason=reason),
+    "exceptions": lambda rig, labels, exc: rig.value("celery_task_exceptions_total", exception=exc, **labels),
+    "queue_wait_bucket": lambda rig, labels, le: rig.value("celery_task_queue_wait_seconds_bucket", le=le, **labels),
+    "known": lambda rig, labels, uuid: rig.handler.tracker.peek(uuid) is not None,
+}
 
 
-def test_running_carries_the_hostname_label_when_asked():
-    rig = connected_rig(task_hostname_label=True)
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    begin(rig, "a")
-    begin(rig, "b", host="w2@h")
-    assert rig.value("celery_task_running", hostname="w1@h", **L) == 1
-    assert rig.value("celery_task_running", hostname="w2@h", **L) == 1
-    keep_alive(rig, TIMEOUT + 1, "w2@h")
-    assert rig.value("celery_task_interrupted_total", hostname="w1@h", **L) == 1
-    assert rig.value("celery_task_interrupted_total", hostname="w2@h", **L) == 0
+@dataclasses.dataclass
+class Expect:
+    values: Dict[str, Any]
+    labels: Dict[str, str]
+
+    def __call__(self, rig):
+        for probe, want in self.values.items():
+            if probe in KEYED:
+                for key, value in want.items():
+                    assert KEYED[probe](rig, self.labels, key) == value, f"{probe}[{key}] under {self.labels}"
+            else:
+                want = rig.clock.now() if want is NOW else want
+                assert PROBES[probe](rig, self.labels) == want, f"{probe} under {self.labels}"
 
 
-def test_running_memory_follows_the_uuid_map(rig):
-    rig.feed(heartbeat())
-    for i in range(50):
-        begin(rig, f"t{i}")
-    assert rig.store.running.size()[0] == 50
-    for i in range(50):
-        rig.feed(succeeded(f"t{i}"))
-    assert rig.store.running.size()[0] == 0
-    rig.advance(rig.settings.finished_grace_seconds + 1)
-    assert len(rig.handler.tracker) == 0
+def expect(labels=L, **values) -> Step:
+    unknown = set(values) - set(PROBES) - set(KEYED)
+    assert not unknown, unknown
+    return Expect(values, labels)
 
 
-def test_an_idle_heartbeat_ends_runs_whose_end_event_was_lost(rig):
-    """The end events of a task can be lost (published while the exporter reconnected, or
-    Celery <= 5.6 after a broker reconnect): a heartbeat that says nothing runs ends them."""
-    rig.feed(heartbeat())
-    rig.feed(sent("a"), received("a"), started("a", ts=T0 + 1))
-    rig.clock.advance(2)
-    rig.feed(heartbeat(ts=T0 + 2, active=1))
-    assert running(rig) == 1
-    rig.feed(started("b", ts=T0 + 5))  # no name known: not running, nothing else changes
-    rig.feed(sent("c"), received("c"), started("c", ts=T0 + 5))
-    rig.feed(heartbeat(ts=T0 + 4, active=0))  # sent before c started: only a's end was lost
-    assert running(rig) == 1 and oldest(rig) == T0 + 2
-    rig.feed(heartbeat(ts=T0 + 6, active=0))
-    assert running(rig) == 0
-    assert interrupted(rig) == 0
+# -- the rows ---------------------------------------------------------------------------------
 
 
-def test_task_replace_reuses_the_id_but_is_no_redelivery(rig):
-    """Task.replace() publishes the replacement under the replaced task's id."""
-    rig.feed(heartbeat())
-    begin(rig, "a")
-    rig.feed(sent("a", name="app.step2"), received("a", name="app.step2"), started("a"))
-    assert redelivered(rig) == 0
-    assert running(rig) == 1  # the replacement, counted under the task id's first labels
-    rig.feed(succeeded("a"))
-    assert running(rig) == 0
+@dataclasses.dataclass
+class Case:
+    name: str
+    steps: List[Union[Step, List[Step]]]
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    connected: bool = True  # the exporter connected since the start (else never: a bare Rig)
 
 
-def test_a_task_redelivered_twice_after_two_losses_is_interrupted_once():
-    rig = connected_rig(finished_grace_seconds=1.0)
-    rig.feed(heartbeat(), heartbeat(host="w2@h"), heartbeat(host="w3@h"))
-    begin(rig, "a")
-    rig.feed(received("a", host="w2@h"), started("a", host="w2@h"))  # w1 killed, redelivered at once
-    rig.feed(received("a", host="w3@h"), started("a", host="w3@h"))  # w2 killed too
-    rig.feed(succeeded("a", host="w3@h"))
-    rig.advance(2)  # the finished record is forgotten before the losses are known
-    assert rig.handler.tracker.peek("a") is None
-    keep_alive(rig, TIMEOUT + 1, "w3@h")
-    assert interrupted(rig) == 1
-    assert redelivered(rig) == 2
-    assert rig.store.running.size() == (0, 0)
+def _hb(**fields):
+    """A heartbeat of w1 sent at the clock's time."""
+    return lambda now: heartbeat(ts=now, **fields)
 
 
-def test_an_evicted_task_leaves_no_displaced_run_behind():
-    rig = connected_rig(max_tasks=2)
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    begin(rig, "a")
-    rig.feed(received("a", host="w2@h"), started("a", host="w2@h"))  # displaced from w1
-    rig.feed(sent("x"), sent("y"))  # a is evicted
-    assert rig.store.running.size() == (0, 0)
-    keep_alive(rig, TIMEOUT + 1, "w2@h")
-    assert interrupted(rig) == 0
+RUNNING = [
+    Case(
+        "a started task runs until it ends, with its start time",
+        [
+            feed(heartbeat()),
+            begin("a"),
+            clock(5),
+            begin("b"),
+            expect(running=2, oldest=T0),  # the exporter's clock when a's task-started arrived
+            feed(succeeded("a")),
+            expect(running=1, oldest=T0 + 5),
+            feed(failed("b")),
+            expect(running=0, oldest=None),  # still shown, as 0, for the label set
+            expect(interrupted=0, redelivered=0),
+        ],
+    ),
+    *(
+        Case(
+            f"a run ends at task-{end.__name__}",
+            [begin("a"), expect(running=1), feed(end("a")), expect(running=0)],
+        )
+        for end in (succeeded, failed, revoked, retried, rejected)
+    ),
+    Case(
+        "task-started before task-received runs from the started arrival",
+        [
+            feed(started("a")),  # no name yet: held
+            clock(1),
+            feed(received("a")),
+            settle(),  # no task-sent flowing before: the fallback queue label after the hold
+            expect(UNKNOWN, running=1, oldest=T0),
+        ],
+    ),
+    Case(
+        "a terminal event before task-started leaves nothing running",
+        [feed(sent("a"), received("a"), succeeded("a"), started("a")), expect(running=0, succeeded=1)],
+    ),
+    Case(
+        "a retry ends the run and the next attempt runs again",
+        [
+            begin("a"),
+            feed(retried("a")),
+            expect(running=0),
+            clock(3),
+            feed(sent("a", retries=1), received("a", retries=1), started("a")),
+            expect(running=1, oldest=T0 + 3),
+            expect(redelivered=0),  # a retry is a new attempt, not a redelivery
+            feed(succeeded("a")),
+            expect(running=0),
+        ],
+    ),
+    Case(
+        "an idle heartbeat ends runs whose end event was lost",
+        # The end events of a task can be lost (published while the exporter reconnected, or
+        # Celery <= 5.6 after a broker reconnect): a heartbeat that says nothing runs ends them.
+        [
+            feed(heartbeat()),
+            feed(sent("a"), received("a"), started("a", ts=T0 + 1)),
+            clock(2),
+            feed(heartbeat(ts=T0 + 2, active=1)),
+            expect(running=1),
+            feed(started("b", ts=T0 + 5)),  # no name known: not running, nothing else changes
+            feed(sent("c"), received("c"), started("c", ts=T0 + 5)),
+            feed(heartbeat(ts=T0 + 4, active=0)),  # sent before c started: only a's end was lost
+            expect(running=1, oldest=T0 + 2),
+            feed(heartbeat(ts=T0 + 6, active=0)),
+            expect(running=0),
+            expect(interrupted=0),
+        ],
+    ),
+    Case(
+        "Task.replace() reuses the id but is no redelivery",
+        [
+            feed(heartbeat()),
+            begin("a"),
+            feed(sent("a", name="app.step2"), received("a", name="app.step2"), started("a")),
+            expect(redelivered=0),
+            expect(running=1),  # the replacement, counted under the task id's first labels
+            feed(succeeded("a")),
+            expect(running=0),
+        ],
+    ),
+    Case(
+        "a late task-retried of the previous attempt keeps the next one running",
+        # The pool child publishes the retry at once; the next attempt can start (on another
+        # worker) before the worker's buffered task-retried of the old attempt arrives.
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            begin("a"),
+            feed(
+                sent("a", retries=1, ts=T0 + 1),
+                received("a", host="w2@h", retries=1, ts=T0 + 1),
+                started("a", host="w2@h", ts=T0 + 1.1),
+                retried("a", ts=T0 + 0.9),  # attempt 0's, late
+            ),
+            expect(running=1),
+            feed(retried("a", host="w2@h", ts=T0 + 2)),  # attempt 1's own retry
+            expect(running=0),
+        ],
+    ),
+    Case(
+        "a late task-started of the previous attempt starts no run",
+        [
+            feed(heartbeat()),
+            feed(sent("a", ts=T0), received("a", ts=T0)),
+            feed(sent("a", retries=1, ts=T0 + 1)),  # the retry, published before attempt 0's start arrives
+            feed(started("a", ts=T0 + 0.5), retried("a", ts=T0 + 0.9)),  # attempt 0's late events
+            expect(running=0),
+            feed(received("a", retries=1, ts=T0 + 1), started("a", ts=T0 + 1.2)),
+            expect(running=1),
+            feed(succeeded("a", ts=T0 + 2)),
+            expect(running=0),
+        ],
+    ),
+    Case(
+        "running carries the hostname label when asked",
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            begin("a"),
+            begin("b", host="w2@h"),
+            expect({**L, "hostname": "w1@h"}, running=1),
+            expect({**L, "hostname": "w2@h"}, running=1),
+            keep_alive(TIMEOUT + 1, "w2@h"),
+            expect({**L, "hostname": "w1@h"}, interrupted=1),
+            expect({**L, "hostname": "w2@h"}, interrupted=0),
+        ],
+        settings={"task_hostname_label": True},
+    ),
+    Case(
+        "running memory follows the uuid map",
+        [
+            feed(heartbeat()),
+            *(begin(f"t{i}") for i in range(50)),
+            expect(runs=50),
+            feed(*(succeeded(f"t{i}") for i in range(50))),
+            expect(runs=0),
+            advance(lambda settings: settings.finished_grace_seconds + 1),
+            expect(tracked=0),
+        ],
+    ),
+    Case(
+        "a worker without heartbeats runs its tasks and loses none",
+        [
+            begin("a"),  # w1 never heartbeats (--without-heartbeat): it cannot be told lost
+            advance(TIMEOUT * 3),
+            expect(running=1),
+            expect(interrupted=0),
+        ],
+    ),
+]
+
+LOST = [
+    Case(
+        "a lost worker interrupts its running tasks once and spares the survivor",
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            begin("a"),
+            begin("b"),
+            begin("c"),
+            begin("s", host="w2@h"),
+            feed(sent("p"), received("p")),  # prefetched on w1, never started
+            keep_alive(TIMEOUT, "w2@h"),
+            expect(interrupted=0, running=4),  # w1's heartbeat is exactly TIMEOUT old: still up
+            keep_alive(1, "w2@h"),
+            expect(worker_up={"w1@h": 0}),
+            expect(interrupted=3),  # a, b, c; not the prefetched p
+            expect(running=1),  # s on the survivor, untouched
+            keep_alive(60, "w2@h"),
+            expect(interrupted=3),  # counted once, not on every tick
+            feed(_hb(active=1, processed=3)),  # w1 comes back (a partition, not a kill)
+            feed(succeeded("a")),  # and reports a's end after all
+            expect(interrupted=3),
+            expect(succeeded=1),
+            expect(running=1),
+        ],
+    ),
+    Case(
+        "a down worker runs nothing before it is declared lost",
+        [
+            feed(heartbeat()),
+            begin("a"),
+            connected(False),  # the exporter's own outage: heartbeats stop arriving
+            advance(TIMEOUT + 5),
+            expect(worker_up={"w1@h": 0}),
+            expect(running=0),  # only workers not down count
+            expect(interrupted=0),  # but nobody is declared lost while we could not hear them
+            connected(True),
+            feed(_hb(active=1)),  # the worker was fine all along
+            expect(running=1),
+            advance(TIMEOUT + 1),
+            expect(interrupted=1),  # now silent for a whole timeout while connected: lost
+        ],
+    ),
+    Case(
+        "redelivered after the loss: counted, and tracked as a new attempt",
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            begin("a"),
+            keep_alive(TIMEOUT + 1, "w2@h"),
+            expect(interrupted=1, running=0),
+            feed(
+                lambda now: received("a", host="w2@h", ts=now),
+                lambda now: started("a", host="w2@h", ts=now + 0.25),
+            ),
+            expect(redelivered=1),
+            expect(received=2),
+            expect(running=1, oldest=NOW),
+            # the new attempt's prefetch wait is its own (0.25 s), observed once per attempt
+            expect(prefetch_wait_count=2),
+            expect(prefetch_wait_sum=pytest.approx(0.25)),
+            expect(queue_wait_count=1),  # publish -> first start, once
+            feed(succeeded("a", host="w2@h")),
+            expect(succeeded=1, running=0),
+            expect(interrupted=1),
+        ],
+    ),
+    Case(
+        "a prefetched task of a lost worker is not interrupted but redelivered",
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            feed(sent("p"), received("p")),
+            keep_alive(TIMEOUT + 1, "w2@h"),
+            expect(interrupted=0),
+            feed(received("p", host="w2@h"), started("p", host="w2@h"), succeeded("p", host="w2@h")),
+            expect(redelivered=1),
+            expect(succeeded=1),
+        ],
+    ),
+    Case(
+        "redelivered elsewhere before the loss, still counted as interrupted",
+        # RabbitMQ hands a killed consumer's unacked messages to another one at once, before
+        # the dead worker's heartbeats are overdue: the first run was still cut off by the death.
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            begin("a"),
+            feed(received("a", host="w2@h"), started("a", host="w2@h")),
+            expect(redelivered=1, running=1),
+            feed(succeeded("a", host="w2@h")),  # the copy even finished before w1 is declared lost
+            keep_alive(TIMEOUT + 1, "w2@h"),
+            expect(interrupted=1),
+            expect(running=0),
+            expect(succeeded=1),
+        ],
+    ),
+    Case(
+        "redelivered elsewhere while the first worker lives: not interrupted",
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            begin("a"),
+            feed(received("a", host="w2@h"), started("a", host="w2@h")),  # w1's connection blipped
+            keep_alive(3 * TIMEOUT, "w1@h", "w2@h"),
+            expect(interrupted=0),
+            expect(running=1),  # the copy on w2
+            expect(runs_held=(1, 0)),  # the displaced run was forgotten
+            keep_alive(TIMEOUT + 1, "w2@h"),  # w1 lost much later: its displaced run was forgotten
+            expect(worker_up={"w1@h": 0}),
+            expect(interrupted=0),
+        ],
+    ),
+    Case(
+        "a task redelivered twice after two losses is interrupted once",
+        [
+            feed(heartbeat(), heartbeat(host="w2@h"), heartbeat(host="w3@h")),
+            begin("a"),
+            feed(received("a", host="w2@h"), started("a", host="w2@h")),  # w1 killed, redelivered at once
+            feed(received("a", host="w3@h"), started("a", host="w3@h")),  # w2 killed too
+            feed(succeeded("a", host="w3@h")),
+            advance(2),  # the finished record is forgotten before the losses are known
+            expect(known={"a": False}),
+            keep_alive(TIMEOUT + 1, "w3@h"),
+            expect(interrupted=1),
+            expect(redelivered=2),
+            expect(runs_held=(0, 0)),
+        ],
+        settings={"finished_grace_seconds": 1.0},
+    ),
+    Case(
+        "an evicted running task leaves the gauge and is never interrupted",
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            begin("a"),
+            feed(sent("x"), sent("y")),  # the uuid map holds 2: a is evicted
+            expect(running=0),
+            advance(0.5),  # the tick publishes the uuid map's figures
+            expect(evicted=1),
+            keep_alive(TIMEOUT + 1, "w2@h"),
+            expect(interrupted=0),
+        ],
+        settings={"max_tasks": 2},
+    ),
+    Case(
+        "an evicted task leaves no displaced run behind",
+        [
+            feed(heartbeat(), heartbeat(host="w2@h")),
+            begin("a"),
+            feed(received("a", host="w2@h"), started("a", host="w2@h")),  # displaced from w1
+            feed(sent("x"), sent("y")),  # a is evicted
+            expect(runs_held=(0, 0)),
+            keep_alive(TIMEOUT + 1, "w2@h"),
+            expect(interrupted=0),
+        ],
+        settings={"max_tasks": 2},
+    ),
+    Case(
+        "a swept worker takes nothing with it",
+        [
+            feed(heartbeat()),
+            begin("a"),
+            connected(False),  # never declared lost: we could not hear it
+            advance(lambda settings: settings.worker_ttl + 1),
+            sweep(),
+            expect(runs=0),
+            expect(running=0),
+        ],
+    ),
+    Case(
+        "a stalled event thread declares nobody lost",
+        [
+            feed(heartbeat()),
+            begin("a"),
+            keep_alive(10, "w1@h"),
+            clock(TIMEOUT + 10),  # one tick after 40 s: the process was frozen, heartbeats unread
+            tick(),
+            expect(interrupted=0),
+            feed(_hb(active=1)),  # the backlog is read
+            keep_alive(TIMEOUT + 5, "w1@h"),
+            expect(interrupted=0, running=1),
+            advance(TIMEOUT + 2),  # now really silent, with ticks every 0.5 s
+            expect(interrupted=1),
+        ],
+    ),
+    Case(
+        "a connection that died silently declares nobody lost",
+        # Connected by the socket, but nothing comes, not even the replies to our pings: the
+        # workers' silence proves nothing until the connection is found dead (or heard again).
+        [
+            feed(heartbeat()),
+            begin("a"),
+            broker_heard(False),
+            advance(TIMEOUT + 10),
+            expect(worker_up={"w1@h": 0}),
+            expect(interrupted=0),
+            broker_heard(True),  # a pong: the connection lives, and w1 is still silent
+            advance(0.5),
+            expect(interrupted=1),
+        ],
+    ),
+    Case(
+        "task-cancelled on connection loss ends the run until its redelivery",
+        # Celery >= 5.1 cancels running acks_late tasks when the worker loses its broker
+        # connection (worker_cancel_long_running_tasks_on_connection_loss); the broker
+        # delivers them again.
+        [
+            feed(heartbeat(processed=1, active=1)),
+            begin("a"),
+            feed({"type": "task-cancelled", "uuid": "a", "hostname": "w1@h", "timestamp": T0 + 1}),
+            expect(running=0),
+            expect(events={"task-cancelled": 1}),
+            feed(received("a", ts=T0 + 3), started("a", ts=T0 + 3)),
+            expect(running=1, redelivered=1),
+            keep_alive(TIMEOUT + 1, "w1@h"),
+            expect(interrupted=0),
+            feed(lambda now: succeeded("a", ts=now)),
+            expect(running=0),
+            expect(succeeded=1),
+            feed({"type": "task-cancelled", "hostname": "w1@h", "timestamp": T0}),  # no uuid
+            expect(dropped={"bad_field": 1}),
+        ],
+    ),
+]
+
+WORKER_LIFECYCLE = [
+    Case(
+        "a warm shutdown drains its runs and interrupts nothing",
+        # worker-offline comes when the warm shutdown begins; the worker then finishes its tasks.
+        [
+            draining("a"),
+            expect(worker_up={"w1@h": None}),  # the worker leaves at once...
+            expect(running=1),  # ...but its task still runs
+            advance(TIMEOUT * 3),
+            expect(running=1, interrupted=0),
+            feed(succeeded("a")),
+            expect(running=0),
+            advance(lambda settings: settings.worker_ttl + 1),
+            expect(interrupted=0),
+        ],
+    ),
+    Case(
+        "killed during its warm shutdown, and back under its name",
+        # A grace period that ran out (Kubernetes): SIGKILL after worker-offline, then the
+        # restarted container comes back under the same name.
+        [
+            draining("a", "b"),
+            advance(30),
+            expect(running=2, interrupted=0),
+            feed(_hb(etype="worker-online", processed=0)),
+            expect(interrupted=2),
+            expect(running=0),
+        ],
+    ),
+    Case(
+        "killed during its warm shutdown, and never back",
+        [
+            draining("a"),
+            advance(lambda settings: settings.worker_ttl - 1),
+            expect(running=1, interrupted=0),
+            advance(2),  # --worker-ttl after its goodbye, and no end: it died with the process
+            expect(interrupted=1),
+            expect(running=0),
+        ],
+    ),
+    Case(
+        "a drain we did not hear all along is forgotten, uncounted",
+        [
+            draining("a"),
+            connected(False),  # its end event may have come while we were away
+            advance(5),
+            connected(True),
+            advance(lambda settings: settings.worker_ttl),
+            expect(interrupted=0),
+            expect(running=0),
+            expect(runs_held=(0, 0)),
+        ],
+    ),
+    Case(
+        "a consumer restart after a broker blip interrupts nothing",
+        # The worker's consumer restarts after a broker blip: worker-offline and worker-online
+        # from the same process, whose count did not go back; its task runs on.
+        [
+            feed(heartbeat(processed=5, active=1)),
+            begin("a"),
+            feed(heartbeat(etype="worker-offline"), heartbeat(etype="worker-online", processed=6, active=1)),
+            expect(interrupted=0),
+            expect(running=1),
+            feed(succeeded("a")),
+            expect(running=0),
+        ],
+    ),
+    Case(
+        "a restart under the same name interrupts at once",
+        [
+            feed(heartbeat(processed=7)),
+            begin("a"),
+            begin("b"),
+            advance(3),
+            feed(_hb(etype="worker-online", processed=0)),  # a new process
+            expect(interrupted=2),
+            expect(running=0),
+            advance(TIMEOUT * 2),  # and the fresh process stays up: nothing is counted again
+            expect(interrupted=2),
+        ],
+    ),
+    Case(
+        "a restart before any heartbeat reported the tasks",
+        # A worker that ran its tasks before its first periodic heartbeat: the last count heard
+        # is its online's 0, yet a new process's 0 is below the 2 runs the old one accepted.
+        [
+            feed(heartbeat(etype="worker-online", processed=0)),
+            begin("a"),
+            begin("b"),
+            feed(heartbeat(etype="worker-offline")),
+            feed(heartbeat(etype="worker-online", processed=0, ts=T0 + 1)),
+            expect(interrupted=2, running=0),
+        ],
+    ),
+    Case(
+        "a worker-online of the same process interrupts nothing",
+        [
+            feed(heartbeat(processed=7)),
+            begin("a"),
+            feed(heartbeat(etype="worker-online", processed=9)),  # consumer restart after a broker blip
+            expect(interrupted=0, running=1),
+        ],
+    ),
+]
+
+# The hard time limit's pool-side failure, as Celery 5.7 sends it (twice).
+POOL_FAILURE = dict(
+    exception="ExceptionWithTraceback()",
+    traceback="Traceback (most recent call last):\n  ...\n"
+    "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n",
+)
+
+TERMINAL_AND_RETRIES = [
+    Case(
+        "duplicate terminal events count once",
+        # Celery 5.7 sends two task-failed for one hard time limit.
+        [
+            feed(sent("u1"), received("u1"), started("u1"), failed("u1", **POOL_FAILURE), failed("u1", **POOL_FAILURE)),
+            expect(failed=1),
+            expect(exceptions={"TimeLimitExceeded": 1}),
+            expect(dropped={"duplicate": 1}),
+        ],
+        connected=False,
+    ),
+    Case(
+        "a reject after a failure is counted under the same labels",
+        [feed(sent("u1"), received("u1"), started("u1"), failed("u1"), rejected("u1")), expect(failed=1, rejected=1)],
+        connected=False,
+    ),
+    Case(
+        "a task revoked before its receipt counts once, under its task-sent labels",
+        [
+            feed(sent("u1", queue="q2"), revoked("u1", expired=True), revoked("u1", expired=True)),
+            expect({"name": "app.add", "queue_name": "q2"}, sent=1, received=0, revoked=1),
+        ],
+        connected=False,
+    ),
+    Case(
+        "a finished task is remembered for its whole grace and forgotten soon after",
+        [
+            feed(sent("u1"), received("u1"), started("u1"), succeeded("u1")),
+            advance(lambda settings: settings.finished_grace_seconds - 0.01),
+            expect(known={"u1": True}),
+            feed(succeeded("u1")),  # still known: a duplicate
+            expect(dropped={"duplicate": 1}),
+            advance(FINISHED_GRID + TICK_INTERVAL),  # the grid's rounding and the next tick at most
+            expect(known={"u1": False}),
+        ],
+        connected=False,
+    ),
+    Case(
+        "retries reuse the uuid and arrive out of order",
+        # Observed: the retry's task-sent and task-received arrive before the old attempt's task-retried.
+        [
+            feed(
+                sent("u1", ts=T0),
+                received("u1", ts=T0 + 0.1),
+                started("u1", ts=T0 + 0.2),
+                sent("u1", retries=1, ts=T0 + 0.3),
+                received("u1", retries=1, ts=T0 + 0.31),
+                retried("u1", ts=T0 + 0.3),
+                started("u1", ts=T0 + 0.5),
+                succeeded("u1", ts=T0 + 0.6, runtime=0.1),
+            ),
+            expect(
+                counters={
+                    "sent": 2,
+                    "received": 2,
+                    "started": 2,
+                    "succeeded": 1,
+                    "failed": 0,
+                    "retried": 1,
+                    "rejected": 0,
+                    "revoked": 0,
+                }
+            ),
+            expect(exceptions={"Retry": 1}),
+            # one queue wait per attempt: 0.2 (first) + 0.2 (second, from its own task-sent)
+            expect(queue_wait_count=2),
+            expect(queue_wait_sum=pytest.approx(0.4)),
+        ],
+        connected=False,
+    ),
+    Case(
+        "a late task-started of the attempt before a retry is its own",
+        # The retry's task-sent (published by the pool child) can overtake the previous
+        # attempt's task-started (still in the worker's event buffer). That start belongs to the
+        # previous attempt: both attempts get their own waits, none is clamped to 0.
+        [
+            feed(
+                sent("u1", ts=T0),
+                received("u1", ts=T0 + 0.1),
+                sent("u1", retries=1, ts=T0 + 0.3),
+                started("u1", ts=T0 + 0.2),  # attempt 0's start, arriving late
+                retried("u1", ts=T0 + 0.35),
+                received("u1", retries=1, ts=T0 + 0.4),
+                started("u1", ts=T0 + 0.6),
+                succeeded("u1", ts=T0 + 0.7, runtime=0.1),
+            ),
+            expect(sent=2, received=2, started=2, retried=1, succeeded=1),
+            # queue waits: 0.2 (attempt 0) + 0.3 (attempt 1); prefetch waits: 0.1 + 0.2
+            expect(queue_wait_count=2),
+            expect(queue_wait_sum=pytest.approx(0.5)),
+            expect(prefetch_wait_count=2),
+            expect(prefetch_wait_sum=pytest.approx(0.3)),
+            expect(queue_wait_bucket={"0.001": 0}),
+        ],
+        connected=False,
+    ),
+]
+
+CASES = RUNNING + LOST + WORKER_LIFECYCLE + TERMINAL_AND_RETRIES
 
 
-def test_a_late_retried_of_the_previous_attempt_keeps_the_next_one_running(rig):
-    """The pool child publishes the retry at once; the next attempt can start (on another
-    worker) before the worker's buffered task-retried of the old attempt arrives."""
-    rig.feed(heartbeat(), heartbeat(host="w2@h"))
-    begin(rig, "a")
-    rig.feed(
-        sent("a", retries=1, ts=T0 + 1),
-        received("a", host="w2@h", retries=1, ts=T0 + 1),
-        started("a", host="w2@h", ts=T0 + 1.1),
-        retried("a", ts=T0 + 0.9),  # attempt 0's, late
-    )
-    assert running(rig) == 1
-    rig.feed(retried("a", host="w2@h", ts=T0 + 2))  # attempt 1's own retry
-    assert running(rig) == 0
+def _steps(steps):
+    for step in steps:
+        if isinstance(step, list):
+            yield from _steps(step)
+        else:
+            yield step
 
 
-def test_a_late_started_of_the_previous_attempt_starts_no_run(rig):
-    rig.feed(heartbeat())
-    rig.feed(sent("a", ts=T0), received("a", ts=T0))
-    rig.feed(sent("a", retries=1, ts=T0 + 1))  # the retry, published before attempt 0's start arrives
-    rig.feed(started("a", ts=T0 + 0.5), retried("a", ts=T0 + 0.9))  # attempt 0's late events
-    assert running(rig) == 0
-    rig.feed(received("a", retries=1, ts=T0 + 1), started("a", ts=T0 + 1.2))
-    assert running(rig) == 1
-    rig.feed(succeeded("a", ts=T0 + 2))
-    assert running(rig) == 0
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_lifecycle(case):
+    rig = connected_rig(**case.settings) if case.connected else Rig(**case.settings)
+    for step in _steps(case.steps):
+        step(rig)
 
 
-def test_a_stalled_event_thread_declares_nobody_lost(rig):
-    rig.feed(heartbeat())
-    begin(rig, "a")
-    keep_alive(rig, 10, "w1@h")
-    rig.clock.advance(TIMEOUT + 10)  # one tick after 40 s: the process was frozen, heartbeats unread
-    rig.tick()
-    assert interrupted(rig) == 0
-    rig.feed(heartbeat(ts=rig.clock.now(), active=1))  # the backlog is read
-    keep_alive(rig, TIMEOUT + 5, "w1@h")
-    assert interrupted(rig) == 0 and running(rig) == 1
-    rig.advance(TIMEOUT + 2)  # now really silent, with ticks every 0.5 s
-    assert interrupted(rig) == 1
-
-
-def test_a_connection_that_died_silently_declares_nobody_lost(rig):
-    """Connected by the socket, but nothing comes, not even the replies to our pings: the
-    workers' silence proves nothing until the connection is found dead (or heard again)."""
-    rig.feed(heartbeat())
-    begin(rig, "a")
-    rig.broker_alive = False
-    rig.advance(TIMEOUT + 10)
-    assert rig.value("celery_worker_up", hostname="w1@h") == 0
-    assert interrupted(rig) == 0
-    rig.broker_alive = True  # a pong: the connection lives, and w1 is still silent
-    rig.advance(0.5)
-    assert interrupted(rig) == 1
-
-
-def test_task_cancelled_on_connection_loss_ends_the_run_until_its_redelivery(rig):
-    """Celery >= 5.1 cancels running acks_late tasks when the worker loses its broker
-    connection (worker_cancel_long_running_tasks_on_connection_loss); the broker delivers
-    them again."""
-    rig.feed(heartbeat(processed=1, active=1))
-    begin(rig, "a")
-    rig.feed({"type": "task-cancelled", "uuid": "a", "hostname": "w1@h", "timestamp": T0 + 1})
-    assert running(rig) == 0
-    assert rig.value("celery_exporter_events_total", type="task-cancelled") == 1
-    rig.feed(received("a", ts=T0 + 3), started("a", ts=T0 + 3))
-    assert running(rig) == 1 and redelivered(rig) == 1
-    keep_alive(rig, TIMEOUT + 1, "w1@h")
-    assert interrupted(rig) == 0
-    rig.feed(succeeded("a", ts=rig.clock.now()))
-    assert running(rig) == 0
-    assert rig.value("celery_task_succeeded_total", **L) == 1
-    rig.feed({"type": "task-cancelled", "hostname": "w1@h", "timestamp": T0})  # no uuid
-    assert rig.value("celery_exporter_events_dropped_total", reason="bad_field") == 1
+def test_every_row_checks_something_and_the_names_are_unique():
+    assert len({case.name for case in CASES}) == len(CASES)
+    for case in CASES:
+        assert any(isinstance(step, Expect) for step in _steps(case.steps)), case.name

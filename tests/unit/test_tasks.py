@@ -1,4 +1,5 @@
-"""Task events replayed against exact expected samples."""
+"""Task events replayed against exact expected samples. (The lifecycle's rules, duplicate
+terminal events and retries among them, are rows in test_running.py.)"""
 
 import itertools
 
@@ -10,7 +11,7 @@ from celery_exporter.labels import INSPECT_WAIT
 from celery_exporter.receiver import TICK_INTERVAL
 from celery_exporter.tasks import FINISHED_GRID
 
-from .conftest import T0, Rig, failed, heartbeat, received, rejected, retried, revoked, sent, started, succeeded
+from .conftest import T0, Rig, failed, heartbeat, received, sent, started, succeeded
 
 L = {"name": "app.add", "queue_name": "celery"}
 
@@ -57,77 +58,6 @@ def test_failure_counts_exception_class(rig):
     assert counters(rig, **L)["failed"] == 1
     assert rig.value("celery_task_exceptions_total", exception="KeyError", **L) == 1
     assert rig.value("celery_task_runtime_seconds_count", **L) is None  # runtime is for successes
-
-
-def test_duplicate_terminal_events_count_once(rig):
-    # Celery 5.7 sends two task-failed for one hard time limit.
-    pool_failure = dict(
-        exception="ExceptionWithTraceback()",
-        traceback="Traceback (most recent call last):\n  ...\n"
-        "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n",
-    )
-    rig.feed(sent("u1"), received("u1"), started("u1"), failed("u1", **pool_failure), failed("u1", **pool_failure))
-    assert counters(rig, **L)["failed"] == 1
-    assert rig.value("celery_task_exceptions_total", exception="TimeLimitExceeded", **L) == 1
-    assert rig.value("celery_exporter_events_dropped_total", reason="duplicate") == 1
-
-
-def test_reject_after_failure_is_counted_under_the_same_labels(rig):
-    rig.feed(sent("u1"), received("u1"), started("u1"), failed("u1"), rejected("u1"))
-    c = counters(rig, **L)
-    assert (c["failed"], c["rejected"]) == (1, 1)
-
-
-def test_retries_reuse_the_uuid_and_arrive_out_of_order(rig):
-    # Observed: the retry's task-sent and task-received arrive before the old attempt's task-retried.
-    rig.feed(
-        sent("u1", ts=T0),
-        received("u1", ts=T0 + 0.1),
-        started("u1", ts=T0 + 0.2),
-        sent("u1", retries=1, ts=T0 + 0.3),
-        received("u1", retries=1, ts=T0 + 0.31),
-        retried("u1", ts=T0 + 0.3),
-        started("u1", ts=T0 + 0.5),
-        succeeded("u1", ts=T0 + 0.6, runtime=0.1),
-    )
-    assert counters(rig, **L) == {
-        "sent": 2,
-        "received": 2,
-        "started": 2,
-        "succeeded": 1,
-        "failed": 0,
-        "retried": 1,
-        "rejected": 0,
-        "revoked": 0,
-    }
-    assert rig.value("celery_task_exceptions_total", exception="Retry", **L) == 1
-    # one queue wait per attempt: 0.2 (first) + 0.2 (second, from its own task-sent)
-    assert rig.value("celery_task_queue_wait_seconds_count", **L) == 2
-    assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.4)
-
-
-def test_a_late_task_started_of_the_attempt_before_a_retry_is_its_own(rig):
-    """The retry's task-sent (published by the pool child) can overtake the previous
-    attempt's task-started (still in the worker's event buffer). That start belongs to the
-    previous attempt: both attempts get their own waits, none is clamped to 0."""
-    rig.feed(
-        sent("u1", ts=T0),
-        received("u1", ts=T0 + 0.1),
-        sent("u1", retries=1, ts=T0 + 0.3),
-        started("u1", ts=T0 + 0.2),  # attempt 0's start, arriving late
-        retried("u1", ts=T0 + 0.35),
-        received("u1", retries=1, ts=T0 + 0.4),
-        started("u1", ts=T0 + 0.6),
-        succeeded("u1", ts=T0 + 0.7, runtime=0.1),
-    )
-    c = counters(rig, **L)
-    assert (c["sent"], c["received"], c["started"], c["retried"], c["succeeded"]) == (2, 2, 2, 1, 1)
-    # queue waits: 0.2 (attempt 0) + 0.3 (attempt 1); prefetch waits: 0.1 + 0.2
-    assert rig.value("celery_task_queue_wait_seconds_count", **L) == 2
-    assert rig.value("celery_task_queue_wait_seconds_sum", **L) == pytest.approx(0.5)
-    assert rig.value("celery_task_prefetch_wait_seconds_count", **L) == 2
-    assert rig.value("celery_task_prefetch_wait_seconds_sum", **L) == pytest.approx(0.3)
-    assert rig.value("celery_task_queue_wait_seconds_bucket", le="0.001", **L) == 0
 
 
 def _final(rig):
@@ -215,12 +145,6 @@ def test_events_of_a_task_whose_name_never_arrives_are_dropped_as_unknown(rig):
     assert rig.handler.tracker.get("u1").pending is None
 
 
-def test_revoked_before_receipt_counts_under_task_sent_labels(rig):
-    rig.feed(sent("u1", queue="q2"), revoked("u1", expired=True), revoked("u1", expired=True))
-    c = counters(rig, name="app.add", queue_name="q2")
-    assert (c["sent"], c["received"], c["revoked"]) == (1, 0, 1)
-
-
 def test_eta_is_subtracted_from_waits(rig):
     eta = "2027-01-15T08:00:10+00:00"
     eta_ts = parse_eta(eta)
@@ -294,18 +218,6 @@ def test_finished_tasks_are_forgotten_and_the_uuid_map_is_bounded():
     rig.advance(1)
     assert rig.value("celery_exporter_tasks_tracked") == 100
     assert rig.value("celery_exporter_tasks_evicted_total") == 50
-
-
-def test_a_finished_task_is_remembered_for_its_whole_grace_and_forgotten_soon_after():
-    rig = Rig()
-    grace = rig.settings.finished_grace_seconds
-    rig.feed(sent("u1"), received("u1"), started("u1"), succeeded("u1"))
-    rig.advance(grace - 0.01)
-    assert rig.handler.tracker.peek("u1") is not None
-    rig.feed(succeeded("u1"))  # still known: a duplicate
-    assert rig.value("celery_exporter_events_dropped_total", reason="duplicate") == 1
-    rig.advance(FINISHED_GRID + TICK_INTERVAL)  # the grid's rounding and the next tick at most
-    assert rig.handler.tracker.peek("u1") is None
 
 
 def test_tasks_finished_together_are_forgotten_together_and_each_on_time():
