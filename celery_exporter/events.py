@@ -44,8 +44,14 @@ def number(value: Any) -> Optional[float]:
     return None
 
 
+# The largest count a Prometheus sample (a float64) holds exactly. Beyond it the text format
+# would print the integer while protobuf and the status page round it: no worker counts that
+# far, so a larger value is refused as malformed.
+MAX_COUNT = 2**53
+
+
 def count(value: Any) -> Optional[int]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
         return value
     return None
 

@@ -150,3 +150,14 @@ def test_one_liveness_rule_for_the_metric_the_status_page_and_the_inspector():
     assert rig.store.workers.up_count(rig.clock.now()) == 1
     page = Web(rig.settings, rig.store, rig.collector, rig.process_registry, rig.clock).status_page()
     assert "<td>slow@h</td><td>up</td>" in page and "<td>fast@h</td><td>DOWN</td>" in page
+
+
+def test_a_count_beyond_what_a_sample_holds_exactly_is_not_taken(rig):
+    """2**53 + 1 would print as an integer in text and round in protobuf: refused as malformed,
+    the worker's last good count stays."""
+    rig.feed(heartbeat(etype="worker-online", active=0, processed=2**53))
+    assert rig.value("celery_worker_tasks_processed_total", hostname="w1@h") == 2**53
+    rig.feed(heartbeat(active=1, processed=41))
+    rig.feed(heartbeat(active=2, processed=2**53 + 1))
+    assert rig.value("celery_worker_tasks_processed_total", hostname="w1@h") == 41
+    assert rig.value("celery_worker_tasks_active", hostname="w1@h") == 2
