@@ -1,36 +1,27 @@
 """The shipped dashboards and alerts against a real Prometheus (Debian's `prometheus`)
 scraping the real exporter, with its default flags, while real workers process tasks:
 every dashboard query and template variable returns data, and CeleryWorkerLost goes to
-firing for a SIGKILLed worker (its `for:` shortened through alerts/tune.py, the
-documented override) and for no other worker, and CeleryTasksInterrupted for the task name it
+firing for a SIGKILLed worker (its `for:` shortened through the alert configuration, rendered by
+alerts/generate.py) and for no other worker, and CeleryTasksInterrupted for the task name it
 was running."""
 
 from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from typing import Dict
 
 import pytest
 
-from .promstack import ROOT, Load, Prometheus, app_env, dashboard_queries, variable_queries
+from .promstack import Load, Prometheus, app_env, dashboard_queries, rules_file, variable_queries
 from .rig import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_dashboards_and_worker_lost_alert_on_a_real_prometheus(make_rig, tmp_path):
-    rules = tmp_path / "rules.yml"
-    tuned = subprocess.run(
-        [sys.executable, str(ROOT / "alerts" / "tune.py"), "--for", "CeleryWorkerLost=5s"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rules.write_text(tuned.stdout)
+    rules = rules_file(tmp_path, {"alerts": {"CeleryWorkerLost": {"for": "5s"}}})
 
     rig = make_rig("redis")
     # the default timings (--worker-timeout 30s, --worker-ttl 15m); -A for the beat schedule panels
