@@ -130,6 +130,16 @@ def test_check_notices_a_hand_edit(tmp_path, monkeypatch):
     assert module.main([]) == 0 and module.main(["--check"]) == 0
 
 
+def test_every_alert_links_its_runbook_on_the_alerts_page():
+    page = (ROOT / "docs" / "alerts.md").read_text()
+    headings = {line[4:].strip() for line in page.splitlines() if line.startswith("### ")}
+    for rule in [r for r in _rules() if "alert" in r]:
+        assert rule["annotations"]["runbook_url"] == DOCS_URL + rule["alert"].lower(), rule["alert"]
+        # MkDocs makes the anchor of a heading `### CeleryWorkerLost` celeryworkerlost
+        assert rule["alert"] in headings, f"docs/alerts.md has no runbook heading for {rule['alert']}"
+        assert "dashboard_url" not in rule["annotations"]  # no pattern by default
+
+
 def test_defaults_prints_every_key_and_round_trips(promtool, tmp_path):
     result = generate("--defaults")
     assert result.returncode == 0, result.stderr
