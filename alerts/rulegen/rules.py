@@ -11,9 +11,10 @@ rate) before they sum, so each fires once per worker, task name or queue however
 replicas run. Every aggregation keeps `cluster` and `namespace` next to `job`.
 
 SLOs: the failure ratio of each task name and the queue wait of each queue are alerted on as
-the SRE workbook's multi-window, multi-burn-rate alerts. A rate over 5 minutes is recorded
-per task name (or queue); the ratios over the longer windows are averages of it, so the 3-day
-window reads one recorded series per task, not three days of every raw series.
+the SRE workbook's multi-window, multi-burn-rate alerts. The bad and all events per second are
+recorded per task name (or queue) over each window: from the exporter's series up to 6 hours,
+and as averages of the 5-minute rates for the day and the 3 days, so that those read one
+recorded series per task, not days of every raw series.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from .template import (
     seq,
 )
 
+# The project's docs site: each alert's runbook is a section of its Alerts page.
 DOCS = "https://celery-exporter.github.io/celery-exporter/alerts/#%s"
 BY_JOB = "cluster, namespace, job"
 BY_TASK = "cluster, namespace, job, name"
@@ -534,18 +536,17 @@ def exporter_down() -> Alert:
 
 @dataclass(frozen=True)
 class Slo:
-    """A burn-rate SLO: the bad events `bad` among the events `total`, per `by`, against the
-    objective recorded as `objective`. Recorded per window: `<bad>:rate<w>` and
-    `<total>:rate<w>` (events per second) and `<bad>:ratio_rate<w>`."""
+    """A burn-rate SLO: the bad events `bad` among the events `total`, against the objective
+    recorded as `objective`. Recorded per window: `<bad>:rate<w>` and `<total>:rate<w>`
+    (events per second) and `<bad>:ratio_rate<w>`."""
 
     bad: str
     total: str
     objective: str
-    by: str
 
 
-TASK_FAILURES = Slo("celery:task_failed", "celery:task_finished", "celery:task_slo:objective", BY_TASK)
-QUEUE_WAIT = Slo("celery:queue_wait_slow", "celery:queue_wait_tasks", "celery:queue_wait_slo:objective", BY_QUEUE)
+TASK_FAILURES = Slo("celery:task_failed", "celery:task_finished", "celery:task_slo:objective")
+QUEUE_WAIT = Slo("celery:queue_wait_slow", "celery:queue_wait_tasks", "celery:queue_wait_slo:objective")
 
 
 def burn(slo: Slo, branches: Sequence[Tuple[str, str, str, int]]) -> Parts:

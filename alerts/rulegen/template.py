@@ -387,7 +387,7 @@ def helm(parts: Parts) -> str:
 
 
 def value_paths(parts: Parts) -> Iterator[Path]:
-    """Every configuration path the parts read (for the declarations' consistency check)."""
+    """Every configuration path the parts read (the tests check them against the declarations)."""
     for part in parts:
         if isinstance(part, Value):
             yield part.path
@@ -402,7 +402,9 @@ def value_paths(parts: Parts) -> Iterator[Path]:
             yield from value_paths(part.body)
         elif isinstance(part, Matchers):
             for m in part.parts:
-                if isinstance(m, Exclude):
+                if isinstance(m, Selectors):
+                    yield ("selectors",)
+                elif isinstance(m, Exclude):
                     yield m.path
                 elif isinstance(m, Equal) and isinstance(m.value, Value):
                     yield m.value.path

@@ -293,6 +293,17 @@ def test_other_wait_buckets_admit_other_thresholds(promtool, tmp_path):
     assert "histogram_fraction(0, 45, " in rules["celery:queue_wait_slow:rate5m"]["expr"]
 
 
+def test_the_rules_read_only_declared_keys_and_every_key_is_read():
+    rulegen()
+    from rulegen import config, rules, template
+
+    read = set(template.value_paths(rules.document()))
+    declared = {path for path, _ in config.rows(rules.CONFIG)}
+    assert read <= declared, read - declared
+    # the wait buckets are read by the check of the thresholds, not by a rule
+    assert declared - read == {("queueWaitSlo", "waitBuckets")}
+
+
 def test_numbers_are_written_as_helm_prints_them_and_le_as_the_exporter_does():
     template = rulegen().template
     # what Go's %v prints for a float64 (checked against helm itself in test_helm.py)

@@ -795,20 +795,23 @@ def test_the_overrides_promtool_test_passes_on_the_rules_the_chart_renders(helm,
 
 
 @pytest.mark.parametrize(
-    "values,message",
+    "rule,message",
     [
-        (["--set", "prometheusRule.queueWaitSlo.threshold=45"], "the threshold 45 is not a bound of the exporter's"),
-        (["--set", "prometheusRule.queueWaitSlo.queueThresholds.q=61"], "the threshold 61 is not a bound"),
-        (["--set", "prometheusRule.alerts.CeleryWorkrLost.for=5m"], "CeleryWorkrLost"),
-        (["--set", "prometheusRule.alerts.CeleryWorkerLost.for=soon"], "for"),
-        (["--set", "prometheusRule.taskFailureSlo.target=1.5"], "target"),
-        (["--set", "prometheusRule.runbookUrlPattern=https://example.com/"], "runbookUrlPattern"),
-        (["--set-string", 'prometheusRule.alerts.CeleryTaskRunningTooLong.taskThresholds.a"b=5'], "taskThresholds"),
+        ({"queueWaitSlo": {"threshold": 45}}, "the threshold 45 is not a bound of the exporter's wait buckets"),
+        ({"queueWaitSlo": {"queueThresholds": {"q": 61}}}, "the threshold 61 is not a bound"),
+        ({"alerts": {"CeleryWorkrLost": {"for": "5m"}}}, "CeleryWorkrLost"),
+        ({"alerts": {"CeleryWorkerLost": {"for": "soon"}}}, "'soon' does not match pattern"),
+        ({"taskFailureSlo": {"target": 1.5}}, "target"),
+        ({"runbookUrlPattern": "https://example.com/"}, "runbookUrlPattern"),
+        ({"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {'a"b': 5}}}}, "invalid propertyName 'a\"b'"),
+        ({"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {"a": "long"}}}}, "taskThresholds"),
+        ({"selectors": {"9job": "x"}}, "invalid propertyName '9job'"),
     ],
 )
-def test_the_chart_refuses_an_alert_configuration_it_cannot_render(helm, values, message):
-    args = ("template", "rel", str(CHART), "--set", "prometheusRule.enabled=true", *values)
-    result = helm(*args, check=False)
+def test_the_chart_refuses_an_alert_configuration_it_cannot_render(helm, tmp_path, rule, message):
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"prometheusRule": {"enabled": True, **rule}}))
+    result = helm("template", "rel", str(CHART), "-f", str(values), check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
