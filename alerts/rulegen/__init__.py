@@ -8,14 +8,12 @@ rows). alerts/generate.py is the command; helm/sync.py writes the chart's files.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from . import config as _config
 from .rules import CONFIG, document
 from .template import literal
 
-ROOT = Path(__file__).resolve().parents[2]
 ConfigError = _config.ConfigError
 
 HEADER = """\
