@@ -285,6 +285,38 @@ def quantile(q: float, metric: str, selector: str, by: str) -> str:
     return f"{native} or {classic}"
 
 
+# The SLO row reads the recording rules of alerts/celery-exporter.rules.yml (the alert
+# configuration's objectives, per task name or queue; load the rules for it to show). Recorded
+# series carry no instance or pod: they are one per task name or queue already. They are
+# restricted to the dashboard's selection by the task series the variables select (a gauge,
+# named alike in every scrape format), so that every query still filters by its variables.
+SLO_WINDOW = "30d"  # the window the burn-rate factors of the alerts are made for
+SLOS = {
+    # label, the bad and total rates (recorded), the objective, the task series to restrict by
+    "name": ("celery:task_failed", "celery:task_finished", "celery:task_slo:objective"),
+    "queue_name": ("celery:queue_wait_slow", "celery:queue_wait_tasks", "celery:queue_wait_slo:objective"),
+}
+
+
+def selected(expr: str, label: str) -> str:
+    """A recorded per-task (or per-queue) expression, kept to the label sets the variables select."""
+    by = f"cluster, namespace, job, {label}"
+    return f"{expr} and on ({by}) group by ({by}) (celery_task_last_received_timestamp_seconds{{{TASK}}})"
+
+
+def burn_rate(label: str, window: str) -> str:
+    """How many times faster than its objective allows the budget goes, over the window."""
+    bad, _, objective = SLOS[label]
+    return selected(f"{bad}:ratio_rate{window} / (1 - {objective})", label)
+
+
+def budget_left(label: str) -> str:
+    """The part of the error budget of the SLO window that is left (below 0: overspent)."""
+    bad, total, objective = SLOS[label]
+    spent = f"avg_over_time({bad}:rate5m[{SLO_WINDOW}]) / avg_over_time({total}:rate5m[{SLO_WINDOW}])"
+    return selected(f"1 - ({spent}) / (1 - {objective})", label)
+
+
 def with_exemplars(tgts: List[dict]) -> List[dict]:
     """Latency targets also fetch exemplars: a point per bucket with the task id behind it."""
     for t in tgts:
@@ -592,6 +624,60 @@ def tasks() -> dict:
         ),
         12,
     )
+    lay.row("SLOs (from the alert rules' recording rules)")
+    lay.add(
+        timeseries(
+            "Failure budget burn rate",
+            "How many times faster than its success-ratio objective allows each task name spends its "
+            "failure budget, over the last hour and the last 6 hours. 1 spends the budget in 30 days; "
+            "the page fires above 14.4 (1h) or 6 (6h), the ticket above 3 (1d) or 1 (3d). Needs the "
+            "rules of alerts/ loaded in Prometheus.",
+            targets(
+                (burn_rate("name", "1h"), "{{name}} 1h"),
+                (burn_rate("name", "6h"), "{{name}} 6h"),
+            ),
+            min_=None,
+        ),
+        12,
+    )
+    lay.add(
+        table(
+            "Failure budget left (30 days)",
+            "The part of its 30-day failure budget each task name has left: 1 - (failure ratio over 30 days) "
+            "/ (1 - objective). Below 0 it is overspent. Needs the rules of alerts/ loaded in Prometheus.",
+            budget_left("name"),
+            hide=["Time", "cluster", "namespace", "job"],
+            rename={"name": "task", "Value": "budget left"},
+        ),
+        12,
+    )
+    lay.panels[-1]["fieldConfig"]["defaults"] = {"unit": "percentunit"}
+    lay.add(
+        timeseries(
+            "Queue-wait budget burn rate",
+            "How many times faster than its queue-wait objective allows each queue spends its budget (tasks "
+            "that waited longer than the queue's threshold), over the last hour and 6 hours. From the native "
+            "or the classic histogram, whichever Prometheus keeps. Needs the rules of alerts/ loaded.",
+            targets(
+                (burn_rate("queue_name", "1h"), "{{queue_name}} 1h"),
+                (burn_rate("queue_name", "6h"), "{{queue_name}} 6h"),
+            ),
+            min_=None,
+        ),
+        12,
+    )
+    lay.add(
+        table(
+            "Queue-wait budget left (30 days)",
+            "The part of its 30-day queue-wait budget each queue has left. Below 0 it is overspent. Needs the "
+            "rules of alerts/ loaded in Prometheus.",
+            budget_left("queue_name"),
+            hide=["Time", "cluster", "namespace", "job"],
+            rename={"queue_name": "queue", "Value": "budget left"},
+        ),
+        12,
+    )
+    lay.panels[-1]["fieldConfig"]["defaults"] = {"unit": "percentunit"}
     lay.row("Tasks in flight")
     lay.add(
         timeseries(
@@ -751,7 +837,8 @@ def tasks() -> dict:
     return dashboard(
         "celery-exporter-tasks",
         "Celery / Tasks",
-        "Per task name and queue: rates, tasks in flight, failure ratio, runtime percentiles, exceptions, waits.",
+        "Per task name and queue: rates, SLO burn rates and budgets, tasks in flight, failure ratio, runtime "
+        "percentiles, exceptions, waits.",
         lay,
         variables(
             variable_query("queue", "Queue", f"celery_task_received_total{{{JOB}}}", "queue_name"),

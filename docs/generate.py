@@ -31,10 +31,11 @@ from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-# Document the package of this working tree, whatever else is installed.
-sys.path.insert(0, str(ROOT))
+# Document the package of this working tree, whatever else is installed (and its alert rules).
+sys.path[:0] = [str(ROOT), str(ROOT / "alerts")]
 
 from celery.schedules import schedule  # noqa: E402
+from rulegen import docs as alert_docs  # noqa: E402
 
 from celery_exporter.beat import Entry  # noqa: E402
 from celery_exporter.clock import FakeClock  # noqa: E402
@@ -117,6 +118,8 @@ BLOCKS: Dict[str, Callable[[], str]] = {
     "metrics": metrics_table,
     "settings": settings_table,
     "modules": modules_table,
+    "alerts": alert_docs.alerts_table,
+    "alert-config": alert_docs.config_table,
 }
 
 

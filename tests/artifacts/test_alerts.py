@@ -1,11 +1,20 @@
-"""The shipped alert rules pass promtool's checks and unit tests (Debian package prometheus)."""
+"""The shipped alert rules pass promtool's checks and unit tests (Debian package prometheus), and
+are what alerts/generate.py makes of the default configuration; a configuration of one's own
+renders rules that change what it says and nothing else, and what the generator cannot apply is
+refused. The chart's side (the same rules from its values) is tests/artifacts/test_helm.py."""
 
+import importlib.util
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from celery_exporter.catalogue import DEFAULT_WAIT_BUCKETS
+from celery_exporter.exposition.text import bound
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +60,11 @@ def test_every_alert_has_severity_summary_description_and_runbook():
 def test_every_alert_has_a_promtool_test_that_fires_it():
     import yaml
 
-    tests = yaml.safe_load((ROOT / "alerts" / "tests" / "celery-exporter.rules.test.yml").read_text())["tests"]
+    tests = [
+        test
+        for path in sorted((ROOT / "alerts" / "tests").glob("*.yml"))
+        for test in yaml.safe_load(path.read_text())["tests"]
+    ]
     fired = {case["alertname"] for test in tests for case in test.get("alert_rule_test", []) if case["exp_alerts"]}
     quiet = {case["alertname"] for test in tests for case in test.get("alert_rule_test", []) if not case["exp_alerts"]}
     alerts = {r["alert"] for r in _rules() if "alert" in r}
@@ -59,228 +72,256 @@ def test_every_alert_has_a_promtool_test_that_fires_it():
     assert alerts <= quiet, alerts - quiet
 
 
-def run_tune(*args):
-    return subprocess.run([sys.executable, str(ROOT / "alerts" / "tune.py"), *args], capture_output=True, text=True)
+GENERATE = ROOT / "alerts" / "generate.py"
+OVERRIDES = ROOT / "alerts" / "tests" / "overrides"
+DOCS_URL = "https://celery-exporter.github.io/celery-exporter/alerts/#"
 
 
-def tune_checked(promtool, tmp_path, *args):
-    """tune.py's output for `args`, written to tmp_path/tuned.yml and passed by promtool
-    check rules; returns that path and the rendered rules by alert name."""
-    import yaml
+def rulegen():
+    """alerts/rulegen, imported from this checkout."""
+    if str(ROOT / "alerts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "alerts"))
+    import rulegen
 
-    result = run_tune(*args)
+    return rulegen
+
+
+def generate(*args, **kwargs):
+    return subprocess.run([sys.executable, str(GENERATE), *args], capture_output=True, text=True, **kwargs)
+
+
+def generated(promtool, tmp_path, config, name="rules.yml"):
+    """alerts/generate.py's rules for `config` (a mapping), checked by promtool check rules;
+    returns their path and the rules by alert (or record) name."""
+    source = tmp_path / f"{name}.config.yml"
+    source.write_text(yaml.safe_dump(config))
+    result = generate("--config", str(source))
     assert result.returncode == 0, result.stderr
-    out = tmp_path / "tuned.yml"
+    out = tmp_path / name
     out.write_text(result.stdout)
     check = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    return out, {r.get("alert"): r for g in yaml.safe_load(result.stdout)["groups"] for r in g["rules"]}
+    return out, by_name(yaml.safe_load(result.stdout))
 
 
-def test_tune_renders_overrides_that_promtool_accepts(promtool, tmp_path):
-    _, rules = tune_checked(
+def flat(expr):
+    """An expression with its line breaks and indentation as single spaces."""
+    return " ".join(expr.split())
+
+
+def by_name(doc):
+    return {r.get("alert") or r["record"]: r for g in doc["groups"] for r in g["rules"]}
+
+
+def test_the_shipped_rules_are_what_generate_py_makes():
+    result = generate("--check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_notices_a_hand_edit(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("alerts_generate", GENERATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    copy = tmp_path / "celery-exporter.rules.yml"
+    copy.write_text((ROOT / "alerts" / "celery-exporter.rules.yml").read_text().replace("for: 2m", "for: 3m", 1))
+    monkeypatch.setattr(module, "RULES", copy)
+    monkeypatch.setattr(module, "HERE", tmp_path)
+    assert module.main(["--check"]) == 1
+    assert module.main([]) == 0 and module.main(["--check"]) == 0
+
+
+def test_every_alert_links_its_runbook_on_the_alerts_page():
+    page = (ROOT / "docs" / "alerts.md").read_text()
+    headings = {line[4:].strip() for line in page.splitlines() if line.startswith("### ")}
+    for rule in [r for r in _rules() if "alert" in r]:
+        assert rule["annotations"]["runbook_url"] == DOCS_URL + rule["alert"].lower(), rule["alert"]
+        # MkDocs makes the anchor of a heading `### CeleryWorkerLost` celeryworkerlost
+        assert rule["alert"] in headings, f"docs/alerts.md has no runbook heading for {rule['alert']}"
+        assert "dashboard_url" not in rule["annotations"]  # no pattern by default
+
+
+def test_defaults_prints_every_key_and_round_trips(promtool, tmp_path):
+    result = generate("--defaults")
+    assert result.returncode == 0, result.stderr
+    defaults = yaml.safe_load(result.stdout)
+    assert defaults["selectors"] == {"job": "celery-exporter"}
+    assert defaults["taskFailureSlo"] == {"target": 0.999, "taskTargets": {}}
+    assert defaults["alerts"]["CeleryWorkerLost"] == {"enabled": True, "severity": "critical", "for": "2m"}
+    # the whole default configuration, given as a configuration, gives the shipped rules
+    out, _ = generated(promtool, tmp_path, defaults)
+    shipped = yaml.safe_load((ROOT / "alerts" / "celery-exporter.rules.yml").read_text())
+    assert yaml.safe_load(out.read_text()) == shipped
+
+
+def test_a_configuration_changes_what_it_says_and_nothing_else(promtool, tmp_path):
+    _, rules = generated(
         promtool,
         tmp_path,
-        "--job",
-        "my-exporter",
-        "--for",
-        "CeleryWorkerLost=5s",
-        "--threshold",
-        "CeleryQueueBacklog=250",
-        "--min-volume",
-        "CeleryTaskFailureRatioHigh=50",
-    )
-    assert rules["CeleryWorkerLost"]["for"] == "5s"
-    assert "> 250" in rules["CeleryQueueBacklog"]["expr"]
-    assert (
-        ">= 50" in rules["CeleryTaskFailureRatioHigh"]["expr"]
-        and "> 0.1" in rules["CeleryTaskFailureRatioHigh"]["expr"]
-    )
-    assert rules["CeleryExporterDown"]["expr"] == 'up{job="my-exporter"} == 0'
-    shipped = {r.get("alert"): r for r in _rules()}
-    assert shipped["CeleryWorkerLost"]["for"] == "2m"  # the shipped file is untouched
-    # only what was asked changed
-    changed = [a for a in rules if a and rules[a] != shipped[a]]
-    assert sorted(changed) == [
-        "CeleryExporterDown",
-        "CeleryQueueBacklog",
-        "CeleryTaskFailureRatioHigh",
-        "CeleryWorkerLost",
-    ]
-
-
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--for", "CeleryWorkrLost=5s"], "no alert named 'CeleryWorkrLost'"),
-        (["--for", "CeleryWorkerLost=5"], "not a Prometheus duration"),
-        (["--threshold", "CeleryQueueBacklog=lots"], "not a number"),
-        (["--threshold", "CeleryWorkerLost=3"], "has no ' > N'"),
-        (["--for", "CeleryWorkerLost"], "expected ALERT=VALUE"),
-    ],
-)
-def test_tune_refuses_what_it_cannot_apply(args, message):
-    result = run_tune(*args)
-    assert result.returncode == 2
-    assert message in result.stderr and result.stdout == ""
-
-
-NIGHTLY = "app.tasks.nightly_report"
-
-
-def _running_too_long(name, age):
-    """The firing CeleryTaskRunningTooLong alert promtool should see for `name` at `age`."""
-    return {
-        "exp_labels": {"severity": "warning", "job": "celery-exporter", "name": name},
-        "exp_annotations": {
-            "summary": f"Celery task {name} has been running for {age}",
-            "description": f"The oldest running {name} (job celery-exporter) started {age} ago, longer than the "
-            "alert's threshold: it may hang.",
-            "runbook": "A hung task usually waits on something (an HTTP call without a timeout, a lock): find it "
-            "with `celery inspect active` and look at its worker's stack; set task_time_limit / "
-            f"task_soft_time_limit so it cannot hang for ever. If runs of {name} are long on purpose, raise "
-            f"its threshold alone with alerts/tune.py --task-threshold CeleryTaskRunningTooLong:{name}=SECONDS.",
+        {
+            "selectors": {"job": "my-exporter", "cluster": "eu-1"},
+            "alerts": {
+                "CeleryWorkerLost": {"for": "5s", "severity": "page"},
+                "CeleryQueueBacklog": {"threshold": 250},
+                "CeleryQueueWaitHigh": {"minimumTasks": 50},
+                "CeleryBeatEntryOverdue": {"intervalFraction": 0.25, "minimumSeconds": 300},
+            },
+            "taskFailureSlo": {"target": 0.99},
         },
-    }
-
-
-def test_tune_task_threshold_gives_one_task_its_own_threshold(promtool, tmp_path):
-    import yaml
-
-    tuned, rules = tune_checked(promtool, tmp_path, "--task-threshold", f"CeleryTaskRunningTooLong:{NIGHTLY}=14400")
-    # comments and layout are kept; only the tuned alert changed
-    assert "# The oldest running task of a name started more than an hour ago" in tuned.read_text()
-    shipped = {r.get("alert"): r for r in _rules()}
-    assert [a for a in rules if a and rules[a] != shipped[a]] == ["CeleryTaskRunningTooLong"]
-    expr = rules["CeleryTaskRunningTooLong"]["expr"]
-    assert f'{{name!="{NIGHTLY}"}}) > 3600 or ' in expr and f'{{name="{NIGHTLY}"}}) > 14400' in expr
-
-    # both tasks started at 0 (epoch), so their age at eval_time is eval_time
-    series = (
-        "celery_task_running_oldest_start_timestamp_seconds"
-        '{{job="celery-exporter",instance="e:9808",name="{}",queue_name="a"}}'
     )
-    cases = [
-        ("1h30m", [_running_too_long("app.tasks.sync", "1h 30m 0s")]),  # the nightly one is younger than 4h
-        ("3h50m", [_running_too_long("app.tasks.sync", "3h 50m 0s")]),
-        ("4h10m", [_running_too_long(NIGHTLY, "4h 10m 0s"), _running_too_long("app.tasks.sync", "4h 10m 0s")]),
+    shipped = by_name(yaml.safe_load((ROOT / "alerts" / "celery-exporter.rules.yml").read_text()))
+    assert rules["CeleryWorkerLost"]["for"] == "5s" and rules["CeleryWorkerLost"]["labels"] == {"severity": "page"}
+    assert rules["CeleryWorkerLost"]["expr"] == (
+        'max without (instance, pod) (celery_worker_up{cluster="eu-1", job="my-exporter"}) == 0'
+    )
+    assert rules["CeleryExporterDown"]["expr"] == 'up{cluster="eu-1", job="my-exporter"} == 0'
+    assert rules["CeleryQueueBacklog"]["expr"].endswith(") > 250")
+    assert ") > 60 ) and on (cluster, namespace, job, queue_name) (" in flat(rules["CeleryQueueWaitHigh"]["expr"])
+    assert flat(rules["CeleryQueueWaitHigh"]["expr"]).endswith(") >= 50")
+    assert "0.25 * max by" in rules["CeleryBeatEntryOverdue"]["expr"]
+    assert flat(rules["CeleryBeatEntryOverdue"]["expr"]).endswith("}), 300 )")
+    assert rules["celery:task_slo:objective"]["expr"].endswith("(celery:task_finished:rate5m) * 0.99")
+
+    # everything else is as shipped, but for the selectors
+    def unselected(rule):
+        return json.loads(
+            json.dumps(rule).replace('{cluster=\\"eu-1\\", job=\\"my-exporter\\"', '{job=\\"celery-exporter\\"')
+        )
+
+    changed = sorted(n for n in rules if unselected(rules[n]) != shipped[n])
+    assert changed == [
+        "CeleryBeatEntryOverdue",
+        "CeleryQueueBacklog",
+        "CeleryQueueWaitHigh",
+        "CeleryWorkerLost",
+        "celery:task_slo:objective",
     ]
-    unit = {
-        "rule_files": [tuned.name],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {"series": series.format(NIGHTLY), "values": "0x300"},
-                    {"series": series.format("app.tasks.sync"), "values": "0x300"},
-                ],
-                "alert_rule_test": [
-                    {"eval_time": t, "alertname": "CeleryTaskRunningTooLong", "exp_alerts": alerts}
-                    for t, alerts in cases
-                ],
-            }
-        ],
+    assert set(rules) == set(shipped)
+
+
+def test_a_disabled_alert_is_left_out_and_an_empty_group_too(promtool, tmp_path):
+    names = ["CeleryBrokerUnreachable", "CeleryExporterBrokerDisconnected", "CeleryExporterNoEvents"]
+    config = {"alerts": {n: {"enabled": False} for n in names + ["CeleryExporterDown", "CeleryWorkerLost"]}}
+    out, rules = generated(promtool, tmp_path, config)
+    groups = [g["name"] for g in yaml.safe_load(out.read_text())["groups"]]
+    assert "celery-exporter" not in groups and "celery-workers" in groups
+    assert "CeleryWorkerLost" not in rules and "CeleryNoWorkerUp" in rules
+    # an SLO's recording rules stay when its alerts go: the dashboards read them
+    config = {
+        "alerts": {
+            n: {"enabled": False} for n in ("CeleryTaskFailureBudgetFastBurn", "CeleryTaskFailureBudgetSlowBurn")
+        }
     }
-    test_file = tmp_path / "tuned.test.yml"
-    test_file.write_text(yaml.safe_dump(unit, sort_keys=False))
-    run = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    _, rules = generated(promtool, tmp_path, config, "slo.yml")
+    assert "celery:task_failed:ratio_rate3d" in rules and "CeleryTaskFailureBudgetFastBurn" not in rules
+
+
+def test_a_dashboard_url_pattern_links_each_alert_to_its_dashboard(promtool, tmp_path):
+    _, rules = generated(promtool, tmp_path, {"dashboardUrlPattern": "https://grafana.example.com/d/%s?orgId=1"})
+    links = {name: r["annotations"]["dashboard_url"] for name, r in rules.items() if "alert" in r}
+    assert links["CeleryWorkerLost"] == "https://grafana.example.com/d/celery-exporter-workers?orgId=1"
+    assert links["CeleryTaskRunningTooLong"] == "https://grafana.example.com/d/celery-exporter-tasks?orgId=1"
+    assert links["CeleryExporterDown"] == "https://grafana.example.com/d/celery-exporter-overview?orgId=1"
+    boards = {json.loads(p.read_text())["uid"] for p in (ROOT / "dashboards").glob("*.json")}
+    assert {link.split("/d/")[1].split("?")[0] for link in links.values()} <= boards
+    _, rules = generated(promtool, tmp_path, {"runbookUrlPattern": "https://wiki.example.com/runbooks/%s"}, "rb.yml")
+    assert (
+        rules["CeleryNoWorkerUp"]["annotations"]["runbook_url"] == "https://wiki.example.com/runbooks/celerynoworkerup"
+    )
+
+
+def test_per_task_and_per_queue_overrides_pass_their_promtool_test(promtool, tmp_path):
+    """alerts/tests/overrides/: a configuration with per-task and per-queue overrides, and the
+    promtool test of the rules rendered from it (each override changes exactly its task)."""
+    config = yaml.safe_load((OVERRIDES / "config.yml").read_text())
+    _, rules = generated(promtool, tmp_path, config, "celery-exporter.rules.yml")
+    running = flat(rules["CeleryTaskRunningTooLong"]["expr"])
+    assert 'name!="app.tasks.export", name!="app.tasks.nightly_report"}) > 7200 or time() - ' in running
+    assert '{job="celery-exporter", name="app.tasks.nightly_report"}) > 14400' in running
+    shutil.copy(OVERRIDES / "overrides.test.yml", tmp_path)
+    run = subprocess.run(
+        [promtool, "test", "rules", "overrides.test.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
 
 
-def test_tune_task_threshold_on_every_task_alert_and_with_threshold(promtool, tmp_path):
-    _, rules = tune_checked(
-        promtool,
-        tmp_path,
-        "--threshold",
-        "CeleryTaskRunningTooLong=7200",
-        "--task-threshold",
-        f"CeleryTaskRunningTooLong:{NIGHTLY}=14400",
-        "--task-threshold",
-        "CeleryTaskRunningTooLong:app.tasks.export=28800",
-        "--task-threshold",
-        "CeleryTasksInterrupted:app.tasks.idempotent=5",
-        "--task-threshold",
-        "CeleryTaskFailureRatioHigh:app.tasks.flaky=0.5",
-        "--job",
-        "my-exporter",
-    )
-    running = rules["CeleryTaskRunningTooLong"]["expr"]
-    # the other names keep the --threshold; each named task has its own
-    assert f'{{name!="{NIGHTLY}", name!="app.tasks.export"}}) > 7200 or' in running
-    assert f'{{name="{NIGHTLY}"}}) > 14400 or' in running and '{name="app.tasks.export"}) > 28800' in running
-    interrupted = rules["CeleryTasksInterrupted"]["expr"]
-    assert 'celery_task_interrupted_total{name!="app.tasks.idempotent"}[15m]))) > 0 or' in interrupted
-    assert 'celery_task_interrupted_total{name="app.tasks.idempotent"}[15m]))) > 5' in interrupted
-    ratio = rules["CeleryTaskFailureRatioHigh"]["expr"]
-    # `and` binds tighter than `or`: the alternatives are wrapped before the minimum volume
-    assert ratio.startswith('((celery:task_failed:increase15m{name!="app.tasks.flaky"} / ')
-    assert ratio.endswith(") > 0.5) and on (cluster, namespace, job, name) celery:task_finished:increase15m >= 20")
-    assert rules["CeleryExporterDown"]["expr"] == 'up{job="my-exporter"} == 0'
-
-
-def test_tune_task_threshold_rewrites_selectors_in_any_layout(promtool, tmp_path):
-
-    exprs = {
-        "Braces": 'max by (job, name) (celery_task_running{queue_name="a"}) > 3',
-        "Grouping": "sum(rate(celery_task_failed_total[5m])) by (job, name) > 1 # a comment",
-        "Prefix": 'vector(1) and on () sum by (job, name) (celery_task_running{queue_name=~"a|b",}) > 2',
-    }
-    source = tmp_path / "rules.yml"
-    source.write_text(
-        "groups:\n  - name: g\n    rules:\n"
-        + "".join(f"      - alert: {a}\n        expr: {e}\n        for: 1m\n" for a, e in exprs.items())
-    )
-    args = [arg for a in exprs for arg in ("--task-threshold", f"{a}:t=9")]
-    _, tuned = tune_checked(promtool, tmp_path, str(source), *args)
-    rules = {alert: rule["expr"] for alert, rule in tuned.items()}
-    assert rules["Braces"] == (
-        'max by (job, name) (celery_task_running{queue_name="a", name!="t"}) > 3 '
-        'or max by (job, name) (celery_task_running{queue_name="a", name="t"}) > 9'
-    )
-    assert rules["Grouping"] == (
-        'sum(rate(celery_task_failed_total{name!="t"}[5m])) by (job, name) > 1 '
-        'or sum(rate(celery_task_failed_total{name="t"}[5m])) by (job, name) > 9'
-    )
-    assert rules["Prefix"] == (
-        'vector(1) and on () (sum by (job, name) (celery_task_running{queue_name=~"a|b",name!="t"}) > 2 '
-        'or sum by (job, name) (celery_task_running{queue_name=~"a|b",name="t"}) > 9)'
-    )
-
-
 @pytest.mark.parametrize(
-    "value,message",
+    "config,message",
     [
-        ("CeleryTaskRunningTooLng:app.x=5", "no alert named 'CeleryTaskRunningTooLng'"),
-        ("CeleryQueueBacklog:app.x=5", "has no name label (by (cluster, namespace, job, queue_name) drops it)"),
-        ("CeleryQueueWaitHigh:app.x=5", "has no name label"),
-        ("CeleryWorkerLost:app.x=5", "has no ' > N'"),
-        ("CeleryBeatEntryOverdue:app.x=5", "has no ' > N'"),
-        ("CeleryTaskRunningTooLong:app.x=lots", "not a number"),
-        ('CeleryTaskRunningTooLong:app"x=5', "not a valid label value"),
-        ("CeleryTaskRunningTooLong:app\\x=5", "not a valid label value"),
-        ("CeleryTaskRunningTooLong:app\nx=5", "not a valid label value"),
-        ("CeleryTaskRunningTooLong=5", "expected ALERT:TASK=NUMBER"),
-        ("CeleryTaskRunningTooLong:=5", "expected ALERT:TASK=NUMBER"),
-        ("CeleryTaskRunningTooLong:app.x", "expected ALERT:TASK=NUMBER"),
+        ({"alerts": {"CeleryWorkrLost": {"for": "5s"}}}, "alerts.CeleryWorkrLost: no such key"),
+        (
+            {"alerts": {"CeleryWorkerLost": {"for": "5"}}},
+            "alerts.CeleryWorkerLost.for: '5' is not a Prometheus duration",
+        ),
+        (
+            {"alerts": {"CeleryQueueBacklog": {"threshold": "lots"}}},
+            "alerts.CeleryQueueBacklog.threshold: expected a number",
+        ),
+        ({"alerts": {"CeleryWorkerLost": {"threshold": 3}}}, "alerts.CeleryWorkerLost.threshold: no such key"),
+        ({"alerts": {"CeleryWorkerLost": {"enabled": "no"}}}, "expected true or false"),
+        ({"taskFailureSlo": {"target": 1}}, "taskFailureSlo.target: 1 must be below 1"),
+        ({"taskFailureSlo": {"taskTargets": {"app.x": 99}}}, "taskFailureSlo.taskTargets.app.x: 99 must be below 1"),
+        ({"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {'app"x': 5}}}}, "holds a quote"),
+        ({"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {"app\\x": 5}}}}, "a backslash"),
+        ({"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {"app\nx": 5}}}}, "an unprintable character"),
+        ({"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {"app.x": "long"}}}}, "expected a number"),
+        ({"selectors": {"job": None}}, "selectors.job: required"),
+        ({"selectors": {"9job": "x"}}, "'9job' is not a label name"),
+        ({"runbookUrlPattern": "https://example.com/"}, "needs exactly one %s"),
+        ({"dashboardUrlPattern": "https://g/d/%s/%d"}, "needs exactly one %s"),
+        (
+            {"queueWaitSlo": {"threshold": 45}},
+            "queueWaitSlo.threshold: 45 is not a bound of the exporter's wait buckets",
+        ),
+        ({"queueWaitSlo": {"queueThresholds": {"q": 61}}}, "queueWaitSlo.queueThresholds.q: 61 is not a bound"),
+        ({"alerts": []}, "alerts: expected a mapping"),
+        ([1], "the configuration must be a mapping"),
     ],
 )
-def test_tune_refuses_task_thresholds_it_cannot_apply(value, message):
-    result = run_tune("--task-threshold", value)
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.startswith("tune.py: error: --task-threshold") and result.stderr.count("\n") == 1
+def test_generate_refuses_what_it_cannot_apply(tmp_path, config, message):
+    source = tmp_path / "config.yml"
+    source.write_text(yaml.safe_dump(config))
+    result = generate("--config", str(source))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("generate.py: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
 
 
-def test_tune_task_threshold_refuses_a_selector_without_a_name_label(tmp_path):
-    source = tmp_path / "rules.yml"
-    source.write_text(
-        "groups:\n  - name: g\n    rules:\n"
-        "      - alert: Total\n        expr: sum(celery_task_running) > 3\n"
-        "      - alert: Worker\n        expr: celery_worker_tasks_active > 3\n"
-    )
-    for alert, message in (("Total", "sum() without by drops it"), ("Worker", "selects celery_worker_tasks_active")):
-        result = run_tune(str(source), "--task-threshold", f"{alert}:t=1")
-        assert result.returncode == 2 and result.stdout == ""
-        assert result.stderr.startswith(f"tune.py: error: --task-threshold {alert}: ") and message in result.stderr
+def test_other_wait_buckets_admit_other_thresholds(promtool, tmp_path):
+    config = {"queueWaitSlo": {"threshold": 45, "waitBuckets": [1, 45, 300]}}
+    _, rules = generated(promtool, tmp_path, config)
+    assert 'le="45.0"' in rules["celery:queue_wait_slow:rate5m"]["expr"]
+    assert "histogram_fraction(0, 45, " in rules["celery:queue_wait_slow:rate5m"]["expr"]
+
+
+def test_the_rules_read_only_declared_keys_and_every_key_is_read():
+    rulegen()
+    from rulegen import config, rules, template
+
+    read = set(template.value_paths(rules.document()))
+    declared = {path for path, _ in config.rows(rules.CONFIG)}
+    assert read <= declared, read - declared
+    # the wait buckets are read by the check of the thresholds, not by a rule
+    assert declared - read == {("queueWaitSlo", "waitBuckets")}
+
+
+def test_numbers_are_written_as_helm_prints_them_and_le_as_the_exporter_does():
+    template = rulegen().template
+    # what Go's %v prints for a float64 (checked against helm itself in test_helm.py)
+    cases = {
+        0: "0",
+        1: "1",
+        0.999: "0.999",
+        14.4: "14.4",
+        3600: "3600",
+        100000: "100000",
+        1000000: "1e+06",
+        123456789: "1.23456789e+08",
+        0.0001: "0.0001",
+        0.00001: "1e-05",
+        1.5e-7: "1.5e-07",
+        -2.5: "-2.5",
+        1e21: "1e+21",
+    }
+    assert {k: template.go_number(k) for k in cases} == cases
+    for b in list(DEFAULT_WAIT_BUCKETS) + [1e6, 1234567.0, 123456.0, 1e-5, 0.25]:
+        assert template.le_text(b) == bound(b), b

@@ -671,22 +671,158 @@ def test_prometheus_rule_is_the_shipped_rules_and_passes_promtool(full, tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_prometheus_rule_can_take_tuned_rules(helm, tmp_path):
-    tuned = subprocess.run(
-        [sys.executable, str(ROOT / "alerts" / "tune.py"), "--for", "CeleryWorkerLost=7m"],
+def generated_rules(config: dict, tmp_path: Path) -> dict:
+    """alerts/generate.py's rules for the configuration `config`, parsed."""
+    source = tmp_path / f"config-{len(list(tmp_path.iterdir()))}.yml"
+    source.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "alerts" / "generate.py"), "--config", str(source)],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
+    )
+    return yaml.safe_load(result.stdout)
+
+
+def rendered_rules(helm, tmp_path: Path, config: dict) -> dict:
+    """The chart's PrometheusRule spec with the alert configuration `config` in its values."""
+    manifests = render_values(helm, tmp_path, {"prometheusRule": {"enabled": True, **config}})
+    return manifests[("PrometheusRule", "rel-celery-exporter")]["spec"]
+
+
+def rules_by_name(spec: dict) -> dict:
+    return {r.get("alert") or r["record"]: r for g in spec["groups"] for r in g["rules"]}
+
+
+def test_prometheus_rule_can_take_rules_of_your_own(helm, tmp_path):
+    """prometheusRule.rules: a rules file used as it is (here alerts/generate.py's output for a
+    configuration of one's own), without any rendering or replacement."""
+    own = generated_rules({"alerts": {"CeleryWorkerLost": {"for": "7m"}}}, tmp_path)
     values = tmp_path / "v.yaml"
-    values.write_text(yaml.safe_dump({"prometheusRule": {"enabled": True, "rules": tuned}}))
+    values.write_text(yaml.safe_dump({"prometheusRule": {"enabled": True, "rules": yaml.safe_dump(own)}}))
     _, manifests = render(helm, "-f", str(values))
-    rules = {
-        r.get("alert"): r
-        for g in manifests[("PrometheusRule", "rel-celery-exporter")]["spec"]["groups"]
-        for r in g["rules"]
+    spec = manifests[("PrometheusRule", "rel-celery-exporter")]["spec"]
+    assert spec == own
+    assert rules_by_name(spec)["CeleryWorkerLost"]["for"] == "7m"
+    assert rules_by_name(spec)["CeleryExporterDown"]["expr"] == 'up{job="celery-exporter"} == 0'  # as given
+    bad = helm("template", "rel", str(CHART), "--set", "prometheusRule.enabled=true", "--set-string",
+               "prometheusRule.rules=groups: [", check=False)  # fmt: skip
+    assert bad.returncode != 0 and "prometheusRule.rules is not YAML" in bad.stderr
+
+
+def test_a_threshold_changed_in_values_is_in_the_rendered_rule(helm, tmp_path):
+    args = ("template", "rel", str(CHART), "--set", "prometheusRule.enabled=true")
+    out = helm(*args, "--set", "prometheusRule.alerts.CeleryQueueBacklog.threshold=250").stdout
+    rules = rules_by_name(next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "PrometheusRule")["spec"])
+    assert rules["CeleryQueueBacklog"]["expr"] == (
+        'max by (cluster, namespace, job, queue_name) (celery_queue_length{job="rel-celery-exporter"}) > 250'
+    )
+    default = rules_by_name(rendered_rules(helm, tmp_path, {}))
+    assert [n for n in rules if rules[n] != default[n]] == ["CeleryQueueBacklog"]
+    # a per-task override: the task's own branch, the others keep the threshold
+    spec = rendered_rules(
+        helm, tmp_path, {"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {"app.tasks.nightly": 14400}}}}
+    )
+    running = " ".join(rules_by_name(spec)["CeleryTaskRunningTooLong"]["expr"].split())
+    assert running == (
+        "time() - min by (cluster, namespace, job, name) (celery_task_running_oldest_start_timestamp_seconds"
+        '{job="rel-celery-exporter", name!="app.tasks.nightly"}) > 3600 or time() - min by (cluster, namespace, '
+        "job, name) (celery_task_running_oldest_start_timestamp_seconds"
+        '{job="rel-celery-exporter", name="app.tasks.nightly"}) > 14400'
+    )
+    # and an SLO target of one task
+    spec = rendered_rules(helm, tmp_path, {"taskFailureSlo": {"taskTargets": {"app.flaky": 0.9}}})
+    objective = " ".join(rules_by_name(spec)["celery:task_slo:objective"]["expr"].split())
+    assert objective == (
+        'group by (cluster, namespace, job, name) (celery:task_finished:rate5m{name!="app.flaky"}) * 0.999 '
+        'or group by (cluster, namespace, job, name) (celery:task_finished:rate5m{name="app.flaky"}) * 0.9'
+    )
+
+
+OVERRIDES = ROOT / "alerts" / "tests" / "overrides"
+CONFIGS = {
+    "defaults": {},
+    "overrides": yaml.safe_load((OVERRIDES / "config.yml").read_text()),
+    "everything else": {
+        "selectors": {"job": "celery", "cluster": "eu-1", "namespace": "prod"},
+        "runbookUrlPattern": "https://wiki.example.com/celery/%s",
+        "dashboardUrlPattern": "https://grafana.example.com/d/%s?orgId=1&var-job=celery",
+        "taskFailureSlo": {"target": 0.995},
+        "queueWaitSlo": {"threshold": 300, "target": 0.95, "queueTargets": {"bulk": 0.5}},
+        "alerts": {
+            "CeleryWorkerLost": {"for": "30s", "severity": "page"},
+            "CeleryExporterDown": {"enabled": False},
+            "CeleryExporterNoEvents": {"enabled": False, "threshold": 60},
+            "CeleryExporterBrokerDisconnected": {"enabled": False},
+            "CeleryBrokerUnreachable": {"enabled": False},
+            "CeleryQueueWaitHigh": {"quantile": 0.99, "threshold": 1000000, "minimumTasks": 0.5},
+            "CeleryBeatEntryOverdue": {"intervalFraction": 0.25, "minimumSeconds": 0.00001},
+            "CeleryTasksInterrupted": {"taskThresholds": {"app.idempotent": 5, "app.b": 1}},
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_chart_renders_the_rules_generate_py_renders(helm, tmp_path, name):
+    """The same configuration in the chart's values and in alerts/generate.py: the same rules
+    (the chart's job defaults to the release's Service name). Numbers as Go prints them (1e+06,
+    1e-05), the groups left out when every alert of theirs is off, the URL patterns."""
+    config = CONFIGS[name]
+    spec = rendered_rules(helm, tmp_path, config)
+    expected = generated_rules(config, tmp_path)
+    if "selectors" not in config:
+        expected = json.loads(
+            json.dumps(expected).replace('job=\\"celery-exporter\\"', 'job=\\"rel-celery-exporter\\"')
+        )
+    assert spec == expected
+    promtool = tool("promtool", "install Debian's prometheus package")
+    path = tmp_path / "rendered.yml"
+    path.write_text(yaml.safe_dump(spec))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_overrides_promtool_test_passes_on_the_rules_the_chart_renders(helm, tmp_path):
+    spec = rendered_rules(helm, tmp_path, {**CONFIGS["overrides"], "selectors": {"job": "celery-exporter"}})
+    (tmp_path / "celery-exporter.rules.yml").write_text(yaml.safe_dump(spec))
+    shutil.copy(OVERRIDES / "overrides.test.yml", tmp_path)
+    promtool = tool("promtool", "install Debian's prometheus package")
+    run = subprocess.run(
+        [promtool, "test", "rules", "overrides.test.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    "rule,message",
+    [
+        ({"queueWaitSlo": {"threshold": 45}}, "the threshold 45 is not a bound of the exporter's wait buckets"),
+        ({"queueWaitSlo": {"queueThresholds": {"q": 61}}}, "the threshold 61 is not a bound"),
+        ({"alerts": {"CeleryWorkrLost": {"for": "5m"}}}, "CeleryWorkrLost"),
+        ({"alerts": {"CeleryWorkerLost": {"for": "soon"}}}, "'soon' does not match pattern"),
+        ({"taskFailureSlo": {"target": 1.5}}, "target"),
+        ({"runbookUrlPattern": "https://example.com/"}, "runbookUrlPattern"),
+        ({"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {'a"b': 5}}}}, "invalid propertyName 'a\"b'"),
+        ({"alerts": {"CeleryTaskRunningTooLong": {"taskThresholds": {"a": "long"}}}}, "taskThresholds"),
+        ({"selectors": {"9job": "x"}}, "invalid propertyName '9job'"),
+    ],
+)
+def test_the_chart_refuses_an_alert_configuration_it_cannot_render(helm, tmp_path, rule, message):
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"prometheusRule": {"enabled": True, **rule}}))
+    result = helm("template", "rel", str(CHART), "-f", str(values), check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_queue_wait_threshold_may_be_a_bound_of_the_charts_wait_buckets(helm, tmp_path):
+    values = {
+        "config": {"waitBuckets": [1, 45, 300]},
+        "prometheusRule": {"enabled": True, "queueWaitSlo": {"threshold": 45}},
     }
-    assert rules["CeleryWorkerLost"]["for"] == "7m"
+    manifests = render_values(helm, tmp_path, values)
+    spec = manifests[("PrometheusRule", "rel-celery-exporter")]["spec"]
+    assert 'le="45.0"' in rules_by_name(spec)["celery:queue_wait_slow:rate5m"]["expr"]
 
 
 def test_dashboards_configmap_is_the_shipped_dashboards(full):

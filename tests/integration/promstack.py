@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,6 +103,22 @@ class Prometheus:
             for a in self.api("alerts")["alerts"]
             if a["labels"].get("alertname") == alertname and a["state"] == "firing"
         ]
+
+
+def rules_file(tmp: Path, config: Dict[str, object]) -> Path:
+    """The rules alerts/generate.py renders for an alert configuration (what differs from the
+    defaults, e.g. shorter `for:`s), written to tmp/rules.yml."""
+    source = tmp / "alerts-config.yml"
+    source.write_text(json.dumps(config))  # JSON is YAML
+    rendered = subprocess.run(
+        [sys.executable, str(ROOT / "alerts" / "generate.py"), "--config", str(source)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rules = tmp / "rules.yml"
+    rules.write_text(rendered.stdout)
+    return rules
 
 
 def grafana_expand(expr: str, builtins: Optional[Dict[str, str]] = None) -> str:

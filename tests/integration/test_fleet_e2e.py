@@ -11,8 +11,9 @@ workload on a private redis-server:
    inhibited: Alertmanager holds the surviving worker's CeleryWorkerLost and both replicas'
    CeleryExporterBrokerDisconnected suppressed, and none of them reaches the webhook.
 
-The rules' `for:` are shortened through alerts/tune.py, the exporters' worker timings by their
-flags, and Alertmanager's group timings by the test; routes and inhibit rules are as shipped."""
+The rules' `for:` are shortened through the alert configuration (rendered by
+alerts/generate.py), the exporters' worker timings by their flags, and Alertmanager's group
+timings by the test; routes and inhibit rules are as shipped."""
 
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import Dict, FrozenSet, List, Tuple
 
 import pytest
 
-from .promstack import ROOT, Alertmanager, Prometheus, Webhook, app_env, dashboard_queries
+from .promstack import Alertmanager, Prometheus, Webhook, app_env, dashboard_queries, rules_file
 from .rig import HOST, Exporter, RedisServer, Rig, wait_for
 
 pytestmark = pytest.mark.integration
@@ -146,25 +146,13 @@ def events_received(exporter: Exporter) -> float:
     return sum(exporter.metrics().select("celery_exporter_events_total").values())
 
 
-def tune(*args: str) -> str:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "alerts" / "tune.py"), *args], capture_output=True, text=True, check=True
-    ).stdout
-
-
 def test_two_replicas_count_once_and_page_once(make_rig, tmp_path):
     server = RedisServer(tmp_path)
     server.start()
     rig = make_rig(server.url)
     rig.procs.append(server.proc)
-    rules = tmp_path / "rules.yml"
-    rules.write_text(
-        tune(
-            *("--for", "CeleryWorkerLost=3s"),
-            *("--for", "CeleryBrokerUnreachable=2s"),
-            *("--for", "CeleryExporterBrokerDisconnected=2s"),
-        )
-    )
+    short = {"CeleryWorkerLost": "3s", "CeleryBrokerUnreachable": "2s", "CeleryExporterBrokerDisconnected": "2s"}
+    rules = rules_file(tmp_path, {"alerts": {name: {"for": value} for name, value in short.items()}})
 
     timings = ("--worker-timeout", f"{WORKER_TIMEOUT}s", "--worker-ttl", f"{WORKER_TTL}s")
     replicas = [

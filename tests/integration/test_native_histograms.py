@@ -2,7 +2,8 @@
 `--enable-feature=native-histograms,exemplar-storage` (it asks for protobuf and keeps the
 native histograms), one without native histograms (it scrapes OpenMetrics and keeps the
 classic buckets), both scraping the same exporter, with its default flags, while a real
-worker runs tasks of two names with runtimes from 10 ms to 0.6 s."""
+worker runs tasks of two names with runtimes from 10 ms to 0.6 s. Both evaluate the alert
+rules' queue-wait SLO recording rules, which read either kind of histogram."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from celery_exporter import catalogue
 
-from .promstack import Prometheus, dashboard_queries
+from .promstack import Prometheus, dashboard_queries, rules_file
 from .rig import wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,13 +32,21 @@ def values_by_name(result) -> dict:
     return {r["metric"].get("name"): float(r["value"][1]) for r in result}
 
 
+def values_by_queue(result) -> dict:
+    return {r["metric"].get("queue_name"): float(r["value"][1]) for r in result}
+
+
 def test_native_histograms_and_exemplars_in_prometheus(make_rig, tmp_path, capsys):
     rig = make_rig("redis")
     exporter = rig.start_exporter(short_timings=False)
     rig.start_worker(concurrency=4, exporter=exporter)
-    native = Prometheus(tmp_path, exporter.port, features=["native-histograms", "exemplar-storage"], name="native")
+    # the queue-wait SLO at 0.5 s: a bound of the classic buckets and of every native schema
+    rules = rules_file(tmp_path, {"queueWaitSlo": {"threshold": 0.5}})
+    native = Prometheus(
+        tmp_path, exporter.port, rules, features=["native-histograms", "exemplar-storage"], name="native"
+    )
     rig.procs.append(native.proc)
-    classic = Prometheus(tmp_path, exporter.port, features=["exemplar-storage"], name="classic")
+    classic = Prometheus(tmp_path, exporter.port, rules, features=["exemplar-storage"], name="classic")
     rig.procs.append(classic.proc)
     rig.prime(exporter)
 
@@ -130,6 +139,21 @@ def test_native_histograms_and_exemplars_in_prometheus(make_rig, tmp_path, capsy
         # (NaN where a label set saw nothing in the window: it.prime)
         values = [v for r in result if math.isfinite(v := float(r["value"][1]))]
         assert values and all(v >= 0 for v in values), (key, expr, result)
+
+    # 3b. the queue-wait SLO's recording rules read the native histogram here, the classic one
+    #     there, and agree: the tasks that started, and the part that waited over 0.5 s
+    recorded = {}
+    for key, prom in (("native", native), ("classic", classic)):
+        tasks = prom.api("query", query="celery:queue_wait_tasks:rate5m", time=workload_end)["result"]
+        slow = prom.api("query", query="celery:queue_wait_slow:ratio_rate5m", time=workload_end)["result"]
+        recorded[key] = (values_by_queue(tasks), values_by_queue(slow))
+    (native_tasks, native_slow), (classic_tasks, classic_slow) = recorded["native"], recorded["classic"]
+    assert native_tasks["celery"] > 0 and abs(native_tasks["celery"] / classic_tasks["celery"] - 1) < 0.1, recorded
+    assert 0 <= native_slow["celery"] <= 1 and abs(native_slow["celery"] - classic_slow["celery"]) < 0.05, recorded
+    slo_panels = {k: e for k, e in dashboard_queries().items() if "celery:queue_wait_slow" in e}
+    assert len(slo_panels) >= 2, slo_panels
+    for key, expr in slo_panels.items():
+        assert native.api("query", query=expr, time=workload_end)["result"], (key, expr)
 
     # 4. exemplars: the task ids they carry are tasks this test sent
     def exemplar_ids(prom: Prometheus, query: str) -> set:
