@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Set
 
 import click
 
-from celery_exporter import __version__, logs
+from celery_exporter import __version__, app_config, logs
 from celery_exporter.revision import revision
 from celery_exporter.settings import Settings, build_settings, click_params, given_options
 from celery_exporter.settings.params import Duration
@@ -49,8 +49,8 @@ def celery_command(**values: Any) -> None:
     ctx = click.get_current_context()
     app = ctx.parent.params.get("app") if ctx.parent is not None else None
     if app is not None and not isinstance(app, str):
-        # app.start() / app.worker_main() hand Celery's command line the app object itself
-        raise click.UsageError("run it as `celery -A proj exporter`: the exporter needs the app's name, not the object")
+        # the app object itself: Celery 5.3 turns -A into it while parsing, as app.start() does
+        app = app_config.hand_over(app)
     if app:
         values["app"] = app
     serve(values, given_options(ctx))
@@ -60,7 +60,7 @@ def serve(values: Dict[str, Any], given: Set[str]) -> None:
     settings = build_settings(values, given)
     logs.setup(settings.log_level, settings.log_format)
     if settings.app:
-        log.info("configuration from the Celery app %s", settings.app)
+        log.info("configuration from the Celery app %s", app_config.display(settings.app))
     run(settings)
 
 
