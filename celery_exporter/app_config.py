@@ -83,6 +83,27 @@ def find(spec: str) -> Any:  # a Celery app: celery ships no type information
     return find_app(spec)
 
 
+# An app handed over as an object rather than named: `celery -A proj exporter` on Celery
+# releases whose command line turns -A into the app while parsing it (5.3 does), or
+# app.start(["exporter"]). It is kept here, where find() reaches it by HANDED_OVER.
+HANDED_OVER = f"{__name__}:handed_over"
+handed_over: Any = None
+
+
+def hand_over(app: Any) -> str:  # a Celery app
+    """The name find() knows `app` by from now on."""
+    global handed_over
+    handed_over = app
+    return HANDED_OVER
+
+
+def display(spec: str) -> str:
+    """`spec` for a log line: a handed-over app by its main module's name."""
+    if spec == HANDED_OVER:
+        return f"{getattr(handed_over, 'main', None) or '(unnamed)'} (given to celery -A)"
+    return spec
+
+
 def _queues(conf: Any) -> Tuple[str, ...]:  # a Celery app's conf
     names = [conf.task_default_queue or "celery"]
     declared = conf.task_queues or ()

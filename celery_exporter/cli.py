@@ -1,5 +1,9 @@
 """Command line: the commands (their options come from the settings' declarations), wiring
-and signals. No metric logic lives here."""
+and signals. No metric logic lives here.
+
+`celery-exporter` serves; `celery-exporter demo` and `celery-exporter healthcheck` are its
+subcommands; `celery -A proj exporter` serves too, as a subcommand of Celery's own command
+line (the `celery.commands` entry point in pyproject.toml), with the app from Celery's -A."""
 
 from __future__ import annotations
 
@@ -8,32 +12,55 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Set
 
 import click
 
-from celery_exporter import __version__, logs
+from celery_exporter import __version__, app_config, logs
+from celery_exporter.revision import revision
 from celery_exporter.settings import Settings, build_settings, click_params, given_options
 from celery_exporter.settings.params import Duration
 
-__all__ = ["build_settings", "command", "demo_command", "main"]
+__all__ = ["build_settings", "celery_command", "command", "demo_command", "healthcheck_command", "main"]
 
 log = logging.getLogger("celery_exporter")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+VERSION_MESSAGE = f"%(prog)s, version %(version)s (revision {revision()})"
 
 
-@click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    params=click_params(),
-)
-@click.version_option(__version__, "--version", prog_name="celery-exporter")
+@click.command(context_settings=CONTEXT, params=click_params())
+@click.version_option(__version__, "--version", prog_name="celery-exporter", message=VERSION_MESSAGE)
 def command(**values: Any) -> None:
     """Prometheus exporter for Celery: task and worker metrics from Celery events.
 
-    `celery-exporter demo` runs a self-contained demo with no broker to install."""
-    settings = build_settings(values, given_options(click.get_current_context()))
+    `celery-exporter demo` runs a self-contained demo with no broker to install;
+    `celery-exporter healthcheck` asks a running exporter's /-/healthy (the image's HEALTHCHECK)."""
+    serve(values, given_options(click.get_current_context()))
+
+
+@click.command("exporter", context_settings=CONTEXT, params=[p for p in click_params() if p.name != "app"])
+@click.version_option(__version__, "--version", prog_name="celery-exporter", message=VERSION_MESSAGE)
+def celery_command(**values: Any) -> None:
+    """Prometheus exporter for Celery (celery-exporter), for the app given to celery's -A.
+
+    It takes the options of `celery-exporter` but --app: the app's broker URL, transport and
+    SSL options, event serializer and exchange, queues and beat schedule are read as
+    `celery-exporter -A` reads them, and any option given here still wins."""
+    ctx = click.get_current_context()
+    app = ctx.parent.params.get("app") if ctx.parent is not None else None
+    if app is not None and not isinstance(app, str):
+        # the app object itself: Celery 5.3 turns -A into it while parsing, as app.start() does
+        app = app_config.hand_over(app)
+    if app:
+        values["app"] = app
+    serve(values, given_options(ctx))
+
+
+def serve(values: Dict[str, Any], given: Set[str]) -> None:
+    settings = build_settings(values, given)
     logs.setup(settings.log_level, settings.log_format)
     if settings.app:
-        log.info("configuration from the Celery app %s", settings.app)
+        log.info("configuration from the Celery app %s", app_config.display(settings.app))
     run(settings)
 
 
@@ -70,7 +97,7 @@ def stop_on_signals() -> threading.Event:
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings=CONTEXT,
     # the exporter's own options of these names, read from flags only
     params=[
         *click_params(["listen_address", "port"], envvar=False),
@@ -114,12 +141,36 @@ def demo_command(listen_address: str, port: int, duration: Optional[float], rate
     log.info("stopped")
 
 
+@click.command(
+    context_settings=CONTEXT,
+    # the exporter's own options, from the same flags and environment variables: the check
+    # reaches the exporter the way its own configuration says (address, port, TLS, auth)
+    params=[
+        *click_params(["listen_address", "port", "web_config_file", "web_health_open"]),
+        click.Option(["--timeout"], type=Duration(), default="4s", show_default=True, help="Give up after this long."),
+    ],
+)
+def healthcheck_command(timeout: float, **values: Any) -> None:
+    """Asks the running exporter's /-/healthy, over HTTPS when its web config turns TLS on;
+    exit code 0 when it answers 200, else 1. The image's HEALTHCHECK: it reads the exporter's
+    own environment variables, so configure the container with those rather than with flags."""
+    from celery_exporter import healthcheck
+
+    healthy, what = healthcheck.check(build_settings(values), timeout)
+    click.echo(("healthy: " if healthy else "unhealthy: ") + what, err=not healthy)
+    sys.exit(0 if healthy else 1)
+
+
+SUBCOMMANDS = {"demo": demo_command, "healthcheck": healthcheck_command}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point: bad input gives one line naming the option, and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args[:1] == ["demo"]:
-            demo_command.main(args=args[1:], prog_name="celery-exporter demo", standalone_mode=False)
+        sub = SUBCOMMANDS.get(args[0]) if args else None
+        if sub is not None:
+            sub.main(args=args[1:], prog_name=f"celery-exporter {args[0]}", standalone_mode=False)
         else:
             command.main(args=args, prog_name="celery-exporter", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -28,6 +28,7 @@ from celery_exporter.exposition.model import (
     new_histogram,
     new_metric,
 )
+from celery_exporter.revision import revision
 from celery_exporter.settings import Settings
 from celery_exporter.store import Snapshot, Store
 from celery_exporter.store.budget import KINDS
@@ -98,7 +99,7 @@ class CeleryCollector:
         self.task_label_names = tuple(names)
         self._row_metrics: Dict[TaskKey, Tuple[TaskRow, List[Optional[Metric]]]] = {}
         self._running_memo, self._oldest_memo, self._exceptions_memo = MetricMemo(), MetricMemo(), MetricMemo()
-        self._build_info = (__version__, celery.__version__, kombu.__version__, platform.python_version())
+        self._build_info = (__version__, revision(), celery.__version__, kombu.__version__, platform.python_version())
 
     def families(self) -> List[Family]:
         snap = self.store.snapshot(self.clock.now())
@@ -272,7 +273,8 @@ class CeleryCollector:
 
     def _self(self, snap: Snapshot, new: NewFamily) -> None:
         own: ExporterSnapshot = snap.exporter
-        build_labels = ("version", "celery_version", "kombu_version", "python_version")
+        # revision: the source revision the package was built from (celery_exporter/revision.py)
+        build_labels = ("version", "revision", "celery_version", "kombu_version", "python_version")
         new(catalogue.BUILD_INFO[0], GAUGE, catalogue.BUILD_INFO[1], build_labels).add(self._build_info, 1)
         events = new(catalogue.EVENTS[0], COUNTER, catalogue.EVENTS[1], ("type",))
         for etype, count in sorted(own.events.items()):

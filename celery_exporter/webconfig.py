@@ -26,7 +26,7 @@ import re
 import ssl
 import threading
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import bcrypt
 import yaml
@@ -68,6 +68,9 @@ class WebConfig:
     path: str
     ssl_context: Optional[ssl.SSLContext]
     users: Mapping[str, bytes]  # user -> bcrypt hash
+    # tls_server_config's cert_file and key_file, resolved: the health check compares the
+    # certificate the server presents with cert_file (celery_exporter/healthcheck.py)
+    tls_files: Optional[Tuple[str, str]] = None
 
     @property
     def auth_required(self) -> bool:
@@ -89,9 +92,9 @@ def load(path: str) -> WebConfig:
     if unknown:
         raise WebConfigError(f"{path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
     base = Path(path).resolve().parent
-    context = _tls(path, base, data.get("tls_server_config"))
+    context, files = _tls(path, base, data.get("tls_server_config"))
     users = _users(path, data.get("basic_auth_users"))
-    return WebConfig(path=path, ssl_context=context, users=users)
+    return WebConfig(path=path, ssl_context=context, users=users, tls_files=files)
 
 
 def _file(path: str, base: Path, key: str, value: object) -> str:  # value: parsed YAML
@@ -103,9 +106,9 @@ def _file(path: str, base: Path, key: str, value: object) -> str:  # value: pars
     return str(resolved)
 
 
-def _tls(path: str, base: Path, section: object) -> Optional[ssl.SSLContext]:
+def _tls(path: str, base: Path, section: object) -> Tuple[Optional[ssl.SSLContext], Optional[Tuple[str, str]]]:
     if section is None:
-        return None
+        return None, None
     if not isinstance(section, dict):
         raise WebConfigError(f"{path}: tls_server_config must be a mapping")
     unknown = set(section) - TLS_KEYS
@@ -142,7 +145,7 @@ def _tls(path: str, base: Path, section: object) -> Optional[ssl.SSLContext]:
             setattr(context, setter, version)
     if context.minimum_version < ssl.TLSVersion.TLSv1_2 and "min_version" not in section:
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # exporter-toolkit's default too
-    return context
+    return context, (cert, key)
 
 
 # $2y$, two-digit cost, 22 characters of salt and 31 of hash in bcrypt's base64 alphabet

@@ -44,12 +44,14 @@ import importlib.metadata, importlib.util, json, os, urllib.parse
 spec = importlib.util.find_spec("celery_exporter")
 package = os.path.dirname(spec.origin) if spec and spec.origin else None
 source = None
-try:
-    direct = json.loads(importlib.metadata.distribution("celery-exporter").read_text("direct_url.json") or "null")
+for dist in ("celery-events-exporter", "celery-exporter"):  # the distribution's name from 1.0, and before
+    try:
+        direct = json.loads(importlib.metadata.distribution(dist).read_text("direct_url.json") or "null")
+    except importlib.metadata.PackageNotFoundError:
+        continue
     url = urllib.parse.urlparse((direct or {}).get("url", ""))
     source = urllib.parse.unquote(url.path) if url.scheme == "file" else None
-except importlib.metadata.PackageNotFoundError:
-    pass
+    break
 print(json.dumps({"package_dir": package, "source_dir": source}))
 """
 

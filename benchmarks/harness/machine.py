@@ -57,7 +57,7 @@ def machine_info(args: Any, brokers: List[str], builds: Dict[str, Build]) -> dic
         "kombu": kombu.__version__,
         "redis_py": redis_py.__version__,
         "prometheus_client": version("prometheus_client"),
-        "exporter": version("celery-exporter"),
+        "exporter": version("celery-events-exporter"),
         "redis_server": command_output([args.redis_server, "--version"]),
         "rabbitmq_server": rabbitmq_version,
         "amqp_py": version("amqp"),

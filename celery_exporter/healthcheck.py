@@ -1,0 +1,89 @@
+"""`celery-exporter healthcheck`: asks a running exporter's /-/healthy the way its own
+configuration says to reach it (the image's HEALTHCHECK runs it).
+
+It reads the exporter's own options (listen address, port, web config file, whether the
+probes stay open under basic auth) from the same flags and environment variables, so it
+follows the exporter wherever they take it: HTTPS when the web config turns TLS on. The
+certificate is not checked against a CA (a probe reaches 127.0.0.1, which no certificate
+names): the one the server presents must be the web config's own cert_file. When the web
+config requires client certificates, the server's own certificate and key are presented,
+which passes when the client CA also issued them. The web config holds only bcrypt hashes,
+so with basic auth on and the probes closed (--no-web-health-open) a 401 is the answer
+expected from a serving exporter, and counts as healthy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+from celery_exporter.settings import Settings
+from celery_exporter.webconfig import WebConfig
+
+PATH = "/-/healthy"
+
+
+def target_host(listen_address: str) -> str:
+    """Where to connect for a listen address: the loopback address for the wildcards."""
+    if listen_address in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if listen_address == "::":
+        return "::1"
+    return listen_address
+
+
+def client_context(config: Optional[WebConfig]) -> Optional[ssl.SSLContext]:
+    """A TLS client context when the web config turns TLS on, else None."""
+    if config is None or config.ssl_context is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the presented certificate is compared with cert_file instead
+    if config.ssl_context.verify_mode != ssl.CERT_NONE and config.tls_files is not None:
+        context.load_cert_chain(*config.tls_files)
+    return context
+
+
+def configured_certificate(config: WebConfig) -> Optional[bytes]:
+    """The DER bytes of the first certificate of the web config's cert_file."""
+    if config.tls_files is None:
+        return None
+    text = Path(config.tls_files[0]).read_text()
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = text.find(begin)
+    stop = text.find(end, start)
+    if start < 0 or stop < 0:
+        return None
+    return ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)])
+
+
+def check(settings: Settings, timeout: float) -> Tuple[bool, str]:
+    """(healthy, one line saying what was asked and what answered)."""
+    host, port = target_host(settings.listen_address), settings.port
+    config = settings.web_config
+    context = client_context(config)
+    url = f"{'https' if context else 'http'}://{f'[{host}]' if ':' in host else host}:{port}{PATH}"
+    connection: Union[http.client.HTTPConnection, http.client.HTTPSConnection]
+    if context is not None:
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.connect()
+        if config is not None and isinstance(connection.sock, ssl.SSLSocket):
+            if connection.sock.getpeercert(binary_form=True) != configured_certificate(config):
+                return False, f"{url}: the server presents another certificate than the web config's cert_file"
+        connection.request("GET", PATH)
+        response = connection.getresponse()
+        response.read(1024)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return False, f"{url}: {type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+    if response.status == 200:
+        return True, f"{url}: 200 {response.reason}"
+    if response.status == 401 and config is not None and config.auth_required and not settings.health_open:
+        return True, f"{url}: 401 {response.reason}, as expected with basic auth on and the probes closed"
+    return False, f"{url}: {response.status} {response.reason}"
