@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 from bisect import bisect_left
-from math import frexp
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from celery_exporter import catalogue
-from celery_exporter.nativehist import MANTISSA_BOUNDS, NativeBuckets, bucket_key
+from celery_exporter.nativehist import NativeBuckets
 from celery_exporter.settings import Settings
 from celery_exporter.store.budget import SeriesBudget
 
@@ -156,7 +155,7 @@ class TaskSeriesStore:
             if not observations:
                 return True
             bounds, exemplars_of = self.bounds, series.exemplars
-            for index, value in observations:  # (hot: inlined, see nativehist for the rules)
+            for index, value in observations:
                 counts = series.hist_counts[index]
                 if counts is None:
                     counts = self._start_histogram(series, index)
@@ -165,22 +164,7 @@ class TaskSeriesStore:
                 series.hist_sums[index] += value
                 native = series.native[index]
                 if native is not None:
-                    if value > self.zero_threshold:
-                        schema = native.schema
-                        if schema > 0:
-                            frac, exp = frexp(value)
-                            slot = bisect_left(MANTISSA_BOUNDS[schema], frac) + ((exp - 1) << schema)
-                        else:
-                            slot = bucket_key(value, schema)
-                        buckets = native.buckets
-                        try:
-                            buckets[slot] += 1
-                        except KeyError:  # a bucket's first observation
-                            buckets[slot] = 1
-                            if len(buckets) > self.max_native_buckets:
-                                native.fit(self.max_native_buckets)
-                    else:
-                        native.zero_count += 1
+                    native.observe(value, self.zero_threshold, self.max_native_buckets)
                 if trace is not None:
                     slots = exemplars_of[index]
                     if slots is not None:  # (always: set with the counts)
