@@ -21,6 +21,8 @@ N_STATES = len(catalogue.TASK_COUNTERS)  # the event states, then the derived co
 N_HISTOGRAMS = len(catalogue.HISTOGRAMS)
 # state index -> position in TaskSeries.last_seen
 LAST_SEEN_INDEX = {catalogue.STATE_INDEX[state]: i for i, (state, _, _) in enumerate(catalogue.LAST_SEEN)}
+# the same by state index, None for states without a last-seen time (a tuple: indexed on the hot path)
+LAST_SEEN_OF = tuple(LAST_SEEN_INDEX.get(state) for state in range(N_STATES))
 
 TaskKey = Tuple[str, ...]  # (name, queue_name) or (name, queue_name, hostname)
 # (histogram index from catalogue.HISTOGRAMS, observed seconds)
@@ -137,7 +139,10 @@ class TaskSeriesStore:
         (histogram index, seconds) pairs, in classic and (when on) native buckets; `trace`
         becomes the exemplar of each observation's classic bucket. False if the label set
         was refused (--max-series)."""
-        with self._lock:
+        # (acquire and release, not `with`: on CPython 3.11 `with` costs a tenth of this method)
+        lock = self._lock
+        lock.acquire()
+        try:
             series = self._series.get(key)
             if series is None:
                 if not self._budget.admit("task"):
@@ -149,7 +154,7 @@ class TaskSeriesStore:
             series.counts[state] += 1
             series.version += 1
             series.updated = now
-            last = LAST_SEEN_INDEX.get(state)
+            last = LAST_SEEN_OF[state]
             if last is not None:
                 series.last_seen[last] = now
             if not observations:
@@ -170,6 +175,8 @@ class TaskSeriesStore:
                     if slots is not None:  # (always: set with the counts)
                         slots[bucket] = (value, now, trace[0], trace[1])
             return True
+        finally:
+            lock.release()
 
     def _start_histogram(self, series: TaskSeries, index: int) -> List[int]:
         """A histogram's first observation: its classic buckets, exemplar slots and (when
