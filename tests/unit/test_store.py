@@ -113,3 +113,66 @@ def test_remembered_label_values_are_bounded_and_a_bad_value_is_never_remembered
         assert events.repeated_label(bad) is None and events.repeated_label(bad) is None
         assert bad not in events._GOOD_LABELS
     assert events.repeated_label("app.ok") == "app.ok" and "app.ok" in events._GOOD_LABELS
+
+
+def test_every_change_stamps_the_label_set_and_only_the_parts_it_touched():
+    from celery_exporter.store.tasks import HISTOGRAM_PART, LAST_SEEN_PART
+
+    rig = Rig()
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.observe(key, 1, T0)  # received
+    (first,) = tasks.snapshot_locked(T0).rows
+    assert set(first.versions) == {first.version}  # a new label set: every part made with it
+    tasks.observe(key, 3, T0 + 1, [(0, 0.2)], ("id-1", "w1"))  # succeeded, with a runtime
+    (second,) = tasks.snapshot_locked(T0 + 1).rows
+    assert second.version > first.version
+    changed = {i for i, (a, b) in enumerate(zip(first.versions, second.versions)) if a != b}
+    assert changed == {3, HISTOGRAM_PART + 0}
+    assert {second.versions[3], second.versions[HISTOGRAM_PART]} == {second.version}
+    # a last-seen time goes with its state's counter
+    assert LAST_SEEN_PART == (1, 3, 4)
+    # no change: the same row, the same versions
+    assert tasks.snapshot_locked(T0 + 2).rows[0] is second
+
+
+def test_versions_are_never_handed_out_twice_not_even_to_a_label_set_made_again():
+    rig = Rig(series_ttl=10)
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.observe(key, 1, T0)
+    tasks.exception(key, "KeyError", T0)
+    before = tasks.snapshot_locked(T0)
+    seen = set(before.rows[0].versions) | {before.exceptions[0].version}
+    assert rig.store.sweep(T0 + 11) == 2
+    tasks.observe(key, 1, T0 + 12)
+    tasks.exception(key, "KeyError", T0 + 12)
+    after = tasks.snapshot_locked(T0 + 12)
+    assert after.rows[0].counts == before.rows[0].counts and after.exceptions[0].total == 1
+    assert not (set(after.rows[0].versions) | {after.exceptions[0].version}) & seen
+
+
+def test_an_exception_row_is_replaced_at_each_count_never_changed():
+    rig = Rig()
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.exception(key, "KeyError", T0)
+    (first,) = tasks.snapshot_locked(T0).exceptions
+    assert tasks.snapshot_locked(T0).exceptions[0] is first  # unchanged: the same row
+    tasks.exception(key, "KeyError", T0 + 1)
+    (second,) = tasks.snapshot_locked(T0 + 1).exceptions
+    assert (first.total, second.total) == (1, 2) and second.version > first.version
+
+
+def test_a_fresh_snapshot_copies_the_live_data_and_leaves_the_kept_rows_alone():
+    rig = Rig()
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.observe(key, 3, T0, [(0, 0.2)], ("id-1", "w1"))
+    fresh = tasks.snapshot_locked(T0, fresh=True).rows[0]
+    series = tasks._series[key]
+    assert not series.shared and fresh.counts == series.counts and fresh.counts is not series.counts
+    assert fresh.native[0] is not series.native[0] and fresh.native[0].buckets == series.native[0].buckets
+    assert tasks._rows == {}
+    kept = tasks.snapshot_locked(T0).rows[0]
+    assert kept.counts is series.counts and series.shared
