@@ -47,6 +47,7 @@ from celery_exporter.store.tasks import (
     TaskKey,
     TaskRow,
     TaskSnapshot,
+    part_versions,
 )
 from celery_exporter.store.workers import WorkerSnapshot
 from celery_exporter.versions import next_version, same_number
@@ -226,7 +227,7 @@ class CeleryCollector:
         load a changed label set has one or two changed counters of ten and often an
         unchanged histogram."""
         out: List[Optional[Metric]] = []
-        versions = row.versions
+        versions = part_versions(row)
         for at, part in enumerate(METRIC_PARTS):
             version = versions[part]
             was = before[at] if before is not None else None

@@ -5,24 +5,26 @@ A scrape goes store -> snapshot (under the lock) -> collector -> model families 
 so three layers keep what they built. None of them decides what is unchanged by object
 identity; each goes by version numbers, under one rule:
 
-    A version number is drawn from one process-wide counter (`next_version`) and stamped
-    on content when it is made or changed, and stamped content is never changed after.
-    So within one metric family, two pieces of content with the same version are the
-    same, and whatever was built from one may be used for the other.
+    Version numbers come from one process-wide counter (`next_version`, or a block of
+    numbers taken from it at once), are given to content when it is made or changed, and
+    content under a version never changes. So
+    within one metric family, two pieces of content with the same version are the same,
+    and whatever was built from one may be used for the other.
 
-Who stamps what:
+Who gives what its version:
 
-* the store, under its lock, at every change of a task label set (`store.tasks.TaskSeries`):
-  the label set (`version`, which its `TaskRow` carries) and each part the change touched
-  (`versions[part]`): a counter together with its last-seen time, or a histogram with its
-  sum, exemplars and native buckets;
+* the store, under its lock, to a task label set (`store.tasks.TaskSeries`, its `TaskRow`):
+  a block of numbers of its own when it is made, and the block plus its count of changes
+  so far, one more at every change. Each part of it (a counter with its last-seen time, a
+  histogram with its sum, exemplars and native buckets) has the block plus its own count
+  of changes, which is what its value counts: `store.tasks.part_versions`;
 * the store, at every count of an exception: the new `ExceptionRow` that replaces the old;
 * the collector, on each model metric (`exposition.model.Metric.version`): its part's
   version; for the running tasks, which the store counts anew for every snapshot (the one
   place where numbers are compared), `collector.Stamps`, which keeps a label set's version
   while its value is the same number (`same_number`) as at the last scrape. Any other
-  metric is stamped anew when made (`Metric(labels, value)`, `Family.add`), so it matches
-  nothing;
+  metric gets a new version when made (`Metric(labels, value)`, `Family.add`), so it
+  matches nothing;
 * the collector, on the metric lists it hands out again (`Family.version`, else None).
 
 What each layer keeps and when it reuses it:
@@ -31,7 +33,7 @@ What each layer keeps and when it reuses it:
   (the row holds the series' own lists; the series copies them before its next change);
   exception rows are replaced, never changed.
 * `collector`: each row's metrics while the row's version is the same, and in a changed row
-  each metric whose part version is the same; the task families' metric lists while the
+  each metric whose part's version is the same; the task families' metric lists while the
   rows' versions are the same, in order (and the running tasks' while their rows hold the
   same numbers too), handed out again with the same `Family.version`. Each is kept in one
   piece with what it was built from, so two scrapes at once can only miss.
@@ -49,7 +51,7 @@ and which nobody changes.
 The oracle: `CeleryCollector(..., keep=False)` with `Encoders(keep=False)` builds every
 scrape from the store's live data (`Store.snapshot(now, fresh=True)`) and keeps nothing.
 tests/unit/test_cache_oracle.py drives random changes between scrapes and requires the
-kept path to write the same bytes: a change that is not stamped shows there.
+kept path to write the same bytes: a change without a new version shows there.
 """
 
 from __future__ import annotations

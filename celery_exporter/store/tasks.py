@@ -2,9 +2,16 @@
 histograms, last-seen times, and the exception counters.
 
 Every label set records when it was last updated: past --series-ttl it is hidden from
-scrapes at once and removed by the next sweep. Every change stamps the label set and the
-parts it touched with a new version number, under the lock (see `celery_exporter.versions`
-for what the snapshot's readers do with them).
+scrapes at once and removed by the next sweep.
+
+Versions (what the snapshot's readers do with them: `celery_exporter.versions`). A label set
+is made with a block of version numbers of its own, `next_version() << VERSION_BITS`, so
+that no two label sets share a number, nor a label set made again after it expired. Its
+version is the block plus its changes so far: every change adds one, under the lock. A
+part's version is the block plus the changes of that part, which its value counts: a
+counter's count (a last-seen time changes with its state's counter), a histogram's number
+of observations (an observation, which adds one, is the only change to a histogram, its
+sum, exemplars and native buckets). `part_versions` computes them for a row.
 """
 
 from __future__ import annotations
@@ -27,13 +34,13 @@ N_HISTOGRAMS = len(catalogue.HISTOGRAMS)
 LAST_SEEN_INDEX = {catalogue.STATE_INDEX[state]: i for i, (state, _, _) in enumerate(catalogue.LAST_SEEN)}
 # the same by state index, None for states without a last-seen time (a tuple: indexed on the hot path)
 LAST_SEEN_OF = tuple(LAST_SEEN_INDEX.get(state) for state in range(N_STATES))
-# A label set's parts, each with its version in TaskSeries.versions: a counter (with its
-# last-seen time, which changes with it) by its state index, then each histogram (with its
-# sum, exemplars and native buckets) at HISTOGRAM_PART + its index.
+# A label set's parts (see the module doc and part_versions): each counter by its state
+# index, then each histogram at HISTOGRAM_PART + its index.
 HISTOGRAM_PART = N_STATES
-N_PARTS = N_STATES + N_HISTOGRAMS
 # last-seen position -> the part whose version it has: its state's counter
 LAST_SEEN_PART = tuple(catalogue.STATE_INDEX[state] for state, _, _ in catalogue.LAST_SEEN)
+# A label set's block of versions: 2**64 of them (more changes than it can live to see).
+VERSION_BITS = 64
 
 TaskKey = Tuple[str, ...]  # (name, queue_name) or (name, queue_name, hostname)
 # (histogram index from catalogue.HISTOGRAMS, observed seconds)
@@ -50,7 +57,6 @@ _Lists = Tuple[
     List[Optional[float]],
     List[Optional[NativeBuckets]],
     List[Optional[List[Optional[Exemplar]]]],
-    List[int],
 ]
 
 
@@ -66,11 +72,10 @@ class TaskSeries:
         "updated",
         "last_seen",
         "version",
-        "versions",
         "shared",
     )
 
-    def __init__(self, now: float, version: int):
+    def __init__(self, now: float, block: int):
         self.counts = [0] * N_STATES
         self.hist_counts: List[Optional[List[int]]] = [None] * N_HISTOGRAMS
         self.hist_sums = [0.0] * N_HISTOGRAMS
@@ -80,10 +85,9 @@ class TaskSeries:
         self.updated = now
         # exporter time of the last event of each catalogue.LAST_SEEN state, or None
         self.last_seen: List[Optional[float]] = [None] * len(catalogue.LAST_SEEN)
-        # the version of its last change, and of the last change of each part (by part index):
-        # a snapshot makes a new row only for a series whose version is not its last row's
-        self.version = version
-        self.versions = [version] * N_PARTS
+        # its block of versions plus its changes (see the module doc): a snapshot makes a new
+        # row only for a series whose version is not its last row's
+        self.version = block
         # True while a snapshot's row holds these very lists: the next change copies them
         # first (copy on write), so an unchanged series is held once, not twice
         self.shared = False
@@ -97,7 +101,6 @@ class TaskSeries:
             self.last_seen,
             self.native,
             self.exemplars,
-            self.versions,
         ) = self._copies()
         self.shared = False
 
@@ -110,25 +113,24 @@ class TaskSeries:
             self.last_seen[:],
             [n.copy() if n is not None else None for n in self.native],
             [e[:] if e is not None else None for e in self.exemplars],
-            self.versions[:],
         )
 
     def row(self, key: TaskKey, copy: bool = False) -> "TaskRow":
         """Its data now as a row: holding its own lists (then shared: the next change copies
         them first), or with `copy`, copies of them."""
         if copy:
-            counts, hist_counts, hist_sums, last_seen, native, exemplars, versions = self._copies()
+            counts, hist_counts, hist_sums, last_seen, native, exemplars = self._copies()
         else:
             counts, hist_counts, hist_sums, last_seen = self.counts, self.hist_counts, self.hist_sums, self.last_seen
-            native, exemplars, versions = self.native, self.exemplars, self.versions
+            native, exemplars = self.native, self.exemplars
             self.shared = True
-        return TaskRow(key, counts, hist_counts, hist_sums, last_seen, native, exemplars, self.version, versions)
+        return TaskRow(key, counts, hist_counts, hist_sums, last_seen, native, exemplars, self.version)
 
 
 class TaskRow(NamedTuple):
     """One task label set as a scrape sees it, never changed once made: it holds the
     series' own lists, which the series copies before its next change. Its `version` names
-    its content (see `celery_exporter.versions`), `versions` that of each part."""
+    its content (see the module doc and `part_versions`)."""
 
     key: TaskKey
     counts: List[int]  # by catalogue.TASK_COUNTERS
@@ -138,7 +140,6 @@ class TaskRow(NamedTuple):
     native: List[Optional[NativeBuckets]]  # by catalogue.HISTOGRAMS, None while unobserved or off
     exemplars: List[Optional[List[Optional[Exemplar]]]]
     version: int
-    versions: List[int]  # by part: counters by state index, then histograms at HISTOGRAM_PART
 
 
 class ExceptionRow(NamedTuple):
@@ -154,6 +155,16 @@ class ExceptionRow(NamedTuple):
 
 # ExceptionRow((all five fields)) without the NamedTuple's Python-level __new__
 new_exception_row: Callable[[Tuple[TaskKey, str, int, int, float]], ExceptionRow] = partial(tuple.__new__, ExceptionRow)
+
+
+def part_versions(row: TaskRow) -> List[int]:
+    """The version of each part of the row (see the module doc): counters by state index,
+    then histograms at HISTOGRAM_PART + their index. (Parts that never changed share the
+    block's int object: the collector's metrics hold these, one per metric.)"""
+    block = row.version >> VERSION_BITS << VERSION_BITS
+    return [block + count if count else block for count in row.counts] + [
+        block + sum(counts) if counts is not None else block for counts in row.hist_counts
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,18 +207,15 @@ class TaskSeriesStore:
         lock.acquire()
         try:
             series = self._series.get(key)
-            version = next_version()  # this change's
             if series is None:
                 if not self._budget.admit("task"):
                     return False
                 # All state counters start at 0, so the first failure shows in increase().
-                series = self._series[key] = TaskSeries(now, version)
+                series = self._series[key] = TaskSeries(now, next_version() << VERSION_BITS)
             elif series.shared:
                 series.unshare()
             series.counts[state] += 1
-            series.version = version
-            versions = series.versions
-            versions[state] = version
+            series.version += 1
             series.updated = now
             last = LAST_SEEN_OF[state]
             if last is not None:
@@ -222,7 +230,6 @@ class TaskSeriesStore:
                 bucket = bisect_left(bounds[index], value)
                 counts[bucket] += 1
                 series.hist_sums[index] += value
-                versions[HISTOGRAM_PART + index] = version
                 native = series.native[index]
                 if native is not None:
                     native.observe(value, self.zero_threshold, self.max_native_buckets)
