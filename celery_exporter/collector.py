@@ -15,7 +15,7 @@ every scrape from the store's live data: the oracle of the kept path.
 from __future__ import annotations
 
 import platform
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import celery
@@ -206,20 +206,19 @@ class CeleryCollector:
     def _task_metrics(self, rows: List[TaskRow], n: int) -> List[List[Metric]]:
         """The rows' metrics in each of the `n` task families (see METRIC_PARTS): each row's
         as the last scrape built them while its version is the same."""
-        lists: List[List[Metric]] = [[] for _ in range(n)]
         old = self._row_metrics
         made_now: Dict[TaskKey, Tuple[int, List[Optional[Metric]]]] = {}
+        by_row = []
         for row in rows:
             made = old.get(row.key)
             if made is None or made[0] != row.version:
                 made = (row.version, self._row_metrics_of(row, made[1] if made is not None else None))
             made_now[row.key] = made
-            for metrics, metric in zip(lists, made[1]):
-                if metric is not None:
-                    metrics.append(metric)
+            by_row.append(made[1])
         if self.keep:
             self._row_metrics = made_now
-        return lists
+        # each family's metrics in the rows' order, without the Nones (a Metric is never false)
+        return [list(filter(None, map(itemgetter(at), by_row))) for at in range(n)]
 
     def _row_metrics_of(self, row: TaskRow, before: Optional[List[Optional[Metric]]]) -> List[Optional[Metric]]:
         """One row's metric in each task family, or None where it has none. A metric of the

@@ -28,7 +28,7 @@ oracle that the kept path is tested against (tests/unit/test_cache_oracle.py).
 from __future__ import annotations
 
 from itertools import accumulate, chain, compress
-from operator import eq, itemgetter, not_
+from operator import itemgetter, ne, sub
 from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from celery_exporter.exposition import gzipped
@@ -198,9 +198,9 @@ class KeepingEncoder:
 
     def _write(self, family: Family, head: bytes, versions: List[int], kept: Optional[Kept], gzip: bool) -> Kept:
         """The family written from its kept pieces and fresh ones, kept for this scrape."""
-        pieces = self._pieces(family, versions, kept)
+        pieces, lengths = self._pieces(family, versions, kept)
         data, offset = self.frame(head, pieces, family)
-        starts = list(accumulate(map(len, pieces), initial=offset + len(head)))
+        starts = list(accumulate(lengths, initial=offset + len(head)))
         end = starts.pop()
         names, version = family.label_names, family.version
         if not gzip:
@@ -210,23 +210,45 @@ class KeepingEncoder:
         # new to this format: nothing says it will change
         return Kept(head, names, version, versions, [], 0, None, gzipped.pack(data))
 
-    def _pieces(self, family: Family, versions: List[int], kept: Optional[Kept]) -> Sequence[Piece]:
-        """Each metric's bytes: kept where its version is among the kept ones (by position
-        when the versions line up, the usual case), else encoded."""
-        metrics = family.metrics
+    def _pieces(self, family: Family, versions: List[int], kept: Optional[Kept]) -> Tuple[List[Piece], List[int]]:
+        """The family's metrics' bytes, in pieces, and the length of each metric's: kept
+        where its version is among the kept ones (by position when the versions line up,
+        the usual case), else encoded."""
         if kept is None or kept.data is None:
-            return self.metrics(family, metrics)
-        view = memoryview(kept.data)
-        starts = kept.starts
-        ends = starts[1:] + [kept.end]
-        if len(kept.versions) == len(versions):
-            same = list(map(eq, kept.versions, versions))
-            if not any(same):
-                return self.metrics(family, metrics)
-            fresh = iter(self.metrics(family, list(compress(metrics, map(not_, same)))))
-            return [view[s:e] if hit else next(fresh) for hit, s, e in zip(same, starts, ends)]
-        # label sets came or went: find the kept ones by version
-        spans = dict(zip(kept.versions, zip(starts, ends)))
+            return self._fresh(family)
+        if len(kept.versions) != len(versions):  # label sets came or went
+            return self._found(family, versions, kept)
+        missed = list(compress(range(len(versions)), map(ne, kept.versions, versions)))
+        if len(missed) == len(versions):
+            return self._fresh(family)
+        return self._spliced(family, missed, kept)
+
+    def _fresh(self, family: Family) -> Tuple[List[Piece], List[int]]:
+        pieces: List[Piece] = list(self.metrics(family, family.metrics))
+        return pieces, list(map(len, pieces))
+
+    def _spliced(self, family: Family, missed: List[int], kept: Kept) -> Tuple[List[Piece], List[int]]:
+        """Metrics in the kept ones' places, new versions at `missed`: each run of kept ones
+        is one piece of the kept bytes, the others are encoded."""
+        metrics, view, starts = family.metrics, memoryview(kept.plain()), kept.starts
+        lengths = list(map(sub, starts[1:] + [kept.end], starts))
+        pieces: List[Piece] = []
+        run = 0  # the first metric of the run of kept ones before the next missed one
+        for at, piece in zip(missed, self.metrics(family, [metrics[i] for i in missed])):
+            if at > run:
+                pieces.append(view[starts[run] : starts[at]])
+            pieces.append(piece)
+            lengths[at] = len(piece)
+            run = at + 1
+        if run < len(starts):
+            pieces.append(view[starts[run] : kept.end])
+        return pieces, lengths
+
+    def _found(self, family: Family, versions: List[int], kept: Kept) -> Tuple[List[Piece], List[int]]:
+        """Metrics not in the kept ones' places: each found by its version, else encoded."""
+        view, starts = memoryview(kept.plain()), kept.starts
+        spans = dict(zip(kept.versions, zip(starts, starts[1:] + [kept.end])))
         hits = list(map(spans.get, versions))
-        fresh = iter(self.metrics(family, [m for m, hit in zip(metrics, hits) if hit is None]))
-        return [view[hit[0] : hit[1]] if hit is not None else next(fresh) for hit in hits]
+        fresh = iter(self.metrics(family, [m for m, hit in zip(family.metrics, hits) if hit is None]))
+        pieces: List[Piece] = [view[hit[0] : hit[1]] if hit is not None else next(fresh) for hit in hits]
+        return pieces, list(map(len, pieces))

@@ -209,6 +209,21 @@ AGAIN = [negotiate.TEXT]  # the checks at the end start in the format the exampl
 # Paths that random steps seldom take, written out:
 # a histogram observed again after a scrape
 @example(False, [("observe", *K, 3, [(0, 0.3)], True), SCRAPE, ("observe", *K, 1, [(0, 2.0)], False)], AGAIN)
+# one label set's bytes grow, then its neighbour's change: the kept places must follow
+@example(
+    False,
+    [
+        ("observe", *K, 3, [(0, 0.3)], False),
+        ("observe", "app.b", "q1", "w1@h", 3, [(0, 0.3)], False),
+        SCRAPE,
+        ("observe", *K, 3, [(0, 1e6)], False),
+        SCRAPE,
+        ("observe", "app.b", "q1", "w1@h", 3, [(0, 2.0)], False),
+    ],
+    AGAIN,
+)
+# a label set new since the last scrape, with no task running: its running count is 0
+@example(False, [("observe", *K, 1, [], False), SCRAPE, ("observe", "app.b", "q1", "w1@h", 1, [], False)], AGAIN)
 # an exception counted again after a scrape
 @example(False, [("exception", *K, "KeyError"), SCRAPE, ("exception", *K, "KeyError")], AGAIN)
 # a label set expired, swept and made again between two scrapes (its versions start anew)
