@@ -113,14 +113,23 @@ def _same_source(source: Tuple[List[int], List[RunningRow]], row_versions: List[
     are those of these rows and runs: the same versions, and runs of the same label sets
     with the same numbers."""
     versions_before, runs_before = source
-    return (
-        versions_before == row_versions
-        and len(runs) == len(runs_before)
-        and all(
-            a.key == b.key and same_number(a.running, b.running) and same_number(a.oldest_start, b.oldest_start)
-            for a, b in zip(runs, runs_before)
-        )
-    )
+    return versions_before == row_versions and _same_runs(runs, runs_before)
+
+
+RUNNING_OF, OLDEST_OF = attrgetter("running"), attrgetter("oldest_start")
+
+
+def _same_runs(runs: List[RunningRow], before: List[RunningRow]) -> bool:
+    """Whether each running row holds the same label set and the same numbers
+    (`same_number`) as the one in its place before: equal, of the same types, and where
+    one is zero, of the same sign."""
+    if runs != before:
+        return False
+    numbers = list(map(RUNNING_OF, runs)) + list(map(OLDEST_OF, runs))
+    numbers_before = list(map(RUNNING_OF, before)) + list(map(OLDEST_OF, before))
+    if 0 in numbers:  # (rare: runs count from 1, starts come from the clock) one by one
+        return all(map(same_number, numbers, numbers_before))
+    return list(map(type, numbers)) == list(map(type, numbers_before))
 
 
 class Built(NamedTuple):

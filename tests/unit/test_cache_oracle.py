@@ -290,6 +290,23 @@ def test_same_number_is_written_alike():
     assert not same_number(math.nan, math.nan) and not same_number(True, 1)
 
 
+def test_running_rows_are_the_same_only_when_their_numbers_are_written_alike():
+    from celery_exporter.collector import _same_runs
+    from celery_exporter.store.running import RunningRow
+
+    rows = [RunningRow(("a", "q"), 2, 1800000000.5), RunningRow(("b", "q"), 1, 0.0)]
+    assert _same_runs(rows, [RunningRow(("a", "q"), 2, 1800000000.5), RunningRow(("b", "q"), 1, 0.0)])
+    assert not _same_runs(rows, rows[:1])
+    assert not _same_runs(rows, [rows[0], RunningRow(("b", "q"), 1, -0.0)])  # equal, written differently
+    assert not _same_runs(rows, [rows[0], RunningRow(("b", "q"), 1.0, 0.0)])
+    assert not _same_runs(rows[:1], [RunningRow(("a", "q"), 2, 1800000001)])
+    whole = [RunningRow(("a", "q"), 2, 1800000000.0)]
+    assert not _same_runs(whole, [RunningRow(("a", "q"), 2, 1800000000)])  # equal, written differently
+    assert not _same_runs(whole, [RunningRow(("a", "q"), 2.0, 1800000000.0)])
+    assert not _same_runs(rows[:1], [RunningRow(("a", "q"), 3, 1800000000.5)])
+    assert _same_runs([], [])
+
+
 def test_the_oracle_keeps_nothing():
     """Two oracle scrapes of one store write equal bytes but share no kept state: the
     collector hands out no list versions and the encoders keep no families."""
