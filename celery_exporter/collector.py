@@ -15,7 +15,7 @@ every scrape from the store's live data: the oracle of the kept path.
 from __future__ import annotations
 
 import platform
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import celery
@@ -57,7 +57,7 @@ LAST_RECEIVED = [state for state, _, _ in catalogue.LAST_SEEN].index("received")
 # A row's metric in each task family, in order (counters, histograms, last-seen gauges):
 # the index of the part of the row whose version it has.
 METRIC_PARTS = tuple(range(N_STATES)) + tuple(HISTOGRAM_PART + index for index in range(N_HISTOGRAMS)) + LAST_SEEN_PART
-VERSION_OF = attrgetter("version")
+VERSION_OF, KEY_OF = attrgetter("version"), attrgetter("key")
 
 
 def registry_families(registry: Any) -> List[Family]:
@@ -108,12 +108,14 @@ QUEUE = ("queue_name",)
 KIND = ("kind",)
 
 
-def _same_source(source: Tuple[List[int], List[RunningRow]], row_versions: List[int], runs: List[RunningRow]) -> bool:
-    """Whether the running tasks' lists built from `source` (rows' versions, running rows)
-    are those of these rows and runs: the same versions, and runs of the same label sets
-    with the same numbers."""
-    versions_before, runs_before = source
-    return versions_before == row_versions and _same_runs(runs, runs_before)
+def _same_source(
+    source: Tuple[List[TaskKey], List[RunningRow]], row_keys: List[TaskKey], runs: List[RunningRow]
+) -> bool:
+    """Whether the running tasks' lists built from `source` (the rows' label sets, running
+    rows) are those of these rows and runs: the same label sets in the same order, and runs
+    of the same label sets with the same numbers."""
+    keys_before, runs_before = source
+    return keys_before == row_keys and _same_runs(runs, runs_before)
 
 
 RUNNING_OF, OLDEST_OF = attrgetter("running"), attrgetter("oldest_start")
@@ -134,15 +136,28 @@ def _same_runs(runs: List[RunningRow], before: List[RunningRow]) -> bool:
 
 class Built(NamedTuple):
     """Metric lists kept across scrapes, with what they were built from (`source`) and
-    their `Family.version`. Replaced whole, never changed: two scrapes at once may read one
-    and replace it, and each sees lists that match their source."""
+    each list's `Family.version`. Replaced whole, never changed: two scrapes at once may
+    read one and replace it, and each sees lists that match their source."""
 
     source: Any
-    version: int
+    versions: List[int]
     lists: List[List[Metric]]
 
+    def again(self, source: Any, lists: List[List[Metric]]) -> "Built":
+        """Lists built anew from `source`: each equal to this one's in its place (the same
+        metrics, by their versions) is this one's again, under its version; the others get
+        new versions."""
+        versions = []
+        for at, metrics in enumerate(lists):
+            if at < len(self.lists) and metrics == self.lists[at]:
+                lists[at] = self.lists[at]
+                versions.append(self.versions[at])
+            else:
+                versions.append(next_version())
+        return Built(source, versions, lists)
 
-NOTHING_BUILT = Built(None, 0, [])
+
+NOTHING_BUILT = Built(None, [], [])
 
 
 class CeleryCollector:
@@ -173,9 +188,8 @@ class CeleryCollector:
             families.append(Family(name, kind, help_, label_names, unit))
             return families[-1]
 
-        row_versions = list(map(VERSION_OF, snap.tasks.rows))
-        self._tasks(snap.tasks, row_versions, new)
-        self._running(snap.running, snap.tasks.rows, row_versions, new)
+        self._tasks(snap.tasks, new)
+        self._running(snap.running, snap.tasks.rows, new)
         if snap.schedule.entries:
             self._beat(snap, new)
         self._workers(snap.workers, new)
@@ -185,7 +199,7 @@ class CeleryCollector:
 
     # -- families -----------------------------------------------------------------------
 
-    def _tasks(self, snap: TaskSnapshot, row_versions: List[int], new: NewFamily) -> None:
+    def _tasks(self, snap: TaskSnapshot, new: NewFamily) -> None:
         """The task families (counters, histograms, last-seen gauges, exceptions): the
         last scrape's lists while the rows have the same versions in the same order."""
         names = self.task_label_names
@@ -195,9 +209,10 @@ class CeleryCollector:
         ]
         histograms = [new(metric, HISTOGRAM, help_, names, "seconds") for metric, help_ in catalogue.HISTOGRAMS]
         last_seen = [new(metric, GAUGE, help_, names) for _, metric, help_ in catalogue.LAST_SEEN]
+        row_versions = list(map(VERSION_OF, snap.rows))
         built = self._task_lists
         if not (self.keep and built.source == row_versions):
-            built = Built(row_versions, next_version(), self._task_metrics(snap.rows, len(METRIC_PARTS)))
+            built = built.again(row_versions, self._task_metrics(snap.rows, len(METRIC_PARTS)))
             if self.keep:
                 self._task_lists = built
         self._hand_out(counters + histograms + last_seen, built)
@@ -207,10 +222,10 @@ class CeleryCollector:
         self._exceptions(snap.exceptions, family)
 
     def _hand_out(self, families: List[Family], built: Built) -> None:
-        """Give each family its list of metrics, and (when kept across scrapes) the lists' version."""
-        for family, metrics in zip(families, built.lists):
+        """Give each family its list of metrics, and (when kept across scrapes) the list's version."""
+        for family, metrics, version in zip(families, built.lists, built.versions):
             family.metrics = metrics  # (read only, like every family's: it may be handed out again)
-            family.version = built.version if self.keep else None
+            family.version = version if self.keep else None
 
     def _task_metrics(self, rows: List[TaskRow], n: int) -> List[List[Metric]]:
         """The rows' metrics in each of the `n` task families (see METRIC_PARTS): each row's
@@ -226,8 +241,11 @@ class CeleryCollector:
             by_row.append(made[1])
         if self.keep:
             self._row_metrics = made_now
-        # each family's metrics in the rows' order, without the Nones (a Metric is never false)
-        return [list(filter(None, map(itemgetter(at), by_row))) for at in range(n)]
+        if not by_row:
+            return [[] for _ in range(n)]
+        # each family's metrics in the rows' order (a transpose), without the Nones (a
+        # Metric is never false)
+        return [list(filter(None, column)) for column in zip(*by_row)]
 
     def _row_metrics_of(self, row: TaskRow, before: Optional[List[Optional[Metric]]]) -> List[Optional[Metric]]:
         """One row's metric in each task family, or None where it has none. A metric of the
@@ -266,23 +284,24 @@ class CeleryCollector:
         built = self._exception_lists
         if not (self.keep and built.source == versions):
             metrics = [new_metric((row.key + (row.exception,), row.total, row.version)) for row in rows]
-            built = Built(versions, next_version(), [metrics])
+            built = built.again(versions, [metrics])
             if self.keep:
                 self._exception_lists = built
         self._hand_out([family], built)
 
-    def _running(self, snap: RunningSnapshot, rows: List[TaskRow], row_versions: List[int], new: NewFamily) -> None:
+    def _running(self, snap: RunningSnapshot, rows: List[TaskRow], new: NewFamily) -> None:
         """Running tasks per label set: 0 for every live label set without a run (so a
         dashboard's sum never has gaps), plus label sets that only have runs (their
         counters expired while a task ran longer than --series-ttl). The last scrape's
-        lists while the task rows have the same versions and the running rows hold the
-        same numbers."""
+        lists while the task rows are of the same label sets, in the same order, and the
+        running rows hold the same numbers."""
         names = self.task_label_names
         running = new(catalogue.TASK_RUNNING[0], GAUGE, catalogue.TASK_RUNNING[1], names)
         oldest = new(catalogue.TASK_RUNNING_OLDEST[0], GAUGE, catalogue.TASK_RUNNING_OLDEST[1], names)
         built = self._running_lists
-        if not (self.keep and built.source is not None and _same_source(built.source, row_versions, snap.rows)):
-            built = Built((row_versions, snap.rows), next_version(), self._running_metrics(snap.rows, rows))
+        row_keys = list(map(KEY_OF, rows))
+        if not (self.keep and built.source is not None and _same_source(built.source, row_keys, snap.rows)):
+            built = built.again((row_keys, snap.rows), self._running_metrics(snap.rows, rows))
             if self.keep:
                 self._running_lists = built
         self._hand_out([running, oldest], built)
