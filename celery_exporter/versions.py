@@ -34,9 +34,11 @@ What each layer keeps and when it reuses it:
   exception rows are replaced, never changed.
 * `collector`: each row's metrics while the row's version is the same, and in a changed row
   each metric whose part's version is the same; the task families' metric lists while the
-  rows' versions are the same, in order (and the running tasks' while their rows hold the
-  same numbers too), handed out again with the same `Family.version`. Each is kept in one
-  piece with what it was built from, so two scrapes at once can only miss.
+  rows' versions are the same, in order (the running tasks' while the rows' label sets and
+  the running rows' numbers are), each handed out again under its `Family.version`; a list
+  built anew that holds the same metrics as before is the one before, under its version.
+  Each is kept in one piece with what it was built from, so two scrapes at once can only
+  miss.
 * the encoders (`exposition.kept`), per family name: the bytes last written and the version
   of each metric in them. Same header and label names, and the same `Family.version` or
   else the same sequence of metric versions: the very same bytes (and compressed bytes)
