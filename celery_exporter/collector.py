@@ -5,13 +5,18 @@ encoder from `exposition` turns them into text, OpenMetrics or protobuf. It neve
 the broker. Worker `up` is the liveness rule's verdict at the snapshot's time (heartbeat age
 on the exporter's clock), so it flips to 0 on time even when no event arrives at all.
 Each concern's snapshot part is turned into families by its own method here.
+
+The task families of thousands of label sets are mostly what the last scrape built: what
+is kept, and when it is used again, goes by the store's version numbers (the rule is in
+`celery_exporter.versions`). `keep=False` makes a collector that keeps nothing and builds
+every scrape from the store's live data: the oracle of the kept path.
 """
 
 from __future__ import annotations
 
 import platform
-from itertools import repeat
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from operator import attrgetter
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import celery
 import kombu
@@ -23,7 +28,6 @@ from celery_exporter.exposition.model import (
     GAUGE,
     HISTOGRAM,
     Family,
-    Histogram,
     Metric,
     new_histogram,
     new_metric,
@@ -34,12 +38,27 @@ from celery_exporter.store import Snapshot, Store
 from celery_exporter.store.budget import KINDS
 from celery_exporter.store.own import ExporterSnapshot
 from celery_exporter.store.queues import QueueSnapshot
-from celery_exporter.store.running import RunningSnapshot
-from celery_exporter.store.tasks import TaskKey, TaskRow, TaskSnapshot
+from celery_exporter.store.running import RunningRow, RunningSnapshot
+from celery_exporter.store.tasks import (
+    HISTOGRAM_PART,
+    LAST_SEEN_PART,
+    N_HISTOGRAMS,
+    N_STATES,
+    ExceptionRow,
+    TaskKey,
+    TaskRow,
+    TaskSnapshot,
+    part_versions,
+)
 from celery_exporter.store.workers import WorkerSnapshot
+from celery_exporter.versions import next_version, same_number
 
 # position of task-received's time in the snapshot's last-seen times (a beat entry's last run)
 LAST_RECEIVED = [state for state, _, _ in catalogue.LAST_SEEN].index("received")
+# A row's metric in each task family, in order (counters, histograms, last-seen gauges):
+# the index of the part of the row whose version it has.
+METRIC_PARTS = tuple(range(N_STATES)) + tuple(HISTOGRAM_PART + index for index in range(N_HISTOGRAMS)) + LAST_SEEN_PART
+VERSION_OF, KEY_OF = attrgetter("version"), attrgetter("key")
 
 
 def registry_families(registry: Any) -> List[Family]:
@@ -59,24 +78,27 @@ def registry_families(registry: Any) -> List[Family]:
     return out
 
 
-class MetricMemo:
-    """A family's Metric objects from the last scrape, by label values: a label set whose
-    value did not change gets the same object again, so the encoders keep its bytes (for
-    families built anew each scrape, such as the running tasks of thousands of label sets)."""
+class Stamps:
+    """Metrics for values that the store does not version (tasks running now, counted
+    anew by every snapshot): a label set keeps its metric, and so its version, while its
+    value is the same number as at the last scrape, and gets a new one otherwise. With
+    `keep=False`, every metric is new."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
         self._before: Dict[Tuple[str, ...], Metric] = {}
         self._now: Dict[Tuple[str, ...], Metric] = {}
 
-    def add(self, family: Family, labels: Tuple[str, ...], value: Union[int, float]) -> None:
+    def metric(self, labels: Tuple[str, ...], value: Union[int, float]) -> Metric:
         metric = self._before.get(labels)
-        if metric is None or metric[1] != value:
-            metric = new_metric((labels, value))
-        self._now[labels] = metric
-        family.metrics.append(metric)
+        if metric is None or not same_number(metric.value, value):
+            metric = new_metric((labels, value, next_version()))
+        if self.keep:
+            self._now[labels] = metric
+        return metric
 
     def turn(self) -> None:
-        """At the end of a scrape: what it added is what the next one compares with."""
+        """At the end of a scrape: what it made is what the next one compares with."""
         self._before, self._now = self._now, {}
 
 
@@ -87,22 +109,80 @@ QUEUE = ("queue_name",)
 KIND = ("kind",)
 
 
+def _same_source(
+    source: Tuple[List[TaskKey], List[RunningRow]], row_keys: List[TaskKey], runs: List[RunningRow]
+) -> bool:
+    """Whether the running tasks' lists built from `source` (the rows' label sets, running
+    rows) are those of these rows and runs: the same label sets in the same order, and runs
+    of the same label sets with the same numbers."""
+    keys_before, runs_before = source
+    return keys_before == row_keys and _same_runs(runs, runs_before)
+
+
+RUNNING_OF, OLDEST_OF = attrgetter("running"), attrgetter("oldest_start")
+
+
+def _same_runs(runs: List[RunningRow], before: List[RunningRow]) -> bool:
+    """Whether each running row holds the same label set and the same numbers
+    (`same_number`) as the one in its place before: equal, of the same types, and where
+    one is zero, of the same sign."""
+    if runs != before:
+        return False
+    numbers = list(map(RUNNING_OF, runs)) + list(map(OLDEST_OF, runs))
+    numbers_before = list(map(RUNNING_OF, before)) + list(map(OLDEST_OF, before))
+    if 0 in numbers:  # (rare: runs count from 1, starts come from the clock) one by one
+        return all(map(same_number, numbers, numbers_before))
+    return list(map(type, numbers)) == list(map(type, numbers_before))
+
+
+class Built(NamedTuple):
+    """Metric lists kept across scrapes, with what they were built from (`source`) and
+    each list's `Family.version`. Replaced whole, never changed: two scrapes at once may
+    read one and replace it, and each sees lists that match their source."""
+
+    source: Any
+    versions: List[int]
+    lists: List[List[Metric]]
+
+    def again(self, source: Any, lists: List[List[Metric]]) -> "Built":
+        """Lists built anew from `source`: each equal to this one's in its place (the same
+        metrics, by their versions) is this one's again, under its version; the others get
+        new versions."""
+        versions = []
+        for at, metrics in enumerate(lists):
+            if at < len(self.lists) and metrics == self.lists[at]:
+                lists[at] = self.lists[at]
+                versions.append(self.versions[at])
+            else:
+                versions.append(next_version())
+        return Built(source, versions, lists)
+
+
+NOTHING_BUILT = Built(None, [], [])
+
+
 class CeleryCollector:
-    def __init__(self, store: Store, settings: Settings, clock: Clock):
+    def __init__(self, store: Store, settings: Settings, clock: Clock, keep: bool = True):
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.keep = keep
         self.started = clock.now()
         names = list(catalogue.TASK_LABELS)
         if settings.task_hostname_label:
             names.append(catalogue.HOSTNAME_LABEL)
         self.task_label_names = tuple(names)
-        self._row_metrics: Dict[TaskKey, Tuple[TaskRow, List[Optional[Metric]]]] = {}
-        self._running_memo, self._oldest_memo, self._exceptions_memo = MetricMemo(), MetricMemo(), MetricMemo()
+        # What the last scrape built (see the module doc), with what it was built from:
+        # each row's metrics with the row's version; the task families' lists with the
+        # rows' versions; the running tasks' lists with those and the running rows; the
+        # exceptions' list with the exception rows' versions. (Nothing when keep=False.)
+        self._row_metrics: Dict[TaskKey, Tuple[int, List[Optional[Metric]]]] = {}
+        self._task_lists = self._running_lists = self._exception_lists = NOTHING_BUILT
+        self._running_stamps, self._oldest_stamps = Stamps(keep), Stamps(keep)
         self._build_info = (__version__, revision(), celery.__version__, kombu.__version__, platform.python_version())
 
     def families(self) -> List[Family]:
-        snap = self.store.snapshot(self.clock.now())
+        snap = self.store.snapshot(self.clock.now(), fresh=not self.keep)
         families: List[Family] = []
 
         def new(name: str, kind: str, help_: str, label_names: Sequence[str] = (), unit: str = "") -> Family:
@@ -121,6 +201,8 @@ class CeleryCollector:
     # -- families -----------------------------------------------------------------------
 
     def _tasks(self, snap: TaskSnapshot, new: NewFamily) -> None:
+        """The task families (counters, histograms, last-seen gauges, exceptions): the
+        last scrape's lists while the rows have the same versions in the same order."""
         names = self.task_label_names
         counters = [
             new(f"celery_task_{state}", COUNTER, catalogue.TASK_COUNTER_HELP[state], names)
@@ -128,87 +210,119 @@ class CeleryCollector:
         ]
         histograms = [new(metric, HISTOGRAM, help_, names, "seconds") for metric, help_ in catalogue.HISTOGRAMS]
         last_seen = [new(metric, GAUGE, help_, names) for _, metric, help_ in catalogue.LAST_SEEN]
-        families = [f.metrics for f in counters + histograms + last_seen]
-        old, self._row_metrics = self._row_metrics, {}
-        for row in snap.rows:
-            made = old.get(row.key)
-            if made is None:
-                made = (row, self._row_metrics_of(row, None))
-            elif made[0] is not row:  # the store hands out a new row only on change
-                made = (row, self._row_metrics_of(row, made[1]))
-            self._row_metrics[row.key] = made
-            for metrics, metric in zip(families, made[1]):
-                if metric is not None:
-                    metrics.append(metric)
+        row_versions = list(map(VERSION_OF, snap.rows))
+        built = self._task_lists
+        if not (self.keep and built.source == row_versions):
+            built = built.again(row_versions, self._task_metrics(snap.rows, len(METRIC_PARTS)))
+            if self.keep:
+                self._task_lists = built
+        self._hand_out(counters + histograms + last_seen, built)
         family = new(
             catalogue.TASK_EXCEPTIONS, COUNTER, catalogue.TASK_EXCEPTIONS_HELP, names + (catalogue.EXCEPTION_LABEL,)
         )
-        memo = self._exceptions_memo
-        for exc in snap.exceptions:
-            memo.add(family, exc.key + (exc.exception,), exc.total)
-        memo.turn()
+        self._exceptions(snap.exceptions, family)
+
+    def _hand_out(self, families: List[Family], built: Built) -> None:
+        """Give each family its list of metrics, and (when kept across scrapes) the list's version."""
+        for family, metrics, version in zip(families, built.lists, built.versions):
+            family.metrics = metrics  # (read only, like every family's: it may be handed out again)
+            family.version = version if self.keep else None
+
+    def _task_metrics(self, rows: List[TaskRow], n: int) -> List[List[Metric]]:
+        """The rows' metrics in each of the `n` task families (see METRIC_PARTS): each row's
+        as the last scrape built them while its version is the same."""
+        old = self._row_metrics
+        made_now: Dict[TaskKey, Tuple[int, List[Optional[Metric]]]] = {}
+        by_row = []
+        for row in rows:
+            made = old.get(row.key)
+            if made is None or made[0] != row.version:
+                made = (row.version, self._row_metrics_of(row, made[1] if made is not None else None))
+            made_now[row.key] = made
+            by_row.append(made[1])
+        if self.keep:
+            self._row_metrics = made_now
+        if not by_row:
+            return [[] for _ in range(n)]
+        # each family's metrics in the rows' order (a transpose), without the Nones (a
+        # Metric is never false)
+        return [list(filter(None, column)) for column in zip(*by_row)]
 
     def _row_metrics_of(self, row: TaskRow, before: Optional[List[Optional[Metric]]]) -> List[Optional[Metric]]:
-        """One row's metric in each task family (counters, histograms, last-seen gauges), or
-        None where it has none. Kept while the row is unchanged, so the encoders can keep
-        their encodings of them too; when the row changed, each metric whose value did not
-        (`before`: the row's metrics from the last scrape) is kept as well. Under load a
-        changed label set has one or two changed counters of ten and often an unchanged
-        histogram, and the encoders then splice in their kept bytes for the rest."""
-        key = row.key
-        if before is None:
-            out: List[Optional[Metric]] = list(map(new_metric, zip(repeat(key), row.counts)))
-        else:
-            out = [m if m is not None and m[1] == c else new_metric((key, c)) for m, c in zip(before, row.counts)]
-        zero_threshold = self.settings.native_zero_threshold
-        at = len(row.counts)
-        for index, counts in enumerate(row.hist_counts):
+        """One row's metric in each task family, or None where it has none. A metric of the
+        row's last version (`before`) whose part has the same version is used again: under
+        load a changed label set has one or two changed counters of ten and often an
+        unchanged histogram."""
+        out: List[Optional[Metric]] = []
+        versions = part_versions(row)
+        for at, part in enumerate(METRIC_PARTS):
+            version = versions[part]
+            was = before[at] if before is not None else None
+            out.append(was if was is not None and was.version == version else self._metric_at(row, at, version))
+        return out
+
+    def _metric_at(self, row: TaskRow, at: int, version: int) -> Optional[Metric]:
+        """The row's metric at position `at` of METRIC_PARTS, or None where it has none."""
+        if at < N_STATES:
+            return new_metric((row.key, row.counts[at], version))
+        index = at - N_STATES
+        if index < N_HISTOGRAMS:
+            counts = row.hist_counts[index]
             if counts is None:
-                out.append(None)
-                continue
-            # An observation always adds to a classic bucket: equal counts and sum mean that
-            # this histogram (its exemplars and native buckets too) did not change.
-            was = before[at + index] if before is not None else None
-            if was is not None:
-                hist = was[1]
-                if isinstance(hist, Histogram) and hist.counts == counts and hist.sum == row.hist_sums[index]:
-                    out.append(was)
-                    continue
+                return None
             bounds = self.store.tasks.bounds[index]
+            zero_threshold = self.settings.native_zero_threshold
             hist = new_histogram(
                 (bounds, counts, row.hist_sums[index], row.exemplars[index], row.native[index], zero_threshold)
             )
-            out.append(new_metric((key, hist)))
-        at += len(row.hist_counts)
-        for index, seen in enumerate(row.last_seen):
-            was = before[at + index] if before is not None else None
-            if seen is None:
-                out.append(None)
-            elif was is not None and was[1] == seen:
-                out.append(was)
-            else:
-                out.append(new_metric((key, seen)))
-        return out
+            return new_metric((row.key, hist, version))
+        seen = row.last_seen[index - N_HISTOGRAMS]
+        return None if seen is None else new_metric((row.key, seen, version))
+
+    def _exceptions(self, rows: List[ExceptionRow], family: Family) -> None:
+        """Exceptions per label set: the last scrape's list while the rows' versions are the same."""
+        versions = list(map(VERSION_OF, rows))
+        built = self._exception_lists
+        if not (self.keep and built.source == versions):
+            metrics = [new_metric((row.key + (row.exception,), row.total, row.version)) for row in rows]
+            built = built.again(versions, [metrics])
+            if self.keep:
+                self._exception_lists = built
+        self._hand_out([family], built)
 
     def _running(self, snap: RunningSnapshot, rows: List[TaskRow], new: NewFamily) -> None:
         """Running tasks per label set: 0 for every live label set without a run (so a
         dashboard's sum never has gaps), plus label sets that only have runs (their
-        counters expired while a task ran longer than --series-ttl)."""
+        counters expired while a task ran longer than --series-ttl). The last scrape's
+        lists while the task rows are of the same label sets, in the same order, and the
+        running rows hold the same numbers."""
         names = self.task_label_names
         running = new(catalogue.TASK_RUNNING[0], GAUGE, catalogue.TASK_RUNNING[1], names)
         oldest = new(catalogue.TASK_RUNNING_OLDEST[0], GAUGE, catalogue.TASK_RUNNING_OLDEST[1], names)
-        by_key = {r.key: r for r in snap.rows}
-        add_running, add_oldest = self._running_memo.add, self._oldest_memo.add
+        built = self._running_lists
+        row_keys = list(map(KEY_OF, rows))
+        if not (self.keep and built.source is not None and _same_source(built.source, row_keys, snap.rows)):
+            built = built.again((row_keys, snap.rows), self._running_metrics(snap.rows, rows))
+            if self.keep:
+                self._running_lists = built
+        self._hand_out([running, oldest], built)
+
+    def _running_metrics(self, runs: List[RunningRow], rows: List[TaskRow]) -> List[List[Metric]]:
+        running: List[Metric] = []
+        oldest: List[Metric] = []
+        by_key = {r.key: r for r in runs}
+        stamp_running, stamp_oldest = self._running_stamps.metric, self._oldest_stamps.metric
         for row in rows:
             run = by_key.pop(row.key, None)
-            add_running(running, row.key, run.running if run is not None else 0)
+            running.append(stamp_running(row.key, run.running if run is not None else 0))
             if run is not None:
-                add_oldest(oldest, row.key, run.oldest_start)
+                oldest.append(stamp_oldest(row.key, run.oldest_start))
         for key, run in sorted(by_key.items()):
-            add_running(running, key, run.running)
-            add_oldest(oldest, key, run.oldest_start)
-        self._running_memo.turn()
-        self._oldest_memo.turn()
+            running.append(stamp_running(key, run.running))
+            oldest.append(stamp_oldest(key, run.oldest_start))
+        self._running_stamps.turn()
+        self._oldest_stamps.turn()
+        return [running, oldest]
 
     def _beat(self, snap: Snapshot, new: NewFamily) -> None:
         entries = snap.schedule.entries

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from math import frexp
 from typing import Dict, List, Optional, Tuple
 
 MIN_SCHEMA, MAX_SCHEMA = -4, 8
@@ -68,15 +69,26 @@ class NativeBuckets:
         self.buckets: Dict[int, int] = {}
 
     def observe(self, value: float, zero_threshold: float, max_buckets: int) -> None:
-        """Count one finite value (the store inlines this on its hot path)."""
-        if value <= zero_threshold:
+        """Count one value: in the zero bucket unless it is above `zero_threshold`, then
+        lower the schema while more than `max_buckets` buckets are populated. The store
+        calls this for every observation, so the usual case (schema > 0, a bucket seen
+        before) is `bucket_key` written out, with no call."""
+        if value > zero_threshold:
+            schema = self.schema
+            if schema > 0:
+                frac, exp = frexp(value)
+                key = bisect_left(MANTISSA_BOUNDS[schema], frac) + ((exp - 1) << schema)
+            else:
+                key = bucket_key(value, schema)
+            buckets = self.buckets
+            try:
+                buckets[key] += 1
+            except KeyError:  # the bucket's first observation
+                buckets[key] = 1
+                if len(buckets) > max_buckets:
+                    self.fit(max_buckets)
+        else:
             self.zero_count += 1
-            return
-        key = bucket_key(value, self.schema)
-        buckets = self.buckets
-        buckets[key] = buckets.get(key, 0) + 1
-        if len(buckets) > max_buckets:
-            self.fit(max_buckets)
 
     def fit(self, max_buckets: int) -> None:
         """Lower the schema until at most `max_buckets` buckets are populated (or the

@@ -31,9 +31,13 @@ class Encoders:
 
     Each encoder is made when its format is first asked for: the protobuf one imports the
     protobuf library and builds its message classes (about 3.5 MiB of memory), which a
-    Prometheus that scrapes text never needs."""
+    Prometheus that scrapes text never needs.
 
-    def __init__(self) -> None:
+    `keep=False`: encoders that keep nothing and write every family from scratch (the
+    oracle of the kept ones, see `kept`)."""
+
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
         self.by_format: Dict[str, Encoder] = {}
         self.last = ""
 
@@ -52,16 +56,16 @@ class Encoders:
         kept, the other's work is a cache miss)."""
         encoder = self.by_format.get(fmt)
         if encoder is None:
-            encoder = self.by_format.setdefault(fmt, _new_encoder(fmt))
+            encoder = self.by_format.setdefault(fmt, _new_encoder(fmt, self.keep))
         return encoder
 
     def encode(self, families: Sequence[Family], fmt: str = negotiate.TEXT, gzip: bool = False) -> bytes:
         return b"".join(self.encoder(fmt).encode(families, gzip))
 
 
-def _new_encoder(fmt: str) -> Encoder:
+def _new_encoder(fmt: str, keep: bool = True) -> Encoder:
     if fmt == negotiate.PROTOBUF:
         from celery_exporter.exposition.protobuf import ProtobufEncoder  # (see Encoders)
 
-        return ProtobufEncoder()
-    return TextEncoder(openmetrics=fmt == negotiate.OPENMETRICS)
+        return ProtobufEncoder(keep)
+    return TextEncoder(openmetrics=fmt == negotiate.OPENMETRICS, keep=keep)

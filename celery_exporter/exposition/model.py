@@ -2,8 +2,9 @@
 
 The collector builds a list of `Family` from the store's snapshot; an encoder (text,
 OpenMetrics or protobuf) turns that list into bytes. Every family has fixed label names;
-each of its metrics carries the label values in that order and one value: a number for a
-counter or gauge, a `Histogram` for a histogram.
+each of its metrics carries the label values in that order, one value (a number for a
+counter or gauge, a `Histogram` for a histogram) and a version number, which is all an
+encoder looks at to reuse what it wrote before (see `celery_exporter.versions`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from functools import partial
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from celery_exporter.nativehist import NativeBuckets
+from celery_exporter.versions import next_version
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 KINDS = (COUNTER, GAUGE, HISTOGRAM)
@@ -56,21 +58,37 @@ HistogramFields = Tuple[
 new_histogram: Callable[[HistogramFields], Histogram] = partial(tuple.__new__, Histogram)
 
 
-class Metric(NamedTuple):
+class _MetricFields(NamedTuple):
     labels: Tuple[str, ...]  # values, in the order of the family's label_names
     value: Value
+    # Within its family, the same version means the same labels and value (never changed).
+    version: int
 
 
-# Metric((labels, value)) without the Python-level __new__ a NamedTuple call goes through:
-# a scrape makes a Metric per changed sample, tens of thousands at 2,000 label sets.
-new_metric: Callable[[Tuple[Tuple[str, ...], Value]], Metric] = partial(tuple.__new__, Metric)
+class Metric(_MetricFields):
+    """A metric: `Metric(labels, value)` gets a version of its own (it matches no other);
+    whoever knows that a value is unchanged passes the version it had before."""
+
+    __slots__ = ()
+
+    def __new__(cls, labels: Tuple[str, ...], value: Value, version: Optional[int] = None) -> "Metric":
+        return tuple.__new__(cls, (labels, value, next_version() if version is None else version))
+
+
+# Metric((labels, value, version)) without the Python-level __new__: a scrape makes a
+# Metric per changed sample, tens of thousands at 2,000 label sets.
+new_metric: Callable[[Tuple[Tuple[str, ...], Value, int]], Metric] = partial(tuple.__new__, Metric)
 
 
 class Family:
     """One metric family: its name without type suffixes (`celery_task_sent`, shown as
-    `celery_task_sent_total`), type, help text, unit ("" for none) and metrics."""
+    `celery_task_sent_total`), type, help text, unit ("" for none) and metrics.
 
-    __slots__ = ("name", "kind", "help", "unit", "label_names", "metrics")
+    `version`, when not None, names the list of metrics: a family of the same name with the
+    same version has the same metrics in the same order (the collector sets it on the lists
+    it keeps across scrapes; `add` sets it back to None)."""
+
+    __slots__ = ("name", "kind", "help", "unit", "label_names", "metrics", "version")
 
     def __init__(self, name: str, kind: str, help_: str, label_names: Sequence[str] = (), unit: str = ""):
         if kind not in KINDS:
@@ -78,9 +96,12 @@ class Family:
         self.name, self.kind, self.help, self.unit = name, kind, help_, unit
         self.label_names = tuple(label_names)
         self.metrics: List[Metric] = []
+        self.version: Optional[int] = None
 
     def add(self, labels: Sequence[str], value: Value) -> None:
-        self.metrics.append(new_metric((tuple(labels), value)))
+        """Add a metric with a version of its own."""
+        self.metrics.append(new_metric((tuple(labels), value, next_version())))
+        self.version = None
 
     def sample_names(self) -> Tuple[str, ...]:
         """The names its samples carry in the text formats."""

@@ -69,14 +69,16 @@ def exemplar_text(exemplar: Exemplar) -> str:
 class TextEncoder(KeepingEncoder):
     """Encodes families as text 0.0.4 (openmetrics=False) or OpenMetrics 1.0."""
 
-    def __init__(self, openmetrics: bool = False):
-        super().__init__()
+    def __init__(self, openmetrics: bool = False, keep: bool = True):
+        super().__init__(keep)
         self.openmetrics = openmetrics
         self.content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
         self._le: Dict[Tuple[float, ...], List[str]] = {}
         self._heads: Dict[Tuple[str, str, str, str], bytes] = {}
         # id of an exemplar -> (it, its text), for those of the histograms the last scrape
-        # encoded again: under load most of a changed histogram's exemplars are the same
+        # encoded again: under load most of a changed histogram's exemplars are the same.
+        # (A rendering memo: it holds each exemplar, an immutable tuple, so an id found here
+        # is that exemplar's own; with keep=False it stays empty.)
         self._exemplar_texts: Dict[int, Tuple[Exemplar, str]] = {}
         self._exemplar_texts_now: Dict[int, Tuple[Exemplar, str]] = {}
 
@@ -87,7 +89,8 @@ class TextEncoder(KeepingEncoder):
     def encode(self, families: Sequence[Family], gzip: bool = False) -> Iterator[bytes]:
         self._exemplar_texts_now = {}
         yield from super().encode(families, gzip)
-        self._exemplar_texts = self._exemplar_texts_now
+        if self.keep:
+            self._exemplar_texts = self._exemplar_texts_now
 
     def trailer(self) -> Optional[bytes]:
         return b"# EOF\n" if self.openmetrics else None

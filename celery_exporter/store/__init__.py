@@ -13,7 +13,9 @@
 Writers call one method of one part per change; each takes the shared lock. A scrape takes
 one snapshot of every part under the lock (copies, typed per part) and renders it outside.
 Label sets past their TTL are hidden from snapshots at once and removed from memory by
-sweep(), which the event thread calls on its tick.
+sweep(), which the event thread calls on its tick. The task parts' rows carry version
+numbers, stamped at every change, by which the scrape's layers reuse what they built
+(`celery_exporter.versions`).
 """
 
 from __future__ import annotations
@@ -138,12 +140,14 @@ class Store:
                 return []
             return self.running.take_locked(hostname)
 
-    def snapshot(self, now: float) -> Snapshot:
+    def snapshot(self, now: float, fresh: bool = False) -> Snapshot:
+        """`fresh`: task rows made anew from the live data, not the ones kept by version
+        (for the oracle that checks the version stamps)."""
         with self.lock:
             workers = self.workers.snapshot_locked(now)
             return Snapshot(
                 now=now,
-                tasks=self.tasks.snapshot_locked(now),
+                tasks=self.tasks.snapshot_locked(now, fresh),
                 workers=workers,
                 queues=self.queues.snapshot_locked(workers.up_hosts),
                 exporter=self.exporter.snapshot_locked(),

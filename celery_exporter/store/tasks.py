@@ -3,6 +3,15 @@ histograms, last-seen times, and the exception counters.
 
 Every label set records when it was last updated: past --series-ttl it is hidden from
 scrapes at once and removed by the next sweep.
+
+Versions (what the snapshot's readers do with them: `celery_exporter.versions`). A label set
+is made with a block of version numbers of its own, `next_version() << VERSION_BITS`, so
+that no two label sets share a number, nor a label set made again after it expired. Its
+version is the block plus its changes so far: every change adds one, under the lock. A
+part's version is the block plus the changes of that part, which its value counts: a
+counter's count (a last-seen time changes with its state's counter), a histogram's number
+of observations (an observation, which adds one, is the only change to a histogram, its
+sum, exemplars and native buckets). `part_versions` computes them for a row.
 """
 
 from __future__ import annotations
@@ -10,18 +19,28 @@ from __future__ import annotations
 import dataclasses
 import threading
 from bisect import bisect_left
-from math import frexp
-from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+from functools import partial
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from celery_exporter import catalogue
-from celery_exporter.nativehist import MANTISSA_BOUNDS, NativeBuckets, bucket_key
+from celery_exporter.nativehist import NativeBuckets
 from celery_exporter.settings import Settings
 from celery_exporter.store.budget import SeriesBudget
+from celery_exporter.versions import next_version
 
 N_STATES = len(catalogue.TASK_COUNTERS)  # the event states, then the derived counters
 N_HISTOGRAMS = len(catalogue.HISTOGRAMS)
 # state index -> position in TaskSeries.last_seen
 LAST_SEEN_INDEX = {catalogue.STATE_INDEX[state]: i for i, (state, _, _) in enumerate(catalogue.LAST_SEEN)}
+# the same by state index, None for states without a last-seen time (a tuple: indexed on the hot path)
+LAST_SEEN_OF = tuple(LAST_SEEN_INDEX.get(state) for state in range(N_STATES))
+# A label set's parts (see the module doc and part_versions): each counter by its state
+# index, then each histogram at HISTOGRAM_PART + its index.
+HISTOGRAM_PART = N_STATES
+# last-seen position -> the part whose version it has: its state's counter
+LAST_SEEN_PART = tuple(catalogue.STATE_INDEX[state] for state, _, _ in catalogue.LAST_SEEN)
+# A label set's block of versions: 2**64 of them (more changes than it can live to see).
+VERSION_BITS = 64
 
 TaskKey = Tuple[str, ...]  # (name, queue_name) or (name, queue_name, hostname)
 # (histogram index from catalogue.HISTOGRAMS, observed seconds)
@@ -30,6 +49,15 @@ Observation = Tuple[int, float]
 Trace = Tuple[str, str]
 # a bucket's latest observation: (seconds, exporter time, task id, hostname)
 Exemplar = Tuple[float, float, str, str]
+# the lists of a task label set that its row holds (see TaskSeries.row)
+_Lists = Tuple[
+    List[int],
+    List[Optional[List[int]]],
+    List[float],
+    List[Optional[float]],
+    List[Optional[NativeBuckets]],
+    List[Optional[List[Optional[Exemplar]]]],
+]
 
 
 class TaskSeries:
@@ -47,7 +75,7 @@ class TaskSeries:
         "shared",
     )
 
-    def __init__(self, now: float):
+    def __init__(self, now: float, block: int):
         self.counts = [0] * N_STATES
         self.hist_counts: List[Optional[List[int]]] = [None] * N_HISTOGRAMS
         self.hist_sums = [0.0] * N_HISTOGRAMS
@@ -57,27 +85,52 @@ class TaskSeries:
         self.updated = now
         # exporter time of the last event of each catalogue.LAST_SEEN state, or None
         self.last_seen: List[Optional[float]] = [None] * len(catalogue.LAST_SEEN)
-        self.version = 0  # bumped by every change: a snapshot makes a new row only for changed series
+        # its block of versions plus its changes (see the module doc): a snapshot makes a new
+        # row only for a series whose version is not its last row's
+        self.version = block
         # True while a snapshot's row holds these very lists: the next change copies them
         # first (copy on write), so an unchanged series is held once, not twice
         self.shared = False
 
     def unshare(self) -> None:
         """Own copies of everything a row may hold, before a change."""
-        self.counts = self.counts[:]
-        self.hist_counts = [c[:] if c is not None else None for c in self.hist_counts]
-        self.hist_sums = self.hist_sums[:]
-        self.last_seen = self.last_seen[:]
-        self.native = [n.copy() if n is not None else None for n in self.native]
-        self.exemplars = [e[:] if e is not None else None for e in self.exemplars]
+        (
+            self.counts,
+            self.hist_counts,
+            self.hist_sums,
+            self.last_seen,
+            self.native,
+            self.exemplars,
+        ) = self._copies()
         self.shared = False
+
+    def _copies(self) -> "_Lists":
+        """Copies of the lists a row holds, in TaskRow's order."""
+        return (
+            self.counts[:],
+            [c[:] if c is not None else None for c in self.hist_counts],
+            self.hist_sums[:],
+            self.last_seen[:],
+            [n.copy() if n is not None else None for n in self.native],
+            [e[:] if e is not None else None for e in self.exemplars],
+        )
+
+    def row(self, key: TaskKey, copy: bool = False) -> "TaskRow":
+        """Its data now as a row: holding its own lists (then shared: the next change copies
+        them first), or with `copy`, copies of them."""
+        if copy:
+            counts, hist_counts, hist_sums, last_seen, native, exemplars = self._copies()
+        else:
+            counts, hist_counts, hist_sums, last_seen = self.counts, self.hist_counts, self.hist_sums, self.last_seen
+            native, exemplars = self.native, self.exemplars
+            self.shared = True
+        return TaskRow(key, counts, hist_counts, hist_sums, last_seen, native, exemplars, self.version)
 
 
 class TaskRow(NamedTuple):
     """One task label set as a scrape sees it, never changed once made: it holds the
-    series' own lists, which the series copies before its next change. A series that did
-    not change since the last snapshot is given as the same TaskRow object, so whoever
-    builds on a row (the collector, the encoders) can keep what it built."""
+    series' own lists, which the series copies before its next change. Its `version` names
+    its content (see the module doc and `part_versions`)."""
 
     key: TaskKey
     counts: List[int]  # by catalogue.TASK_COUNTERS
@@ -90,23 +143,34 @@ class TaskRow(NamedTuple):
 
 
 class ExceptionRow(NamedTuple):
+    """One exception label set's count: replaced by a new row (and version) at each count,
+    never changed."""
+
     key: TaskKey
     exception: str
     total: int
+    version: int
+    updated: float
+
+
+# ExceptionRow((all five fields)) without the NamedTuple's Python-level __new__
+new_exception_row: Callable[[Tuple[TaskKey, str, int, int, float]], ExceptionRow] = partial(tuple.__new__, ExceptionRow)
+
+
+def part_versions(row: TaskRow) -> List[int]:
+    """The version of each part of the row (see the module doc): counters by state index,
+    then histograms at HISTOGRAM_PART + their index. (Parts that never changed share the
+    block's int object: the collector's metrics hold these, one per metric.)"""
+    block = row.version >> VERSION_BITS << VERSION_BITS
+    return [block + count if count else block for count in row.counts] + [
+        block + sum(counts) if counts is not None else block for counts in row.hist_counts
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSnapshot:
     rows: List[TaskRow]
     exceptions: List[ExceptionRow]
-
-
-class _ExceptionCount:
-    __slots__ = ("count", "updated")
-
-    def __init__(self, now: float):
-        self.count = 0
-        self.updated = now
 
 
 class TaskSeriesStore:
@@ -121,8 +185,8 @@ class TaskSeriesStore:
         self.zero_threshold = settings.native_zero_threshold
         self.max_native_buckets = settings.native_max_buckets
         self._series: Dict[TaskKey, TaskSeries] = {}
-        self._rows: Dict[TaskKey, TaskRow] = {}  # the last snapshot's row of each series
-        self._exceptions: Dict[Tuple[TaskKey, str], _ExceptionCount] = {}
+        self._rows: Dict[TaskKey, TaskRow] = {}  # the last row made of each series
+        self._exceptions: Dict[Tuple[TaskKey, str], ExceptionRow] = {}
 
     # -- writers (take the lock) --------------------------------------------------------
 
@@ -138,25 +202,28 @@ class TaskSeriesStore:
         (histogram index, seconds) pairs, in classic and (when on) native buckets; `trace`
         becomes the exemplar of each observation's classic bucket. False if the label set
         was refused (--max-series)."""
-        with self._lock:
+        # (acquire and release, not `with`: on CPython 3.11 `with` costs a tenth of this method)
+        lock = self._lock
+        lock.acquire()
+        try:
             series = self._series.get(key)
             if series is None:
                 if not self._budget.admit("task"):
                     return False
                 # All state counters start at 0, so the first failure shows in increase().
-                series = self._series[key] = TaskSeries(now)
+                series = self._series[key] = TaskSeries(now, next_version() << VERSION_BITS)
             elif series.shared:
                 series.unshare()
             series.counts[state] += 1
             series.version += 1
             series.updated = now
-            last = LAST_SEEN_INDEX.get(state)
+            last = LAST_SEEN_OF[state]
             if last is not None:
                 series.last_seen[last] = now
             if not observations:
                 return True
             bounds, exemplars_of = self.bounds, series.exemplars
-            for index, value in observations:  # (hot: inlined, see nativehist for the rules)
+            for index, value in observations:
                 counts = series.hist_counts[index]
                 if counts is None:
                     counts = self._start_histogram(series, index)
@@ -165,27 +232,14 @@ class TaskSeriesStore:
                 series.hist_sums[index] += value
                 native = series.native[index]
                 if native is not None:
-                    if value > self.zero_threshold:
-                        schema = native.schema
-                        if schema > 0:
-                            frac, exp = frexp(value)
-                            slot = bisect_left(MANTISSA_BOUNDS[schema], frac) + ((exp - 1) << schema)
-                        else:
-                            slot = bucket_key(value, schema)
-                        buckets = native.buckets
-                        try:
-                            buckets[slot] += 1
-                        except KeyError:  # a bucket's first observation
-                            buckets[slot] = 1
-                            if len(buckets) > self.max_native_buckets:
-                                native.fit(self.max_native_buckets)
-                    else:
-                        native.zero_count += 1
+                    native.observe(value, self.zero_threshold, self.max_native_buckets)
                 if trace is not None:
                     slots = exemplars_of[index]
                     if slots is not None:  # (always: set with the counts)
                         slots[bucket] = (value, now, trace[0], trace[1])
             return True
+        finally:
+            lock.release()
 
     def _start_histogram(self, series: TaskSeries, index: int) -> List[int]:
         """A histogram's first observation: its classic buckets, exemplar slots and (when
@@ -200,13 +254,14 @@ class TaskSeriesStore:
     def exception(self, key: TaskKey, exception: str, now: float) -> bool:
         """Count a failed or retried attempt's exception class. False if refused."""
         with self._lock:
-            entry = self._exceptions.get((key, exception))
-            if entry is None:
+            row = self._exceptions.get((key, exception))
+            if row is None:
                 if not self._budget.admit("exception"):
                     return False
-                entry = self._exceptions[(key, exception)] = _ExceptionCount(now)
-            entry.count += 1
-            entry.updated = now
+                total = 1
+            else:
+                total = row.total + 1
+            self._exceptions[(key, exception)] = new_exception_row((key, exception, total, next_version(), now))
             return True
 
     # -- with the lock held -------------------------------------------------------------
@@ -230,22 +285,22 @@ class TaskSeriesStore:
         self._budget.release("exception", len(dead_exc), expired=True)
         return len(dead) + len(dead_exc)
 
-    def snapshot_locked(self, now: float) -> TaskSnapshot:
+    def snapshot_locked(self, now: float, fresh: bool = False) -> TaskSnapshot:
+        """The live label sets' rows: each series' last row while its version is the row's,
+        else a new one. `fresh`: copies of every series' data, nothing kept or marked shared
+        (the oracle of the version stamps, see `celery_exporter.versions`)."""
         rows = []
         made = self._rows
+        ttl = self._ttl
         for key, s in self._series.items():
-            if not self._alive(s.updated, now):
+            if not now - s.updated <= ttl:  # past --series-ttl: hidden
+                continue
+            if fresh:
+                rows.append(s.row(key, copy=True))
                 continue
             row = made.get(key)
             if row is None or row.version != s.version:
-                row = made[key] = TaskRow(
-                    key, s.counts, s.hist_counts, s.hist_sums, s.last_seen, s.native, s.exemplars, s.version
-                )
-                s.shared = True
+                row = made[key] = s.row(key)
             rows.append(row)
-        exceptions = [
-            ExceptionRow(key, exc, entry.count)
-            for (key, exc), entry in self._exceptions.items()
-            if self._alive(entry.updated, now)
-        ]
+        exceptions = [row for row in self._exceptions.values() if now - row.updated <= ttl]
         return TaskSnapshot(rows, exceptions)

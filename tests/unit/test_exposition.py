@@ -433,7 +433,7 @@ def test_gzip_keeps_an_unchanged_family_compressed_only_and_a_changed_one_plain_
     kept_same = encoder._kept["same"]
     assert gzip.decompress(b"".join(encoder.encode([same, other(m1)], gzip=True))) == plain
     # unchanged since the plain scrape: compressed once, then held only compressed
-    assert encoder._kept["same"].data is None and encoder._kept["same"].metrics is kept_same.metrics
+    assert encoder._kept["same"].data is None and encoder._kept["same"].versions is kept_same.versions
     packed = encoder._kept["same"].packed
     m2 = Metric(("2",), 2.0)
     body = gzip.decompress(b"".join(encoder.encode([same, other(m1, m2)], gzip=True)))
@@ -500,3 +500,59 @@ def test_an_encoder_made_by_another_scrape_meanwhile_does_not_break_a_switch_of_
     text.forget = lambda: encoders.encoder(negotiate.PROTOBUF)
     assert encoders.for_accept(PROMETHEUS_3_DEFAULT).openmetrics
     assert set(encoders.by_format) == {negotiate.TEXT, negotiate.OPENMETRICS, negotiate.PROTOBUF}
+
+
+def test_a_metric_made_without_a_version_gets_one_of_its_own_and_add_forgets_the_list_version():
+    a, b = Metric(("x",), 1), Metric(("x",), 1)
+    assert a.version != b.version and Metric(("x",), 1, 7).version == 7
+    family = Family("g", "gauge", "g", ("a",))
+    family.version = 3
+    family.add(("x",), 1)
+    assert family.version is None and family.metrics[0].version not in (a.version, b.version)
+
+
+def test_the_encoders_reuse_bytes_by_version_only():
+    encoder = TextEncoder()
+
+    def family(*metrics, version=None):
+        f = Family("g", "gauge", "g", ("a",))
+        f.metrics, f.version = list(metrics), version
+        return f
+
+    x1, y2 = Metric(("x",), 1, 101), Metric(("y",), 2, 102)
+    first = list(encoder.encode([family(x1, y2, version=50)]))
+    assert first == [b'# HELP g g\n# TYPE g gauge\ng{a="x"} 1\ng{a="y"} 2\n']
+    # the same list version: the same bytes object, whatever the list holds (the collector
+    # gives a list version only to the very same list)
+    assert encoder.encode([family(version=50)]).__next__() is first[0]
+    # another list version, the same metric versions: the same bytes object again
+    assert encoder.encode([family(Metric(("x",), 1, 101), y2, version=51)]).__next__() is first[0]
+    # a new version is encoded, whatever its value; a version written before gets its kept
+    # bytes, its value unread (by the rule, version 102 is y=2: this one breaks the rule)
+    assert b"".join(encoder.encode([family(Metric(("x",), 1, 103), Metric(("y",), 99, 102))])) == first[0]
+    assert b"".join(encoder.encode([family(Metric(("x",), 5, 104), Metric(("y",), 99, 102))])) == (
+        b'# HELP g g\n# TYPE g gauge\ng{a="x"} 5\ng{a="y"} 2\n'
+    )
+    # another header or other label names: nothing kept applies
+    other = Family("g", "gauge", "other help", ("a",))
+    other.metrics = [Metric(("x",), 5, 104)]
+    assert b"".join(encoder.encode([other])) == b'# HELP g other help\n# TYPE g gauge\ng{a="x"} 5\n'
+    renamed = Family("g", "gauge", "other help", ("b",))
+    renamed.metrics = [Metric(("x",), 5, 104)]
+    assert b"".join(encoder.encode([renamed])) == b'# HELP g other help\n# TYPE g gauge\ng{b="x"} 5\n'
+
+
+def test_an_idle_scrape_hands_out_the_same_lists_under_the_same_versions():
+    rig = workload()
+    first = {f.name: f for f in rig.collector.families()}
+    second = {f.name: f for f in rig.collector.families()}
+    for name in ("celery_task_sent", "celery_task_runtime_seconds", "celery_task_running", "celery_task_exceptions"):
+        assert second[name].version is not None and second[name].version == first[name].version
+        assert second[name].metrics is first[name].metrics
+    assert first["celery_worker_up"].version is None  # built anew every scrape
+    rig.feed(sent("late", name="app.io", queue="q0"))  # a label set seen before
+    third = {f.name: f for f in rig.collector.families()}
+    assert third["celery_task_sent"].version != first["celery_task_sent"].version
+    # a family none of whose metrics changed is the same list under the same version
+    for name in ("celery_task_exceptions", "celery_task_failed", "celery_task_runtime_seconds"):
+        assert third[name].version == first[name].version and third[name].metrics is first[name].metrics

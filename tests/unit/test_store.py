@@ -113,3 +113,70 @@ def test_remembered_label_values_are_bounded_and_a_bad_value_is_never_remembered
         assert events.repeated_label(bad) is None and events.repeated_label(bad) is None
         assert bad not in events._GOOD_LABELS
     assert events.repeated_label("app.ok") == "app.ok" and "app.ok" in events._GOOD_LABELS
+
+
+def test_every_change_moves_the_label_sets_version_and_those_of_the_parts_it_touched():
+    from celery_exporter.store.tasks import HISTOGRAM_PART, LAST_SEEN_PART, part_versions
+
+    rig = Rig()
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.observe(key, 1, T0)  # received
+    (first,) = tasks.snapshot_locked(T0).rows
+    tasks.observe(key, 3, T0 + 1, [(0, 0.2)], ("id-1", "w1"))  # succeeded, with a runtime
+    (second,) = tasks.snapshot_locked(T0 + 1).rows
+    assert second.version == first.version + 1
+    changed = {i for i, (a, b) in enumerate(zip(part_versions(first), part_versions(second))) if a != b}
+    assert changed == {3, HISTOGRAM_PART + 0}
+    # a last-seen time goes with its state's counter
+    assert LAST_SEEN_PART == (1, 3, 4)
+    # no change: the same row
+    assert tasks.snapshot_locked(T0 + 2).rows[0] is second
+    # another label set: none of the same numbers
+    tasks.observe(("app.mul", "celery"), 1, T0 + 2)
+    other = tasks.snapshot_locked(T0 + 2).rows[1]
+    assert not set(part_versions(other)) & set(part_versions(second)) and other.version != second.version
+
+
+def test_versions_are_never_handed_out_twice_not_even_to_a_label_set_made_again():
+    from celery_exporter.store.tasks import part_versions
+
+    rig = Rig(series_ttl=10)
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.observe(key, 1, T0)
+    tasks.exception(key, "KeyError", T0)
+    before = tasks.snapshot_locked(T0)
+    seen = set(part_versions(before.rows[0])) | {before.rows[0].version, before.exceptions[0].version}
+    assert rig.store.sweep(T0 + 11) == 2
+    tasks.observe(key, 1, T0 + 12)
+    tasks.exception(key, "KeyError", T0 + 12)
+    after = tasks.snapshot_locked(T0 + 12)
+    assert after.rows[0].counts == before.rows[0].counts and after.exceptions[0].total == 1
+    assert not (set(part_versions(after.rows[0])) | {after.rows[0].version, after.exceptions[0].version}) & seen
+
+
+def test_an_exception_row_is_replaced_at_each_count_never_changed():
+    rig = Rig()
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.exception(key, "KeyError", T0)
+    (first,) = tasks.snapshot_locked(T0).exceptions
+    assert tasks.snapshot_locked(T0).exceptions[0] is first  # unchanged: the same row
+    tasks.exception(key, "KeyError", T0 + 1)
+    (second,) = tasks.snapshot_locked(T0 + 1).exceptions
+    assert (first.total, second.total) == (1, 2) and second.version > first.version
+
+
+def test_a_fresh_snapshot_copies_the_live_data_and_leaves_the_kept_rows_alone():
+    rig = Rig()
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    tasks.observe(key, 3, T0, [(0, 0.2)], ("id-1", "w1"))
+    fresh = tasks.snapshot_locked(T0, fresh=True).rows[0]
+    series = tasks._series[key]
+    assert not series.shared and fresh.counts == series.counts and fresh.counts is not series.counts
+    assert fresh.native[0] is not series.native[0] and fresh.native[0].buckets == series.native[0].buckets
+    assert tasks._rows == {}
+    kept = tasks.snapshot_locked(T0).rows[0]
+    assert kept.counts is series.counts and series.shared
