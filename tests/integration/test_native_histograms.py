@@ -104,6 +104,11 @@ def test_native_histograms_and_exemplars_in_prometheus(make_rig, tmp_path, capsy
     assert rates.get("it.sleep", 0) > 0 and rates.get("it.succeed", 0) > 0, rates
     # native only: this Prometheus stored no classic bucket series for it
     assert native.query("celery_task_runtime_seconds_bucket") == []
+    # 1b. counters scraped as protobuf keep their _total name, as in the text formats: the
+    #     rules and dashboards query them by it
+    succeeded = "sum(celery_task_succeeded_total{name='it.sleep'})"
+    assert [float(r["value"][1]) for r in native.query(succeeded) + classic.query(succeeded)] == [43.0, 43.0]
+    assert native.query("celery_task_succeeded") == []
 
     # 2. p90 of it.sleep: native and classic agree within one classic bucket (both after the
     #    last scrape of the final state: the work is done, the histograms stand still)

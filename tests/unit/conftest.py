@@ -102,13 +102,15 @@ def text_samples(text: str, openmetrics: bool = False) -> Samples:
 
 def protobuf_samples(messages: list) -> Samples:
     """The same view of decoded MetricFamily messages: classic buckets as _bucket samples
-    (with the implied +Inf), _count and _sum; counters as _total."""
+    (with the implied +Inf), _count and _sum; counters under their family's name, which
+    ends in _total as in the text formats (Prometheus adds no suffix to a protobuf counter)."""
     out: Samples = {}
     for mf in messages:
         for m in mf.metric:
             labels = {lp.name: lp.value for lp in m.label}
             if mf.type == 0:
-                out[(mf.name + "_total", frozenset(labels.items()))] = m.counter.value
+                assert mf.name.endswith("_total"), mf.name
+                out[(mf.name, frozenset(labels.items()))] = m.counter.value
             elif mf.type == 1:
                 out[(mf.name, frozenset(labels.items()))] = m.gauge.value
             else:

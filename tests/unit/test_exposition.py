@@ -131,7 +131,8 @@ def test_web_serves_each_format_and_the_name_filter():
     status, headers, body = call(web, "/metrics", {"Accept": PROMETHEUS_2_NATIVE})
     assert status == 200 and headers["Content-Type"] == protobuf.CONTENT_TYPE
     names = {mf.name for mf in protobuf.decode(body)}
-    assert {"celery_task_runtime_seconds", "celery_worker_up", "process_cpu_seconds", "python_info"} <= names
+    assert {"celery_task_runtime_seconds", "celery_worker_up", "process_cpu_seconds_total", "python_info"} <= names
+    assert "celery_task_sent_total" in names and "celery_task_sent" not in names
     status, headers, body = call(web, "/metrics", {"Accept": PROMETHEUS_3_DEFAULT})
     assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
     assert body.endswith(b"# EOF\n") and body.count(b"# EOF") == 1
