@@ -25,8 +25,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from kombu.connection import Connection
 from kombu.entity import Queue
-from kombu.exceptions import ContentDisallowed
-from kombu.serialization import loads as kombu_loads
 
 from celery_exporter import internals
 from celery_exporter.kombu_events import DrainedStream
@@ -40,7 +38,7 @@ from celery_exporter.streams import (
     ReaderUnavailable,
     UndecodableMessage,
     accepted,
-    decompress,
+    decode_body,
     loads,
 )
 
@@ -246,24 +244,15 @@ def decoder(accept: Iterable[str]) -> Callable[[Delivery], Any]:
 
     def decode(delivery: Delivery) -> Any:
         content_type, encoding, headers, body = delivery
-        try:
-            compression = headers.get("compression") if headers else None
-            if compression:
-                body = decompress(body, compression)
-            if content_type == JSON and json_accepted:
+        if not headers and content_type == JSON and json_accepted:  # the usual event: no call more
+            try:
                 return loads(body)
-            return kombu_loads(body, content_type or JSON, encoding or "utf-8", accept=accept)
-        except UndecodableMessage:
-            raise
-        except (ContentDisallowed, ValueError, TypeError, LookupError, OSError) as exc:
-            raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            except (ValueError, TypeError) as exc:  # not JSON; a body that is no text at all
+                raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        compression = headers.get("compression") if headers else None
+        return decode_body(body, content_type, encoding, compression, accept, json_accepted)
 
     return decode
-
-
-def decode(delivery: Delivery, accept: Iterable[str]) -> Any:
-    """One delivery decoded (see decoder(), which a stream makes once for all its deliveries)."""
-    return decoder(accept)(delivery)
 
 
 class PyAmqpStream(DrainedStream):

@@ -20,9 +20,7 @@ through kombu's consumer (kombu_events.py; the choice is readers.py's).
 from __future__ import annotations
 
 import abc
-import binascii
 import importlib
-import logging
 import socket
 import ssl
 import time
@@ -30,8 +28,6 @@ from types import ModuleType
 from typing import Any, Callable, Iterable, List, Optional, Type
 
 from kombu.connection import Connection
-from kombu.exceptions import ContentDisallowed
-from kombu.serialization import loads as kombu_loads
 
 from celery_exporter import internals
 from celery_exporter.streams import (
@@ -44,7 +40,7 @@ from celery_exporter.streams import (
     UndecodableMessage,
     accepted,
     b64decode,
-    decompress,
+    decode_body,
     loads,
 )
 
@@ -62,9 +58,6 @@ _hiredis = _import_hiredis()
 def hiredis_installed() -> bool:
     """Whether the socket reader (redis-hiredis) has its parser."""
     return _hiredis is not None
-
-
-log = logging.getLogger(__name__)
 
 
 def usable(connection: Connection) -> bool:
@@ -93,27 +86,21 @@ def decoder(accept: Iterable[str]) -> Callable[[Any], Any]:
             compression = headers.get("compression") if headers else None
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise UndecodableMessage(f"not a kombu message envelope: {type(exc).__name__}: {exc}") from None
-        try:
-            if encoding == "base64":
+        if encoding == "base64":
+            try:
                 body = b64decode(body)
-            elif encoding not in (None, "", "utf-8"):
-                raise UndecodableMessage(f"unknown body encoding {encoding!r}")
-            if compression:
-                body = decompress(body, compression)
-            if content_type == JSON and json_accepted:
+            except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+                raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        elif encoding not in (None, "", "utf-8"):
+            raise UndecodableMessage(f"unknown body encoding {encoding!r}")
+        if not compression and content_type == JSON and json_accepted:  # the usual event: no call more
+            try:
                 return loads(body)
-            return kombu_loads(body, content_type, envelope.get("content-encoding") or "utf-8", accept=accept)
-        except UndecodableMessage:
-            raise
-        except (ContentDisallowed, ValueError, TypeError, binascii.Error) as exc:
-            raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            except (ValueError, TypeError) as exc:  # not JSON; a body that is no text at all
+                raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        return decode_body(body, content_type, envelope.get("content-encoding"), compression, accept, json_accepted)
 
     return decode
-
-
-def decode(data: Any, accept: Iterable[str]) -> Any:
-    """One message decoded (see decoder(), which a stream makes once for all its messages)."""
-    return decoder(accept)(data)
 
 
 # A subscription with no message for PING_AFTER seconds is pinged; no reply at all within

@@ -150,6 +150,34 @@ def decompress(body: bytes, compression: str) -> bytes:
     return data
 
 
+def decode_body(
+    body: Any,
+    content_type: str,
+    content_encoding: str,
+    compression: Optional[str],
+    accept: FrozenSet[str],
+    json_accepted: bool,
+) -> Any:
+    """A message's body as kombu's consumer decodes it, for every reader that takes messages
+    apart itself: decompressed when the message names a compression, then JSON (orjson first)
+    when it is JSON and JSON is accepted, else kombu's serializer registry (which refuses a
+    content type not in `accept`). An empty content type is JSON, as kombu reads it.
+    Whatever fails is an UndecodableMessage: a foreign message must never look like a broken
+    connection to the event thread (each serializer and codec raises errors of its own)."""
+    try:
+        if compression:
+            body = decompress(body, compression)
+        if json_accepted and (content_type == JSON or not content_type):
+            return loads(body)
+        from kombu.serialization import loads as kombu_loads  # (see accepted())
+
+        return kombu_loads(body, content_type or JSON, content_encoding or "utf-8", accept=accept)
+    except UndecodableMessage:
+        raise
+    except Exception as exc:  # refused content type, bad JSON, pickle or YAML errors, wrong field types...
+        raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
 # A pause after a small read (receiver.COALESCE_SECONDS) ends early once this many bytes are
 # waiting (or a quarter of the socket's receive buffer, if that is less): a backlog is read
 # at once, so the pause can never hold back a burst, whatever the buffer sizes.

@@ -23,6 +23,11 @@ CHANNEL, TAG = 1, "ctag-exporter"
 ACCEPT = accepted(["json"])
 
 
+def decode(delivery, accept):
+    """One delivery decoded (a stream makes its decoder once for all its deliveries)."""
+    return amqp_events.decoder(accept)(delivery)
+
+
 def frame(kind: int, channel: int, payload: bytes) -> bytes:
     return struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
 
@@ -89,7 +94,7 @@ def stream(ours: socket.socket, leftover: bytes = b"") -> Tuple[amqp_events.Amqp
 
 
 def events(deliveries) -> List[Any]:
-    return [amqp_events.decode(d, ACCEPT) for d in deliveries]
+    return [decode(d, ACCEPT) for d in deliveries]
 
 
 BATCH = [{"type": "task-received", "uuid": "u1", "timestamp": 1.5}, {"type": "task-started", "uuid": "u1"}]
@@ -161,12 +166,12 @@ def test_compressed_and_other_content_types_decode_as_kombu_would(pair):
         + delivery(b"\x80\x04K\x01.", content_type="application/x-python-serialize", content_encoding="binary")
     )
     compressed, empty, pickled = reader.read_many(1.0)
-    assert amqp_events.decode(compressed, ACCEPT) == BATCH
+    assert decode(compressed, ACCEPT) == BATCH
     with pytest.raises(UndecodableMessage):
-        amqp_events.decode(empty, ACCEPT)  # no JSON in an empty body
+        decode(empty, ACCEPT)  # no JSON in an empty body
     with pytest.raises(UndecodableMessage, match="ContentDisallowed"):
-        amqp_events.decode(pickled, ACCEPT)  # pickle is not accepted unless asked for
-    assert amqp_events.decode(pickled, accepted(["json", "pickle"])) == 1
+        decode(pickled, ACCEPT)  # pickle is not accepted unless asked for
+    assert decode(pickled, accepted(["json", "pickle"])) == 1
 
 
 def test_a_stream_that_is_not_frames_is_an_error(pair):
@@ -208,9 +213,9 @@ def test_headers_are_decoded_only_for_compression(pair, monkeypatch):
         + delivery(zlib.compress(body), application_headers={"hostname": "w@h", "compression": "application/x-gzip"})
     )
     plain, compressed = reader.read_many(1.0)
-    assert plain[2] == {} and amqp_events.decode(plain, ACCEPT) == ONE
+    assert plain[2] == {} and decode(plain, ACCEPT) == ONE
     assert compressed[2] == {"hostname": "w@h", "compression": "application/x-gzip"}
-    assert amqp_events.decode(compressed, ACCEPT) == ONE
+    assert decode(compressed, ACCEPT) == ONE
     assert len(decoded) == 1
 
 
@@ -287,3 +292,21 @@ def test_check_runs_py_amqps_heartbeat_tick_and_counts_frames(pair):
     assert reader.check() == 4 and len(ticks) == 1  # py-amqp's handler raised: no tick; the read raises
     with pytest.raises(ConnectionAbortedError):
         reader.read_many(1.0)
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        ("", "", {}, b"not json at all"),  # no content type: kombu reads JSON, and refuses this
+        ("application/x-yaml", "utf-8", {}, b"a: [1"),  # not accepted
+        ("application/json", "utf-8", {"compression": "application/x-gzip"}, b"not gzip"),
+        ("application/json", "utf-8", {}, b"\xff\xfe not utf-8"),
+        ("application/x-python-serialize", "binary", {}, b"\x80\x04garbage"),
+    ],
+)
+def test_a_foreign_delivery_is_undecodable_never_an_error_of_another_kind(delivery):
+    """The event thread takes any other error for a broken connection: it reconnects and loses
+    the rest of the read. Whatever a delivery holds, decoding it fails only as undecodable."""
+    for accept in (ACCEPT, accepted(["json", "pickle", "yaml"])):
+        with pytest.raises(UndecodableMessage):
+            decode(delivery, accept)

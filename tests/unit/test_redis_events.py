@@ -8,8 +8,13 @@ import socket
 import pytest
 
 from celery_exporter import internals, redis_events, streams
-from celery_exporter.redis_events import decode
+from celery_exporter.redis_events import decoder
 from celery_exporter.streams import UndecodableMessage
+
+
+def decode(data, accept):
+    """One message decoded (a stream makes its decoder once for all its messages)."""
+    return decoder(accept)(data)
 
 
 @pytest.fixture(params=["orjson", "json"])
@@ -379,3 +384,24 @@ def test_sentinel_fanout_compat_is_read_as_kombu_has_it(kind, active):
     lean readers (which subscribe to both) would count each twice: they must see it on."""
     assert internals.fanout_compat_active(kind(active)) is active
     assert internals.fanout_compat_active(object()) is False  # a kombu without it: off
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        envelope(b"not json", content_type=""),  # no content type: kombu reads JSON, and refuses this
+        envelope(b"a: 1", content_type="application/x-yaml").replace(
+            b'"content-encoding": "utf-8"', b'"content-encoding": 7'
+        ),
+        envelope(b"a: [1", content_type="application/x-yaml"),
+        json.dumps({"body": 5, "content-type": "application/json", "properties": {}}).encode(),
+        json.dumps({"body": "!!", "properties": {"body_encoding": "base64"}}).encode(),
+        envelope(b"\x80\x04garbage", content_type="application/x-python-serialize"),
+    ],
+)
+def test_a_foreign_message_is_undecodable_never_an_error_of_another_kind(data):
+    """The event thread takes any other error for a broken connection: it reconnects and loses
+    the rest of the read. Whatever a message holds, decoding it fails only as undecodable."""
+    for accept in (("json",), ("json", "pickle", "yaml")):
+        with pytest.raises(UndecodableMessage):
+            decode(data, accept)
