@@ -23,7 +23,7 @@ from celery_exporter.clock import Clock
 from celery_exporter.handlers import Handler
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
-from celery_exporter.streams import EventStream, UndecodableMessage
+from celery_exporter.streams import EventStream, ReaderUnavailable, UndecodableMessage
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class Receiver(threading.Thread):
         self._received: Optional[int] = None  # the connection's reply/frame count at the last tick
         self._next_sweep: Optional[float] = None
         self._handler_error_logged = False
+        self._tick_error_logged = False
+        self._reader_refusal: Optional[str] = None  # what a forced reader last said, logged once
         self._outage_since: Optional[float] = None
 
     # -- the loop -----------------------------------------------------------------------
@@ -171,7 +173,17 @@ class Receiver(threading.Thread):
     def _upkeep(self, now: float) -> None:
         """On the event thread's tick, connected or not: release held events, and every
         --sweep-interval remove expired label sets from memory. The sweep takes the store's
-        lock as event handling does, so it needs no thread of its own."""
+        lock as event handling does, so it needs no thread of its own. A bug in either must
+        neither end the thread (it runs in the backoff too) nor pass for a broker outage."""
+        try:
+            self._tick_and_sweep(now)
+        except Exception:
+            self.handler.drop("handler_error", "the tick raised")
+            if not self._tick_error_logged:
+                self._tick_error_logged = True
+                log.exception("the event thread's tick failed (logged once)")
+
+    def _tick_and_sweep(self, now: float) -> None:
         self.handler.tick(now)
         if self._next_sweep is None:
             self._next_sweep = now + self.settings.sweep_interval
@@ -203,6 +215,14 @@ class Receiver(threading.Thread):
             self._outage_since = None
 
     def _lost(self, exc: BaseException) -> None:
+        if isinstance(exc, ReaderUnavailable):  # the broker answered: the forced reader cannot read
+            if str(exc) != self._reader_refusal:
+                self._reader_refusal = str(exc)
+                log.error("%s; retrying with backoff up to %.0f s", exc, self.settings.reconnect_backoff[1])
+            else:
+                log.debug("still refused: %s", exc)
+            return
+        self._reader_refusal = None
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             self.store.exporter.count_reconnect()

@@ -136,9 +136,11 @@ class RunningStore:
             self._draining.pop(host, None)
         return run
 
-    def hosts_locked(self) -> Set[str]:
-        """Workers with runs."""
-        return set(self._hosts)
+    def hosts_locked(self) -> List[str]:
+        """Workers with runs, in the order their first run started: an order that does not
+        depend on string hashing, so that which worker's label a task interrupted on two
+        lost workers is counted under is the same in every process."""
+        return list(self._hosts)
 
     def count_locked(self, host: str) -> int:
         """The worker's runs."""

@@ -60,6 +60,18 @@ def test_undecodable_messages_and_handler_bugs_are_counted_not_fatal(rig, monkey
     assert rig.value("celery_exporter_events_dropped_total", reason="handler_error") == 2
 
 
+def test_a_bug_in_the_tick_is_counted_and_logged_once_never_fatal(rig, monkeypatch, caplog):
+    """The tick runs in the backoff too, outside the reconnect loop's guard: a bug there must
+    not end the event thread, nor pass for a broker outage inside the consume loop."""
+    r = receiver_for(rig)
+    monkeypatch.setattr(rig.handler, "tick", lambda now: 1 / 0)
+    for _ in range(3):
+        r._upkeep(rig.clock.now())
+    assert rig.value("celery_exporter_events_dropped_total", reason="handler_error") == 3
+    assert [rec.levelname for rec in caplog.records if "tick failed" in rec.getMessage()] == ["ERROR"]
+    assert rig.value("celery_exporter_broker_reconnects_total") == 0
+
+
 class FakeSubscription:
     """A Redis subscription (an EventStream) that hands out prepared reads, then asks the
     receiver to stop."""
