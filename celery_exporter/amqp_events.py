@@ -113,7 +113,7 @@ class AmqpEventStream:
         return self._frames()
 
     def gather(self, seconds: float) -> None:
-        """Let more arrive before the next read (see redis_events.Gatherer); not when
+        """Let more arrive before the next read (see streams.Gatherer); not when
         py-amqp's handler raised on a frame of this read (a server's connection.close, after
         which py-amqp has closed the socket): the next read raises that error at once."""
         if self._error is None:

@@ -28,10 +28,6 @@ TASK_COUNTERS = TASK_STATES + DERIVED_COUNTERS
 INTERRUPTED = len(TASK_STATES)
 REDELIVERED = INTERRUPTED + 1
 
-# Terminal task events: counted at most once per task uuid (Celery 5.7 sends two
-# task-failed for one hard time limit; redeliveries can repeat task-revoked).
-TERMINAL_EVENTS = frozenset({"task-succeeded", "task-failed", "task-revoked"})
-
 # Event types counted under their own name in celery_exporter_events_total; anything else
 # (custom Task.send_event types, garbage) is counted as "other", so hostile input cannot
 # grow that metric's label set.

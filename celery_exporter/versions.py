@@ -5,8 +5,9 @@ A scrape goes store -> snapshot (under the lock) -> collector -> model families 
 so three layers keep what they built. None of them decides what is unchanged by object
 identity; each goes by version numbers, under one rule:
 
-    Version numbers come from one process-wide counter (`next_version`, or a block of
-    numbers taken from it at once), are given to content when it is made or changed, and
+    Version numbers come from one process-wide counter (`next_version`), or from a block
+    made of one of its numbers (`next_version() << 64`: 2**64 numbers no other block or
+    plain version shares), are given to content when it is made or changed, and
     content under a version never changes. So
     within one metric family, two pieces of content with the same version are the same,
     and whatever was built from one may be used for the other.

@@ -40,7 +40,7 @@ from rulegen import docs as alert_docs  # noqa: E402
 from celery_exporter.beat import Entry  # noqa: E402
 from celery_exporter.clock import FakeClock  # noqa: E402
 from celery_exporter.collector import CeleryCollector  # noqa: E402
-from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Family  # noqa: E402
+from celery_exporter.exposition.model import HISTOGRAM, Family  # noqa: E402
 from celery_exporter.settings import Settings  # noqa: E402
 from celery_exporter.store import Store  # noqa: E402
 
@@ -66,11 +66,6 @@ def exported_families() -> List[Family]:
     return CeleryCollector(store, settings, clock).families()
 
 
-def exposed_name(family: Family) -> str:
-    """The name a family goes by in queries: counters with `_total`."""
-    return family.name + "_total" if family.kind == COUNTER else family.name
-
-
 def cell(text: str) -> str:
     """Text for a Markdown table cell: line breaks joined, pipes escaped."""
     return " ".join(text.split()).replace("|", "\\|")
@@ -81,7 +76,7 @@ def metrics_table() -> str:
     for family in exported_families():
         kind = family.kind + (f" ({family.unit})" if family.kind == HISTOGRAM and family.unit else "")
         labels = ", ".join(family.label_names)
-        rows.append(f"| `{exposed_name(family)}` | {kind} | {labels} | {cell(family.help)} |")
+        rows.append(f"| `{family.exposed_name()}` | {kind} | {labels} | {cell(family.help)} |")
     return "\n".join(rows) + "\n"
 
 

@@ -103,10 +103,15 @@ class Family:
         self.metrics.append(new_metric((tuple(labels), value, next_version())))
         self.version = None
 
+    def exposed_name(self) -> str:
+        """The name it goes by in queries, and its samples in every format: a counter's ends
+        in `_total` (the text formats' samples, protobuf's MetricFamily name)."""
+        return self.name + "_total" if self.kind == COUNTER else self.name
+
     def sample_names(self) -> Tuple[str, ...]:
         """The names its samples carry in the text formats."""
         if self.kind == COUNTER:
-            return (self.name + "_total",)
+            return (self.exposed_name(),)
         if self.kind == HISTOGRAM:
             return (self.name + "_bucket", self.name + "_count", self.name + "_sum")
         return (self.name,)

@@ -228,16 +228,11 @@ def metric_message(family: Family, metric: Metric, labels: bool = True) -> Any:
     return m
 
 
-def family_name(family: Family) -> str:
-    """The MetricFamily's name: the name of its samples, so a counter's ends in `_total`.
-    Prometheus stores a protobuf counter under its family's name as it is (only histogram and
-    summary samples get suffixes), as client_golang's counters, named with `_total`, expect."""
-    return family.name + "_total" if family.kind == COUNTER else family.name
-
-
 def family_message(family: Family) -> Any:
     """The whole family as one message (for tests and tools; the encoder writes the same bytes)."""
-    msg = MetricFamily(name=family_name(family), help=family.help, type=TYPE_NUMBER[family.kind])
+    # the samples' name: Prometheus stores a protobuf counter under its family's name as it is
+    # (only histogram and summary samples get suffixes), so a counter's must end in _total
+    msg = MetricFamily(name=family.exposed_name(), help=family.help, type=TYPE_NUMBER[family.kind])
     if family.unit:
         msg.unit = family.unit
     for metric in family.metrics:
@@ -256,7 +251,9 @@ class ProtobufEncoder(KeepingEncoder):
 
     def head(self, family: Family) -> bytes:
         return bytes(
-            MetricFamily(name=family_name(family), help=family.help, type=TYPE_NUMBER[family.kind]).SerializeToString()
+            MetricFamily(
+                name=family.exposed_name(), help=family.help, type=TYPE_NUMBER[family.kind]
+            ).SerializeToString()
         )
 
     def metrics(self, family: Family, metrics: Sequence[Metric]) -> List[bytes]:

@@ -14,7 +14,7 @@ from itertools import accumulate
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 from celery_exporter.exposition.kept import KeepingEncoder
-from celery_exporter.exposition.model import COUNTER, HISTOGRAM, Exemplar, Family, Histogram, Metric, exemplar_labels
+from celery_exporter.exposition.model import HISTOGRAM, Exemplar, Family, Histogram, Metric, exemplar_labels
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -108,7 +108,7 @@ class TextEncoder(KeepingEncoder):
         name, kind = family.name, family.kind
         # Text 0.0.4 names a counter family by its sample name (with _total), OpenMetrics
         # by the name without it.
-        header = name + "_total" if kind == COUNTER and not self.openmetrics else name
+        header = name if self.openmetrics else family.exposed_name()
         help_ = family.help.replace("\\", r"\\").replace("\n", r"\n")
         if self.openmetrics:
             help_ = help_.replace('"', r"\"")
@@ -122,7 +122,7 @@ class TextEncoder(KeepingEncoder):
         name = family.name
         if family.kind == HISTOGRAM:
             return [self._histogram(name, text, metric).encode() for text, metric in zip(texts, metrics)]
-        sample = name + "_total" if family.kind == COUNTER else name
+        sample = family.exposed_name()
         open_ = sample + "{"
         return [
             (

@@ -116,7 +116,7 @@ def test_the_reader_counts_the_bytes_of_its_last_read(pair):
     data = delivery(json.dumps(ONE).encode())
     broker.sendall(data)
     assert events(reader.read_many(1.0)) == [ONE] and reader.last_read == len(data)
-    reader.gather(10.0)  # a socket pair: no pause (redis_events.Gatherer is tested on TCP)
+    reader.gather(10.0)  # a socket pair: no pause (streams.Gatherer is tested on TCP)
 
 
 def test_a_delivery_split_at_every_byte_boundary_is_read_once(pair):

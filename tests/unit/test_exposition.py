@@ -183,6 +183,15 @@ def test_bucket_key_holds_the_value(value, schema):
         assert nativehist.bucket_key(value, schema - 1) == (key + 1) >> 1
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=1e-9, max_value=1e9, allow_nan=False), st.integers(-4, 8))
+def test_observe_counts_the_value_in_bucket_keys_bucket(value, schema):
+    """NativeBuckets.observe writes bucket_key out for speed: the two must agree."""
+    native = nativehist.NativeBuckets(schema)
+    native.observe(value, 0.0, 1000)
+    assert native.buckets == {nativehist.bucket_key(value, schema): 1}
+
+
 def test_bucket_key_exact_boundaries():
     for schema in (-4, -1, 0, 1, 3, 8):
         assert nativehist.bucket_key(1.0, schema) == 0  # 1 is the top of bucket 0 at every schema
