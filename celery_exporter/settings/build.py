@@ -5,16 +5,18 @@ A refused value raises click.BadParameter naming its flag."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 
 import click
 from click.core import ParameterSource
 
 from celery_exporter.settings.declaration import Declared, Invalid, Option, declarations, options
-from celery_exporter.settings.model import CHECKS, Settings
+from celery_exporter.settings.model import CHECKS, INCUMBENT, INCUMBENT_ONLY, INCUMBENT_SAME_FLAGS, Settings
 
 DECLARED = declarations(Settings)
-OPTIONS = {o.name: o for o in options(Settings)}
+OPTIONS = {o.name: o for o in (*options(Settings), *INCUMBENT_ONLY)}
+# the incumbent's environment variables: its click prefix CE_ and the flag's name
+INCUMBENT_ENV_PREFIX = "CE_"
 
 
 def click_params(names: Optional[Sequence[str]] = None, envvar: bool = True) -> List[click.Parameter]:
@@ -37,6 +39,7 @@ def build_settings(values: Dict[str, Any], given: Optional[Set[str]] = None) -> 
     default). With --app, the options not in `given` (those the user did not give on the
     command line or in the environment) take the Celery app's values."""
     values = {**{name: o.parse(o.default) for name, o in OPTIONS.items() if name not in values}, **values}
+    _refuse_incumbent(values, given or set())
     extra: Dict[str, Any] = {}
     if values.get("app"):
         extra = _from_app(values["app"], values, given or set())
@@ -48,6 +51,64 @@ def build_settings(values: Dict[str, Any], given: Optional[Set[str]] = None) -> 
         except Invalid as exc:
             raise click.BadParameter(str(exc), param_hint=f"'{exc.flag}'" if exc.flag else None) from None
     return settings
+
+
+def _refuse_incumbent(values: Dict[str, Any], given: Set[str]) -> None:
+    """The incumbent's flags that cannot be applied, or given together with their
+    replacement: refused naming the flag. Those with no setting here are taken out."""
+    for option in INCUMBENT_ONLY:
+        value = values.pop(option.name)
+        if value not in (None, (), False) and option.refusal(value):
+            raise click.BadParameter(option.refusal(value), param_hint=f"'{option.long_flag}'")
+    for declared in DECLARED:
+        ours = declared.options[0]
+        for option in declared.options[1:]:
+            if option.deprecated and not option.is_flag and option.name in given and ours.name in given:
+                raise click.BadParameter(
+                    f"given together with {ours.long_flag}: give {ours.long_flag} only",
+                    param_hint=f"'{option.long_flag}'",
+                )
+
+
+def deprecations(given: Set[str]) -> List[str]:
+    """A line for each of the incumbent's flags given: its deprecation and what to use."""
+    return [
+        f"{o.long_flag} is {INCUMBENT}'s flag, deprecated here: {o.deprecated}"
+        for o in OPTIONS.values()
+        if o.deprecated and o.name in given
+    ]
+
+
+def incumbent_flags() -> List[Option]:
+    """The incumbent's flags, accepted or refused, in declaration order (those it shares
+    with this exporter, unchanged, are INCUMBENT_SAME_FLAGS)."""
+    return [o for o in OPTIONS.values() if o.incumbent]
+
+
+def incumbent_environment(environ: Mapping[str, str]) -> List[str]:
+    """Refusals of the incumbent's environment variables (CE_BROKER_URL...) found in
+    `environ`: none is read here, so each says which variable to set instead."""
+    out = []
+    ours = {f: o for o in OPTIONS.values() if not o.incumbent for f in o.flags if f in INCUMBENT_SAME_FLAGS}
+    for option in [*ours.values(), *incumbent_flags()]:
+        flag = next(f for f in option.flags if f.startswith("--") and (option.incumbent or f in INCUMBENT_SAME_FLAGS))
+        name = INCUMBENT_ENV_PREFIX + flag.split("/")[0][2:].replace("-", "_").upper()
+        if name not in environ:
+            continue
+        if not option.incumbent:
+            instead = f"set {option.env[0]} instead"
+        else:
+            instead = _replacement_env(option)
+        out.append(f"{name} is {INCUMBENT}'s environment variable, not read here: {instead}")
+    return out
+
+
+def _replacement_env(option: Option) -> str:
+    for declared in DECLARED:
+        ours = declared.options[0]
+        if option in declared.options[1:] and not ours.incumbent:
+            return f"set {ours.env[0]} instead"
+    return f"its flag {option.long_flag}: " + (option.refused or option.deprecated)
 
 
 def _field_value(declared: Declared, values: Dict[str, Any]) -> Any:
