@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -25,7 +26,7 @@ import yaml
 
 from . import grafana
 from .promstack import ROOT, Load, Prometheus
-from .rig import Rig, wait_for
+from .rig import Rig, clean_env, executable, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,9 +92,33 @@ class MoreOutcomes(threading.Thread):
             self.error = exc
 
 
+# The exporter runs with the incumbent's flags where it has them (accepted with a warning
+# each, applied as their replacements): runtime buckets, a forced queue, reconnect delay.
+OLD_FLAGS = (
+    "--buckets",
+    "0.005,0.05,0.5,5,60",
+    "--queues",
+    "celery,q2,idle",
+    "--retry-interval",
+    "2",
+    "--generic-hostname-worker-task-metric",
+    "--metric-prefix",
+    "celery_",
+)
+
+
 def test_incumbent_names_and_dashboards_through_the_compat_rules(make_rig, tmp_path):
     rig = make_rig("redis")
-    exporter = rig.start_exporter("--queue-poll-interval", "1s", "--inspect-interval", "2s")
+    exporter = rig.start_exporter("--queue-poll-interval", "1s", "--inspect-interval", "2s", *OLD_FLAGS)
+    log = exporter.proc.log_text()
+    for flag in (
+        "--buckets",
+        "--queues",
+        "--retry-interval",
+        "--generic-hostname-worker-task-metric",
+        "--metric-prefix",
+    ):
+        assert f"{flag} is danihodovic/celery-exporter's flag, deprecated here" in log, flag
     worker = rig.start_worker(queues=("celery", "q2"), concurrency=2, exporter=exporter)
     rig.prime(exporter)
     with_rules = Prometheus(tmp_path, exporter.port, COMPAT_RULES, name="with-compat", labels=TARGET_LABELS)
@@ -127,6 +152,10 @@ def test_incumbent_names_and_dashboards_through_the_compat_rules(make_rig, tmp_p
         )
         assert load.error is None and more.error is None, (load.error, more.error)
         same_values_as_ours(with_rules)
+        # the old flags were applied: --buckets' bounds, and --queues' idle queue (no worker)
+        bounds = {r["metric"]["le"] for r in with_rules.query('celery_task_runtime_bucket{name="it.succeed"}')}
+        assert bounds == {"0.005", "0.05", "0.5", "5.0", "60.0", "+Inf"}, bounds
+        assert with_rules.query('celery_queue_length{queue_name="idle"}')
 
         # 2. With a checkout of the incumbent: its panel queries, with and without the rules.
         if checkout:
@@ -236,3 +265,22 @@ def measure(checkout: Path, with_rules: Prometheus, without: Prometheus) -> None
     report = os.environ.get("INCUMBENT_REPORT")
     if report:
         Path(report).write_text("\n".join(lines) + "\n")
+
+
+def test_the_incumbents_flags_that_cannot_be_applied_stop_the_exporter(tmp_path):
+    for argv, instead in [
+        (["--static-label", "env=prod"], "target label"),
+        (["--metric-prefix", "myapp_"], "metric_relabel_configs"),
+        (["--default-queue-name", "default"], "task_send_sent_event"),
+        (["--retry-interval", "0"], "always reconnects"),
+    ]:
+        done = subprocess.run(
+            [executable("celery-exporter"), "--broker-url", "redis://127.0.0.1:1/0", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (argv, done.returncode, done.stderr)
+        assert argv[0] in lines[0] and instead in lines[0], lines
