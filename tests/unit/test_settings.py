@@ -331,9 +331,7 @@ def test_the_reference_is_grouped_in_the_groups_order():
     hostname = "| `--task-hostname-label` / `--no-task-hostname-label` | `CELERY_EXPORTER_TASK_HOSTNAME_LABEL` | off |"
     assert hostname in lifetime
     assert "`CELERY_EXPORTER_QUEUES` (space- or comma-separated) | none |" in text
-    runtime = (
-        "| `--runtime-buckets` | `CELERY_EXPORTER_RUNTIME_BUCKETS` | 1 ms … 1 h (20 buckets) |"
-    )
+    runtime = "| `--runtime-buckets` | `CELERY_EXPORTER_RUNTIME_BUCKETS` | 1 ms … 1 h (20 buckets) |"
     assert runtime in text
 
 
