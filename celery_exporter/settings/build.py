@@ -85,30 +85,28 @@ def incumbent_flags() -> List[Option]:
     return [o for o in OPTIONS.values() if o.incumbent]
 
 
+def replaced_by(option: Option) -> Optional[Option]:
+    """This exporter's option that an accepted flag of the incumbent is another name of (None:
+    the flag has no option of ours beside it)."""
+    for declared in DECLARED:
+        if option in declared.options[1:] and not declared.options[0].incumbent:
+            return declared.options[0]
+    return None
+
+
 def incumbent_environment(environ: Mapping[str, str]) -> List[str]:
     """Refusals of the incumbent's environment variables (CE_BROKER_URL...) found in
     `environ`: none is read here, so each says which variable to set instead."""
+    same = [(flag, next(o for o in OPTIONS.values() if flag in o.flags)) for flag in INCUMBENT_SAME_FLAGS]
     out = []
-    ours = {f: o for o in OPTIONS.values() if not o.incumbent for f in o.flags if f in INCUMBENT_SAME_FLAGS}
-    for option in [*ours.values(), *incumbent_flags()]:
-        flag = next(f for f in option.flags if f.startswith("--") and (option.incumbent or f in INCUMBENT_SAME_FLAGS))
-        name = INCUMBENT_ENV_PREFIX + flag.split("/")[0][2:].replace("-", "_").upper()
+    for flag, option in [*same, *((o.long_flag, o) for o in incumbent_flags())]:
+        name = INCUMBENT_ENV_PREFIX + flag[2:].replace("-", "_").upper()
         if name not in environ:
             continue
-        if not option.incumbent:
-            instead = f"set {option.env[0]} instead"
-        else:
-            instead = _replacement_env(option)
+        ours = replaced_by(option) if option.incumbent else option
+        instead = f"set {ours.env[0]} instead" if ours else f"its flag {flag}: {option.refused or option.deprecated}"
         out.append(f"{name} is {INCUMBENT}'s environment variable, not read here: {instead}")
     return out
-
-
-def _replacement_env(option: Option) -> str:
-    for declared in DECLARED:
-        ours = declared.options[0]
-        if option in declared.options[1:] and not ours.incumbent:
-            return f"set {ours.env[0]} instead"
-    return f"its flag {option.long_flag}: " + (option.refused or option.deprecated)
 
 
 def _field_value(declared: Declared, values: Dict[str, Any]) -> Any:

@@ -68,15 +68,16 @@ def default_text(option: Option, code: bool = True) -> str:
 def incumbent_markdown() -> str:
     """docs/migration.md's table of danihodovic/celery-exporter's flags: each with what it
     does here (the same flag, accepted under its old name with a warning, or refused)."""
-    from celery_exporter.settings.build import INCUMBENT_ENV_PREFIX, OPTIONS, incumbent_flags
+    from celery_exporter.settings.build import INCUMBENT_ENV_PREFIX, OPTIONS, incumbent_flags, replaced_by
     from celery_exporter.settings.model import INCUMBENT_SAME_FLAGS
 
     rows = ["| its flag | here | what happens |", "|---|---|---|"]
     for flag in INCUMBENT_SAME_FLAGS:
-        (ours,) = [o for o in OPTIONS.values() if flag in o.flags and not o.incumbent]
-        rows.append(f"| `{flag}` | `{ours.long_flag}` | the same flag |")
+        (same,) = [o for o in OPTIONS.values() if flag in o.flags and not o.incumbent]
+        rows.append(f"| `{flag}` | `{same.long_flag}` | the same flag |")
     for option in incumbent_flags():
-        replacement = _replacement(option)
+        ours = replaced_by(option)
+        replacement = f"`{ours.long_flag}`" if ours else "none"
         if option.refused and option.accepts:
             accepted = ", ".join(f"`{v}`" for v in option.accepts)
             what = (
@@ -93,12 +94,3 @@ def incumbent_markdown() -> str:
         "refused (exit 2), each naming the variable to set instead: none is read here |"
     )
     return "\n".join(r.replace("\n", " ") for r in rows) + "\n"
-
-
-def _replacement(option: Option) -> str:
-    from celery_exporter.settings.build import DECLARED
-
-    for declared in DECLARED:
-        if option in declared.options[1:]:
-            return f"`{declared.options[0].long_flag}`"
-    return "none"
