@@ -105,15 +105,16 @@ def _task_hostname_label(new: bool, generic: bool) -> bool:
 
 # The incumbent: danihodovic/celery-exporter, whose flags are accepted where they have an
 # equivalent here (with a deprecation warning) and refused with what to do where not
-# (docs/migration.md lists each). Its flags that are also ours, unchanged:
-INCUMBENT_SAME_FLAGS = (
-    "--broker-url",
-    "--broker-ssl-option",
-    "--accept-content",
-    "--port",
-    "--log-level",
-    "--worker-timeout",
-)
+# (docs/migration.md lists each). Its flags that are also ours, under the same name, with
+# what differs in the values they take:
+INCUMBENT_SAME_FLAGS: Mapping[str, str] = {
+    "--broker-url": "",
+    "--broker-ssl-option": "values that are JSON are parsed as JSON (`cert_reqs=2` is a number, as before)",
+    "--accept-content": "",
+    "--port": "",
+    "--log-level": "`DEBUG`, `INFO`, `WARNING` or `ERROR` (any case)",
+    "--worker-timeout": "default 30 s (was 300 s); 0 (never time out) is refused: give a long duration instead",
+}
 INCUMBENT = "danihodovic/celery-exporter"
 # Reconnect backoff of the event receiver: starts at the first value, doubles, capped.
 RECONNECT_BACKOFF = (1.0, 30.0)

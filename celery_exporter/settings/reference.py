@@ -72,9 +72,9 @@ def incumbent_markdown() -> str:
     from celery_exporter.settings.model import INCUMBENT_SAME_FLAGS
 
     rows = ["| its flag | here | what happens |", "|---|---|---|"]
-    for flag in INCUMBENT_SAME_FLAGS:
+    for flag, differs in INCUMBENT_SAME_FLAGS.items():
         (same,) = [o for o in OPTIONS.values() if flag in o.flags and not o.incumbent]
-        rows.append(f"| `{flag}` | `{same.long_flag}` | the same flag |")
+        rows.append(f"| `{flag}` | `{same.long_flag}` | the same flag" + (f": {differs}" if differs else "") + " |")
     for option in incumbent_flags():
         ours = replaced_by(option)
         replacement = f"`{ours.long_flag}`" if ours else "none"
