@@ -114,23 +114,28 @@ def run(settings: Settings, listen: float, clock: Optional[Clock] = None) -> Rep
     if error is not None:
         return Report(url, False, error, 0.0, None, [], 0, 0, {}, {}, [], [])
     started = time.monotonic()
-    receiver.start()
+    # the event thread, and the inspector as the exporter runs it (the queues workers consume
+    # fix the labels of tasks without task-sent, as they do in the exporter)
+    threads: List[threading.Thread] = [receiver]
+    if settings.inspect:
+        threads.append(Inspector(settings, store, clock, stop))
+    for thread in threads:
+        thread.start()
     stop.wait(listen)
     # the diagnosis of what the event thread heard while it was connected
     snap = store.snapshot(clock.now())
     found = diagnosis.problems(snap, settings)
     stop.set()
-    receiver.join(STOP_TIMEOUT)
+    for thread in threads:
+        thread.join(STOP_TIMEOUT)
     listened = time.monotonic() - started
     if snap.exporter.reader is None:  # never got to read events
         return Report(url, False, "the event stream did not open", listened, None, [], 0, 0, {}, {}, [], [])
-    for poller in (Inspector if settings.inspect else None, QueuePoller):
-        if poller is not None:
-            once = poller(settings, store, clock, threading.Event())
-            try:
-                once.poll_once()
-            finally:
-                once.close()
+    poller = QueuePoller(settings, store, clock, threading.Event())  # one poll, of every queue known now
+    try:
+        poller.poll_once()
+    finally:
+        poller.close()
     queues = store.snapshot(clock.now()).queues.depths
     return _report(url, snap, found, listened, {q: d[0] for q, d in queues.items()})
 
