@@ -381,7 +381,6 @@ class Settings:
         "--enable-events/--no-enable-events",
         default=False,
         group=Group.QUEUES,
-        chart_default=False,
         help="Every 10 s, send Celery's enable_events remote-control command to the workers diagnosed with task "
         "events off (heartbeats show tasks processed, no task event comes), at most every 30 s per worker. It "
         "changes the workers' behaviour (they send task events until restarted): opt-in.",

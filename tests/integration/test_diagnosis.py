@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from .rig import HOST, Metrics, clean_env, executable, wait_for
+from .rig import BROKERS, HOST, Metrics, clean_env, executable, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +27,9 @@ def received(m: Metrics, name: str = "it.succeed") -> float:
     return sum(m.select("celery_task_received_total", name=name).values())
 
 
-def test_a_worker_without_task_events_is_diagnosed_then_enable_events_turns_them_on(make_rig):
-    rig = make_rig("redis")
+@pytest.mark.parametrize("broker", BROKERS)
+def test_a_worker_without_task_events_is_diagnosed_then_enable_events_turns_them_on(make_rig, broker):
+    rig = make_rig(broker)
     exporter = rig.start_exporter("--enable-events")
     worker = rig.start_worker(task_events=False, exporter=exporter)
     host = worker.hostname
@@ -153,8 +154,9 @@ def test_a_worker_with_a_shifted_clock_shows_its_skew(make_rig, tmp_path):
     assert f"clock_skew ({normal.hostname})" not in page
 
 
-def test_pickle_serialized_events_give_the_accept_content_hint_and_count_as_dropped(make_rig):
-    rig = make_rig("redis")
+@pytest.mark.parametrize("broker", BROKERS)
+def test_pickle_serialized_events_give_the_accept_content_hint_and_count_as_dropped(make_rig, broker):
+    rig = make_rig(broker)
     exporter = rig.start_exporter()
     rig.start_worker(env={"IT_EVENT_SERIALIZER": "pickle"})
     m = exporter.wait_for(
