@@ -247,9 +247,7 @@ class Handler:
 
     def _log_worker_problems(self, hostname: str, found: Iterable[str]) -> None:
         """One line per problem a heartbeat found first (diagnosis.WorkerSigns)."""
-        with self.store.lock:
-            record = self.store.workers.get_locked(hostname)
-            skew, freq = (record.signs.skew, record.freq) if record is not None else (None, None)
+        skew, freq = self.store.workers.skew_and_freq(hostname)
         timeout = self.store.liveness.worker_timeout
         for kind in found:
             if kind == diagnosis.TASK_EVENTS_OFF:

@@ -110,6 +110,12 @@ class WorkerStore:
             record = self._workers.get(hostname)
             return record is not None and record.signs.task_event() is False
 
+    def skew_and_freq(self, hostname: str) -> Tuple[Optional[float], Optional[float]]:
+        """The worker's clock skew and heartbeat interval, for a diagnosis log line."""
+        with self._lock:
+            record = self._workers.get(hostname)
+            return (record.signs.skew, record.freq) if record is not None else (None, None)
+
     def events_off_locked(self) -> Set[str]:
         """Workers whose task events are diagnosed off."""
         return {h for h, r in self._workers.items() if r.signs.task_events is False}
