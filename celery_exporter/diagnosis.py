@@ -25,6 +25,7 @@ delay (a backlog read late lowers a sample, never raises it).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -181,7 +182,8 @@ def misfit_problem(hostname: str, freq: float, worker_timeout: float) -> Problem
         hostname,
         f"its heartbeat interval ({freq:g} s) times {HEARTBEAT_MISSES} exceeds --worker-timeout "
         f"({worker_timeout:g} s): it is declared down only after {HEARTBEAT_MISSES * freq:g} s of silence",
-        f"start the worker with --heartbeat-interval {worker_timeout / HEARTBEAT_MISSES:g} or less, "
+        f"start the worker with --heartbeat-interval {math.floor(worker_timeout / HEARTBEAT_MISSES * 10) / 10:g} "
+        "or less, "
         f"or give the exporter --worker-timeout {HEARTBEAT_MISSES * freq:g}s or more",
     )
 

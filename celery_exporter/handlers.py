@@ -28,7 +28,7 @@ events.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional, Set
+from typing import Any, Dict, Iterable, Optional, Set
 
 from celery_exporter import attempts, catalogue, diagnosis, lifecycle
 from celery_exporter.drops import Drops
@@ -55,6 +55,8 @@ SERIES_LIMIT_DETAIL = "a new label set was refused: --max-series reached"
 # Tasks received this soon after the first task event are not diagnosed as missing their
 # task-sent: they may have been published before the exporter listened.
 SENT_MISSING_GRACE = 10.0
+# Workers logged per kind of problem (diagnosis.WorkerSigns); the rest are on the status page.
+LOGGED_WORKERS = 5
 
 
 class Handler:
@@ -69,6 +71,7 @@ class Handler:
         self.accept_content = settings.accept_content
         self.sent_missing_grace = SENT_MISSING_GRACE  # (`celery-exporter check` listens briefly: shorter)
         self._undecodable_logged: Set[str] = set()
+        self._workers_logged: Dict[str, int] = {}  # kind of problem -> workers found with it
 
     # -- entry points -------------------------------------------------------------------
 
@@ -246,11 +249,18 @@ class Handler:
             self._log_worker_problems(event.hostname, found)
 
     def _log_worker_problems(self, hostname: str, found: Iterable[str]) -> None:
-        """One line per problem a heartbeat found first (diagnosis.WorkerSigns)."""
+        """One line per problem a heartbeat found first (diagnosis.WorkerSigns), for the first
+        LOGGED_WORKERS workers of each kind; then one line saying where the rest are shown
+        (pods renamed by every deployment must not fill the log)."""
         skew, freq = self.store.workers.skew_and_freq(hostname)
         timeout = self.store.liveness.worker_timeout
         for kind in found:
-            if kind == diagnosis.TASK_EVENTS_OFF:
+            logged = self._workers_logged[kind] = self._workers_logged.get(kind, 0) + 1
+            if logged > LOGGED_WORKERS + 1:
+                continue
+            if logged == LOGGED_WORKERS + 1:
+                log.warning("more workers with %s: see the status page (/) and the metrics; not logged again", kind)
+            elif kind == diagnosis.TASK_EVENTS_OFF:
                 log.warning("%s", diagnosis.events_off_problem(hostname).line())
             elif kind == diagnosis.CLOCK_SKEW and skew is not None:
                 log.warning("%s", diagnosis.skew_problem(hostname, skew).line())

@@ -250,3 +250,16 @@ def diagnosis_grace() -> float:
     from celery_exporter.handlers import SENT_MISSING_GRACE
 
     return SENT_MISSING_GRACE
+
+
+def test_worker_problems_are_logged_for_the_first_workers_of_each_kind_only(caplog):
+    rig = Rig(worker_timeout=4.0)  # 3 heartbeats of 2 s do not fit
+    with caplog.at_level(logging.WARNING, logger="celery_exporter"):
+        for n in range(40):  # pods renamed by every deployment
+            rig.feed(heartbeat(host=f"pod-{n}@h"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 6, lines
+    assert lines[0].startswith("heartbeat_interval (pod-0@h): its heartbeat interval (2 s) times 3 exceeds")
+    assert "--heartbeat-interval 1.3 or less" in lines[0] and "--worker-timeout 6s or more" in lines[0]
+    assert lines[5] == "more workers with heartbeat_interval: see the status page (/) and the metrics; not logged again"
+    assert rig.value("celery_worker_heartbeat_interval_fits", hostname="pod-39@h") == 0
