@@ -164,6 +164,37 @@ WORKER_HEARTBEAT_INTERVAL = (
     "celery_worker_heartbeat_interval_seconds",
     "The heartbeat interval the worker announces (freq field).",
 )
+# Diagnosis (celery_exporter/diagnosis.py): what the event stream tells is misconfigured.
+WORKER_TASK_EVENTS = (
+    "celery_worker_task_events_enabled",
+    "0 when the worker's heartbeats show tasks processed while no task event came from it (task events off: "
+    "start it with -E, or see --enable-events), 1 once a task event came; absent until it has processed a task.",
+)
+WORKER_CLOCK_SKEW = (
+    "celery_worker_clock_skew_seconds",
+    "The worker's clock minus the exporter's: the largest of its last 8 heartbeats' timestamp less their arrival "
+    "time (the least delayed one), so delivery delay does not count as skew.",
+)
+WORKER_HEARTBEAT_FITS = (
+    "celery_worker_heartbeat_interval_fits",
+    "1 when 3 of the worker's heartbeat intervals fit in --worker-timeout, else 0 (the timeout is stretched "
+    "for that worker, which is declared down later than configured).",
+)
+TASK_SENT_MISSING = (
+    "celery_task_sent_events_missing",
+    "1 for a task name received lately (within --series-ttl) with no task-sent event: its publisher runs "
+    "without task_send_sent_event=True, so its queue_name label falls back.",
+)
+EVENTS_UNDECODABLE = (
+    "celery_exporter_events_undecodable",
+    "Messages on the event exchange that could not be decoded, by content type (json, pickle, yaml, msgpack, "
+    "other); pickle, yaml and msgpack need --accept-content. Also counted in "
+    'celery_exporter_events_dropped_total{reason="undecodable"}.',
+)
+ENABLE_EVENTS_SENT = (
+    "celery_exporter_enable_events_sent",
+    "enable_events remote-control commands sent (--enable-events), one per worker addressed.",
+)
 WORKER_LABELS = ("hostname",)
 WORKER_INFO_LABELS = ("hostname", "sw_ident", "sw_ver", "sw_sys")
 
@@ -227,7 +258,8 @@ POLL_METHOD = (
 )
 POLL_ERRORS = (
     "celery_exporter_queue_poll_errors",
-    "Failed polls, by reason (broker: queue lengths, inspect: remote control, error: a bug).",
+    "Failed polls, by reason (broker: queue lengths, inspect: remote control, enable_events: the "
+    "--enable-events broadcast, error: a bug).",
 )
 
 # Beat schedule (--app with a static beat_schedule).

@@ -1,9 +1,10 @@
 """Command line: the commands (their options come from the settings' declarations), wiring
 and signals. No metric logic lives here.
 
-`celery-exporter` serves; `celery-exporter demo` and `celery-exporter healthcheck` are its
-subcommands; `celery -A proj exporter` serves too, as a subcommand of Celery's own command
-line (the `celery.commands` entry point in pyproject.toml), with the app from Celery's -A."""
+`celery-exporter` serves; `celery-exporter demo`, `celery-exporter healthcheck` and
+`celery-exporter check` are its subcommands; `celery -A proj exporter` serves too, as a
+subcommand of Celery's own command line (the `celery.commands` entry point in
+pyproject.toml), with the app from Celery's -A."""
 
 from __future__ import annotations
 
@@ -22,7 +23,15 @@ from celery_exporter.settings import Settings, build_settings, click_params, giv
 from celery_exporter.settings.build import deprecations, incumbent_environment
 from celery_exporter.settings.params import Duration
 
-__all__ = ["build_settings", "celery_command", "command", "demo_command", "healthcheck_command", "main"]
+__all__ = [
+    "build_settings",
+    "celery_command",
+    "check_command",
+    "command",
+    "demo_command",
+    "healthcheck_command",
+    "main",
+]
 
 log = logging.getLogger("celery_exporter")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -35,7 +44,8 @@ def command(**values: Any) -> None:
     """Prometheus exporter for Celery: task and worker metrics from Celery events.
 
     `celery-exporter demo` runs a self-contained demo with no broker to install;
-    `celery-exporter healthcheck` asks a running exporter's /-/healthy (the image's HEALTHCHECK)."""
+    `celery-exporter healthcheck` asks a running exporter's /-/healthy (the image's HEALTHCHECK);
+    `celery-exporter check` listens for a while and reports what is misconfigured."""
     serve(values, given_options(click.get_current_context()))
 
 
@@ -167,7 +177,58 @@ def healthcheck_command(timeout: float, **values: Any) -> None:
     sys.exit(0 if healthy else 1)
 
 
-SUBCOMMANDS = {"demo": demo_command, "healthcheck": healthcheck_command}
+# the options `check` takes: how to reach the broker and read its events, and what the
+# diagnosis judges by
+CHECK_OPTIONS = [
+    "app",
+    "broker_url",
+    "transport_options",
+    "broker_ssl",
+    "broker_ssl_options",
+    "accept_content",
+    "events_exchange",
+    "event_reader",
+    "queues",
+    "worker_timeout",
+    "inspect",
+    "inspect_timeout",
+    "log_level",
+    "log_format",
+]
+
+
+@click.command(
+    context_settings=CONTEXT,
+    params=[
+        *click_params(CHECK_OPTIONS),
+        click.Option(
+            ["--listen"], type=Duration(), default="15s", show_default=True, help="How long to listen to the events."
+        ),
+        click.Option(
+            ["--output"],
+            type=click.Choice(["table", "json"]),
+            default="table",
+            show_default=True,
+            help="The report's format.",
+        ),
+    ],
+)
+def check_command(listen: float, output: str, **values: Any) -> None:
+    """Listens to the broker's events for a while (--listen), then reports the broker, the
+    workers heard and whether each sends task events, task-sent events, queues and their
+    lengths, clock skew, undecodable events and beat entries, with each problem's fix.
+    Exit code 0: all well; 1: problems found; 2: the broker cannot be reached."""
+    from celery_exporter import check
+
+    given = given_options(click.get_current_context())
+    settings = build_settings(values, given)
+    logs.setup(settings.log_level if "log_level" in given else "WARNING", settings.log_format)
+    report = check.run(settings, listen)
+    click.echo(report.as_json() if output == "json" else report.as_table())
+    sys.exit(report.exit_code)
+
+
+SUBCOMMANDS = {"demo": demo_command, "healthcheck": healthcheck_command, "check": check_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -23,6 +23,7 @@ import kombu
 
 from celery_exporter import __version__, beat, catalogue
 from celery_exporter.clock import Clock
+from celery_exporter.diagnosis import heartbeat_fits
 from celery_exporter.exposition.model import (
     COUNTER,
     GAUGE,
@@ -349,6 +350,10 @@ class CeleryCollector:
         processed = new(catalogue.WORKER_PROCESSED[0], COUNTER, catalogue.WORKER_PROCESSED[1], HOSTNAME)
         interval = new(catalogue.WORKER_HEARTBEAT_INTERVAL[0], GAUGE, catalogue.WORKER_HEARTBEAT_INTERVAL[1], HOSTNAME)
         info = new(catalogue.WORKER_INFO[0], GAUGE, catalogue.WORKER_INFO[1], catalogue.WORKER_INFO_LABELS)
+        events_on = new(catalogue.WORKER_TASK_EVENTS[0], GAUGE, catalogue.WORKER_TASK_EVENTS[1], HOSTNAME)
+        skew = new(catalogue.WORKER_CLOCK_SKEW[0], GAUGE, catalogue.WORKER_CLOCK_SKEW[1], HOSTNAME)
+        fits = new(catalogue.WORKER_HEARTBEAT_FITS[0], GAUGE, catalogue.WORKER_HEARTBEAT_FITS[1], HOSTNAME)
+        timeout = self.settings.worker_timeout
         for w in snap.workers:
             host = (w.hostname,)
             up.add(host, 1 if w.up else 0)
@@ -359,6 +364,11 @@ class CeleryCollector:
                 processed.add(host, w.processed)
             if w.freq is not None:
                 interval.add(host, w.freq)
+                fits.add(host, 1 if heartbeat_fits(timeout, w.freq) else 0)
+            if w.task_events is not None:
+                events_on.add(host, 1 if w.task_events else 0)
+            if w.skew is not None:
+                skew.add(host, w.skew)
             if w.sw_ident or w.sw_ver or w.sw_sys:
                 info.add((w.hostname, w.sw_ident, w.sw_ver, w.sw_sys), 1)
 
@@ -409,6 +419,17 @@ class CeleryCollector:
             series.add((kind,), snap.series.held[kind])
             expired.add((kind,), snap.series.expired[kind])
             refused.add((kind,), snap.series.refused[kind])
+        diag = snap.diagnosis
+        missing = new(catalogue.TASK_SENT_MISSING[0], GAUGE, catalogue.TASK_SENT_MISSING[1], ("name",))
+        for name in sorted(diag.sent_missing):
+            missing.add((name,), 1)
+        undecodable = new(catalogue.EVENTS_UNDECODABLE[0], COUNTER, catalogue.EVENTS_UNDECODABLE[1], ("content_type",))
+        for label, count in diag.undecodable.items():
+            undecodable.add((label,), count)
+        if self.settings.enable_events:
+            new(catalogue.ENABLE_EVENTS_SENT[0], COUNTER, catalogue.ENABLE_EVENTS_SENT[1]).add(
+                (), diag.enable_events_sent
+            )
         new(catalogue.TASKS_TRACKED[0], GAUGE, catalogue.TASKS_TRACKED[1]).add((), own.tasks_tracked)
         new(catalogue.TASKS_EVICTED[0], COUNTER, catalogue.TASKS_EVICTED[1]).add((), own.tasks_evicted)
         if snap.schedule.from_database:

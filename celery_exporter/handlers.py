@@ -27,9 +27,10 @@ events.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+import logging
+from typing import Any, Dict, Iterable, Optional, Set
 
-from celery_exporter import attempts, catalogue, lifecycle
+from celery_exporter import attempts, catalogue, diagnosis, lifecycle
 from celery_exporter.drops import Drops
 from celery_exporter.events import TaskCancelled, TaskEvent, Validator, WorkerEvent
 from celery_exporter.labels import LabelResolver
@@ -39,7 +40,10 @@ from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.running import Taken
 from celery_exporter.store.tasks import TaskKey
+from celery_exporter.streams import UndecodableMessage
 from celery_exporter.tasks import Held, TaskRecord, TaskTracker
+
+log = logging.getLogger(__name__)
 
 # the lifecycle's effects and table, as plain ints and tuples (read on every task event)
 STEPS, DIRECT = lifecycle.STEPS, lifecycle.DIRECT
@@ -48,6 +52,11 @@ REDELIVERED, DUPLICATE, INTERRUPTED, FORGET = Effect.REDELIVERED, Effect.DUPLICA
 BEFORE_COUNT = DUPLICATE | FINISH | END_RUN  # (one test for the events that have none of them)
 AFTER_COUNT = START_RUN | REDELIVERED
 SERIES_LIMIT_DETAIL = "a new label set was refused: --max-series reached"
+# Tasks received this soon after the first task event are not diagnosed as missing their
+# task-sent: they may have been published before the exporter listened.
+SENT_MISSING_GRACE = 10.0
+# Workers logged per kind of problem (diagnosis.WorkerSigns); the rest are on the status page.
+LOGGED_WORKERS = 5
 
 
 class Handler:
@@ -59,6 +68,10 @@ class Handler:
         self.labels = LabelResolver(self.tracker, store.queues, settings, self.drop)
         self.with_hostname = settings.task_hostname_label
         self.listening = Listening()
+        self.accept_content = settings.accept_content
+        self.sent_missing_grace = SENT_MISSING_GRACE  # (`celery-exporter check` listens briefly: shorter)
+        self._undecodable_logged: Set[str] = set()
+        self._workers_logged: Dict[str, int] = {}  # kind of problem -> workers found with it
 
     # -- entry points -------------------------------------------------------------------
 
@@ -70,6 +83,21 @@ class Handler:
             self._worker_event(event, now)
         elif isinstance(event, TaskCancelled):
             self._cancelled(event.uuid)
+
+    def undecodable(self, exc: UndecodableMessage) -> None:
+        """A message that could not be decoded: dropped, and counted by its content type,
+        with one log line per content type naming the fix (diagnosis.undecodable_fix)."""
+        label = diagnosis.content_type_label(exc.content_type)
+        self.store.diagnosis.undecodable(label)
+        self.drop("undecodable", str(exc))
+        if label not in self._undecodable_logged:
+            self._undecodable_logged.add(label)
+            log.warning(
+                "undecodable events of content type %s (%s); fix: %s",
+                label,
+                exc,
+                diagnosis.undecodable_fix(label, self.accept_content),
+            )
 
     def tick(self, now: float) -> None:
         """Count held events whose wait ran out; forget finished tasks; count the runs of
@@ -85,6 +113,11 @@ class Handler:
 
     def _task_event(self, event: TaskEvent, now: float) -> None:
         self.labels.saw(event, now)
+        if event.type == "task-received":  # one per task: the worker sends task events
+            if event.hostname is not None and self.store.workers.task_event(event.hostname):
+                log.info("worker %s sends task events again", event.hostname)
+        elif event.type == "task-sent" and event.name is not None:
+            self.store.diagnosis.sent_seen(event.name)
         record = self.tracker.get(event.uuid)
         if record is None:
             record, evicted = self.tracker.create(event.uuid)
@@ -128,6 +161,8 @@ class Handler:
         next_state, effects = rows[record.state]
         if effects & BEFORE_COUNT and self._duplicate_or_ends(record, event, effects, now):
             return
+        if record.sent_ts is None and event.type == "task-received":
+            self._sent_missing(record, now)
         if not effects & START_RUN:  # (a run starts, and the state moves, once the label set is admitted)
             record.state = next_state
         # COUNT: every row of a task event has it but a duplicate's (test_lifecycle checks)
@@ -140,6 +175,15 @@ class Handler:
             self.store.running.start(record.uuid, event.hostname or record.worker or "", key, now, event.timestamp)
         if effects & REDELIVERED:
             self._count(key, catalogue.REDELIVERED, now)
+
+    def _sent_missing(self, record: TaskRecord, now: float) -> None:
+        """A task received, its labels fixed, and no task-sent came for it (after the first
+        sent_missing_grace seconds of task events: before, it may have been published unheard)."""
+        first = self.labels.first_task_event
+        if record.name is None or first is None or now - first < self.sent_missing_grace:
+            return
+        if self.store.diagnosis.sent_missing(record.name, now):
+            log.warning("%s", diagnosis.sent_missing_problem([record.name]).line())
 
     def _duplicate_or_ends(self, record: TaskRecord, event: TaskEvent, effects: int, now: float) -> bool:
         """The effects before the count: True for a duplicate (dropped, nothing else happens);
@@ -192,7 +236,7 @@ class Handler:
             self._interrupted(self.store.take_restarted_runs(event.hostname, event.processed), now)
         if event.active == 0:  # nothing runs there: end runs whose end events were lost
             self.store.running.idle(event.hostname, event.timestamp)
-        self.store.workers.heartbeat(
+        found = self.store.workers.heartbeat(
             event.hostname,
             now,
             event.timestamp,
@@ -201,3 +245,24 @@ class Handler:
             processed=event.processed,
             software=event.software,
         )
+        if found:
+            self._log_worker_problems(event.hostname, found)
+
+    def _log_worker_problems(self, hostname: str, found: Iterable[str]) -> None:
+        """One line per problem a heartbeat found first (diagnosis.WorkerSigns), for the first
+        LOGGED_WORKERS workers of each kind; then one line saying where the rest are shown
+        (pods renamed by every deployment must not fill the log)."""
+        skew, freq = self.store.workers.skew_and_freq(hostname)
+        timeout = self.store.liveness.worker_timeout
+        for kind in found:
+            logged = self._workers_logged[kind] = self._workers_logged.get(kind, 0) + 1
+            if logged > LOGGED_WORKERS + 1:
+                continue
+            if logged == LOGGED_WORKERS + 1:
+                log.warning("more workers with %s: see the status page (/) and the metrics; not logged again", kind)
+            elif kind == diagnosis.TASK_EVENTS_OFF:
+                log.warning("%s", diagnosis.events_off_problem(hostname).line())
+            elif kind == diagnosis.CLOCK_SKEW and skew is not None:
+                log.warning("%s", diagnosis.skew_problem(hostname, skew).line())
+            elif kind == diagnosis.HEARTBEAT_MISFIT and freq is not None:
+                log.warning("%s", diagnosis.misfit_problem(hostname, freq, timeout).line())

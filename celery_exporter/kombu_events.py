@@ -79,7 +79,10 @@ def decode_message(message: Any) -> Any:
     try:
         return message.decode()
     except Exception as exc:  # not JSON, disallowed content type...: each serializer has its own error
-        raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        content_type = getattr(message, "content_type", None)
+        raise UndecodableMessage(
+            f"{type(exc).__name__}: {str(exc)[:200]}", content_type if isinstance(content_type, str) else None
+        ) from None
 
 
 class KombuStream(DrainedStream):
@@ -110,4 +113,9 @@ class KombuStream(DrainedStream):
         """kombu's consumer found the message broken before it reached on_message (its
         compression could not be undone): counted like any undecodable message, where
         kombu's default would raise out of drain_events and drop the connection."""
-        self.batch.append(UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}"))
+        content_type = getattr(message, "content_type", None)
+        self.batch.append(
+            UndecodableMessage(
+                f"{type(exc).__name__}: {str(exc)[:200]}", content_type if isinstance(content_type, str) else None
+            )
+        )

@@ -14,6 +14,7 @@ exist answers 404, which is 0 on Redis (Redis deletes empty lists) and on Rabbit
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, cast
@@ -54,6 +55,8 @@ class Backend(Protocol):
     def queue_depths(self, queues: Iterable[str]) -> Dict[str, QueueDepth]: ...
 
     def inspect(self, expected_replies: int) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, int]]: ...
+
+    def enable_events(self, hostnames: Sequence[str]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -176,8 +179,8 @@ class KombuBackend:
                 pass
         return depths
 
-    def inspect(self, expected_replies: int) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, int]]:
-        """worker -> queues it consumes, worker -> pool processes (broadcast + replies)."""
+    def _control(self) -> Any:
+        """Celery's remote control, of an app made once with the exporter's broker settings."""
         if self._app is None:
             app = Celery("celery-exporter", broker=self.settings.broker_url, set_as_current=False, control=_Control)
             app.conf.broker_transport_options = dict(self.settings.transport_options)
@@ -185,8 +188,21 @@ class KombuBackend:
                 app.conf.broker_use_ssl = self.settings.broker_ssl
             app.conf.accept_content = list(self.settings.accept_content)
             self._app = app
+        return self._app.control
+
+    def enable_events(self, hostnames: Sequence[str]) -> None:
+        """Broadcast `enable_events` to these workers (no reply awaited)."""
         try:
-            inspect = self._app.control.inspect(
+            self._control().enable_events(destination=list(hostnames), connection=self._connect())
+        except Exception as exc:
+            self.close()
+            raise PollError("enable_events", f"{type(exc).__name__}: {exc}") from exc
+
+    def inspect(self, expected_replies: int) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, int]]:
+        """worker -> queues it consumes, worker -> pool processes (broadcast + replies)."""
+        control = self._control()
+        try:
+            inspect = control.inspect(
                 timeout=self.settings.inspect_timeout, limit=expected_replies or None, connection=self._connect()
             )
             queues_reply = inspect.active_queues() or {}
@@ -328,3 +344,46 @@ class Inspector(_BrokerPoller):
         self.store.queues.set_worker_queues(worker_queues, processes, now)
         if not self.store.workers.up_hosts(self.clock.now()) - set(worker_queues):
             self._retry = INSPECT_RETRY  # everyone up is reported: a new worker gets the short wait
+
+
+# --enable-events: how often the diagnosis is read, and how long before a worker still
+# diagnosed off is asked again (its command may have been lost, or it restarted without -E).
+ENABLE_EVENTS_CHECK = 10.0
+ENABLE_EVENTS_RESEND = 30.0
+
+
+class EventsEnabler(_BrokerPoller):
+    """--enable-events: every ENABLE_EVENTS_CHECK seconds, Celery's `enable_events` remote
+    control command to the workers up whose task events are diagnosed off (diagnosis.py),
+    each at most every ENABLE_EVENTS_RESEND seconds; counted, and logged naming them."""
+
+    what = "enable_events"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        stop_event: threading.Event,
+        backend: Optional[Backend] = None,
+    ):
+        super().__init__("events-enabler", ENABLE_EVENTS_CHECK, settings, store, clock, stop_event, backend)
+        self._asked: Dict[str, float] = {}  # hostname -> exporter clock when last asked
+
+    def poll_once(self) -> None:
+        now = self.clock.now()
+        off = self.store.workers.events_off(now)
+        self._asked = {h: at for h, at in self._asked.items() if h in off}  # forget those fixed or gone
+        due = sorted(h for h in off if now - self._asked.get(h, -math.inf) >= ENABLE_EVENTS_RESEND)
+        if not due:
+            return
+        try:
+            self.backend.enable_events(due)
+        except PollError as exc:
+            self.failed(exc.reason, str(exc))
+            return
+        self.succeeded()
+        for host in due:
+            self._asked[host] = now
+        self.store.diagnosis.enable_events_sent(len(due))
+        log.info("sent enable_events to %d worker(s) with task events off: %s", len(due), ", ".join(due))

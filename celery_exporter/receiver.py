@@ -78,7 +78,8 @@ class Receiver(threading.Thread):
             self._wait(delay)
         self.store.exporter.set_connected(False)
 
-    def _connection(self) -> Connection:
+    def connection(self) -> Connection:
+        """A new connection to the broker, as the event thread makes it (not connected yet)."""
         extra = {}
         if self.settings.broker_ssl is not None:  # else what the URL says (amqps://, rediss://)
             extra["ssl"] = self.settings.broker_ssl
@@ -93,7 +94,7 @@ class Receiver(threading.Thread):
     def _consume(self) -> bool:
         """Connect and consume until stopped. Returns True if it got connected (so the
         next reconnect starts from the shortest delay); raises on broker errors."""
-        connection = self._connection()
+        connection = self.connection()
         try:
             connection.connect()
             settings = self.settings
@@ -137,7 +138,7 @@ class Receiver(threading.Thread):
             try:
                 body = decode(payload)
             except UndecodableMessage as exc:
-                self.handler.drop("undecodable", str(exc))
+                self.handler.undecodable(exc)
                 continue
             if isinstance(body, list):  # task.multi: a batch from one worker
                 for event in body:

@@ -8,6 +8,8 @@ Threads, what they run, and what stops them:
   ends within --queue-poll-timeout).
 - inspector: poller.Inspector, remote-control inspect (unless --no-inspect). Stops on
   stop_event (after --inspect-timeout at most).
+- events-enabler: poller.EventsEnabler, enable_events to workers with task events off (only
+  with --enable-events). Stops on stop_event.
 - beat-schedule: beat.ScheduleRefresher, django-celery-beat's entries (only with such an
   --app). Stops on stop_event.
 - http: httpserver's serving loop; each request in a short-lived thread of its own. Stops on
@@ -31,7 +33,7 @@ from celery_exporter import app_config, beat
 from celery_exporter.clock import Clock
 from celery_exporter.collector import CeleryCollector
 from celery_exporter.handlers import Handler
-from celery_exporter.poller import Inspector, QueuePoller
+from celery_exporter.poller import EventsEnabler, Inspector, QueuePoller
 from celery_exporter.receiver import Receiver
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
@@ -60,6 +62,9 @@ class Exporter:
         self.receiver = Receiver(settings, self.handler, self.store, self.clock, self.stop_event)
         self.poller = QueuePoller(settings, self.store, self.clock, self.stop_event)
         self.inspector = Inspector(settings, self.store, self.clock, self.stop_event) if settings.inspect else None
+        self.enabler = (
+            EventsEnabler(settings, self.store, self.clock, self.stop_event) if settings.enable_events else None
+        )
         self.schedule_refresher: Optional[beat.ScheduleRefresher] = None
         if settings.beat_database_app:
             spec = settings.beat_database_app
@@ -71,7 +76,9 @@ class Exporter:
             )
         # every thread but the web server's, in start order
         self.threads: List[threading.Thread] = [
-            t for t in (self.receiver, self.poller, self.inspector, self.schedule_refresher) if t is not None
+            t
+            for t in (self.receiver, self.poller, self.inspector, self.enabler, self.schedule_refresher)
+            if t is not None
         ]
         self.web = Web(settings, self.store, self.collector, self.process_registry, self.clock)
 

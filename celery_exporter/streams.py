@@ -66,7 +66,12 @@ class EventStream(Protocol):
 
 
 class UndecodableMessage(ValueError):
-    """A message that holds no event: counted as dropped, reason `undecodable`."""
+    """A message that holds no event: counted as dropped, reason `undecodable`, and by its
+    content type (None: not known) for the diagnosis."""
+
+    def __init__(self, message: str, content_type: Optional[str] = None):
+        super().__init__(message)
+        self.content_type = content_type
 
 
 class ReaderUnavailable(RuntimeError):
@@ -172,10 +177,10 @@ def decode_body(
         from kombu.serialization import loads as kombu_loads  # (see accepted())
 
         return kombu_loads(body, content_type or JSON, content_encoding or "utf-8", accept=accept)
-    except UndecodableMessage:
-        raise
+    except UndecodableMessage as exc:
+        raise UndecodableMessage(str(exc), content_type) from None
     except Exception as exc:  # refused content type, bad JSON, pickle or YAML errors, wrong field types...
-        raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise UndecodableMessage(f"{type(exc).__name__}: {str(exc)[:200]}", content_type) from None
 
 
 # A pause after a small read (receiver.COALESCE_SECONDS) ends early once this many bytes are

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Tuple
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
 
-from celery_exporter import __version__, httpserver
+from celery_exporter import __version__, diagnosis, httpserver
 from celery_exporter.clock import Clock
 from celery_exporter.collector import CeleryCollector, registry_families
 from celery_exporter.exposition import Encoders
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 
 HEALTH_PATHS = ("/-/healthy", "/-/ready")
+# diagnosis problems that status_hints already words for the status page
+GENERIC = (diagnosis.NOT_CONNECTED, diagnosis.NO_WORKERS)
 
 
 # Chunks of a response body are sent in writes of at least this size: a family of a few
@@ -178,17 +180,22 @@ class Web:
             ("Task label sets", str(snap.series.held["task"])),
         ]
         workers = []
+        task_events = {True: "on", False: "OFF", None: "not known yet"}
         for w in sorted(snap.workers.workers, key=lambda w: w.hostname):
             workers.append(
                 f"<tr><td>{esc(w.hostname)}</td><td>{'up' if w.up else 'DOWN'}</td>"
                 f"<td>{snap.now - w.last_seen:.1f} s</td>"
-                f"<td>{w.active if w.active is not None else ''}</td></tr>"
+                f"<td>{w.active if w.active is not None else ''}</td>"
+                f"<td>{task_events[w.task_events]}</td>"
+                f"<td>{f'{w.skew:+.2f} s' if w.skew is not None else ''}</td></tr>"
             )
         events = "".join(f"<tr><td>{esc(t)}</td><td>{n}</td></tr>" for t, n in sorted(own.events.items()))
         dropped = "".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in own.dropped.items() if n)
-        hints = "".join(f"<li>{esc(h)}</li>" for h in status_hints(own))
+        # the generic hints, then what the diagnosis found per worker, task name and content type
+        found = [p.line() for p in diagnosis.problems(snap, self.settings) if p.kind not in GENERIC]
+        hints = "".join(f"<li>{esc(h)}</li>" for h in status_hints(own) + found)
         summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
-        worker_rows = "".join(workers) or '<tr><td colspan="4">none seen</td></tr>'
+        worker_rows = "".join(workers) or '<tr><td colspan="6">none seen</td></tr>'
         return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>celery-exporter</title></head>
 <body>
@@ -197,7 +204,8 @@ class Web:
 <table>{summary}</table>
 <h2>Hints</h2><ul>{hints or "<li>Nothing looks wrong.</li>"}</ul>
 <h2>Workers</h2>
-<table><tr><th>hostname</th><th>state</th><th>last heartbeat</th><th>active</th></tr>{worker_rows}</table>
+<table><tr><th>hostname</th><th>state</th><th>last heartbeat</th><th>active</th><th>task events</th>
+<th>clock skew</th></tr>{worker_rows}</table>
 <h2>Events received</h2><table>{events or "<tr><td>none yet</td></tr>"}</table>
 <h2>Events dropped</h2><table>{dropped or "<tr><td>none</td></tr>"}</table>
 </body></html>

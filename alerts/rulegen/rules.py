@@ -258,6 +258,26 @@ def no_worker_up() -> Alert:
     )
 
 
+def worker_task_events_disabled() -> Alert:
+    return Alert(
+        "CeleryWorkerTaskEventsDisabled",
+        "celery-workers",
+        "a worker runs tasks without sending task events: its tasks are missing from every task metric",
+        "The exporter diagnosed the worker from its heartbeats: their `processed` count rises while no task "
+        "event comes from it. Its tasks are not counted anywhere. On any replica that hears its task events "
+        "the worker is fine.",
+        seq(f"{ONE} (celery_worker_task_events_enabled", sel(), ") == 0"),
+        "Celery worker {{ $labels.hostname }} runs tasks without sending task events",
+        "The heartbeats of {{ $labels.hostname }} (job {{ $labels.job }}) show tasks processed, but no task "
+        "event comes from it: its tasks are missing from the task metrics and dashboards.",
+        "Start the worker with -E (or set worker_send_task_events=True in its config); meanwhile run "
+        "`celery -A <app> control enable_events`, or run the exporter with --enable-events, which asks such "
+        "workers itself. The exporter's status page (/) lists the workers concerned.",
+        WORKERS,
+        common("warning", "5m"),
+    )
+
+
 def tasks_interrupted() -> Alert:
     name = "CeleryTasksInterrupted"
 
@@ -633,6 +653,7 @@ def queue_wait_burn(name: str, fast: bool) -> Alert:
 ALERTS: Tuple[Alert, ...] = (
     worker_lost(),
     no_worker_up(),
+    worker_task_events_disabled(),
     failure_burn("CeleryTaskFailureBudgetFastBurn", fast=True),
     failure_burn("CeleryTaskFailureBudgetSlowBurn", fast=False),
     tasks_interrupted(),

@@ -506,6 +506,19 @@ class Settings:
         help="How long to wait for workers' replies; the wait ends sooner once every worker that is up has answered.",
     ).field()
 
+    enable_events: bool = Option(
+        "--enable-events/--no-enable-events",
+        default=False,
+        group=Group.QUEUES,
+        help="Every 10 s, send Celery's enable_events remote-control command to the workers diagnosed with task "
+        "events off (heartbeats show tasks processed, no task event comes), at most every 30 s per worker. It "
+        "changes the workers' behaviour (they send task events until restarted): opt-in.",
+        doc="Every 10 s, send Celery's `enable_events` remote-control command to the workers diagnosed with task "
+        "events off (their heartbeats show tasks processed while no task event comes), at most every 30 s per "
+        "worker. It changes the workers' behaviour (they send task events until restarted): opt-in. See "
+        "[Turning task events on](troubleshooting.md#turning-task-events-on).",
+    ).field()
+
     # -- beat schedule ---------------------------------------------------------------------
     schedule_refresh_interval: float = Option(
         "--schedule-refresh-interval",

@@ -8,6 +8,7 @@
 | `exporter` | events received and dropped, broker connection, uuid-map size | event thread |
 | `schedule` | beat schedule entries and the reader's errors | beat-schedule thread |
 | `running` | tasks in flight: task id -> worker, label set, start | event thread |
+| `diagnosis` | task names without task-sent, undecodable events, enable_events sent | event thread, enabler |
 | `series` | the --max-series budget shared by tasks, exceptions and workers | (the parts above) |
 
 Writers call one method of one part per change; each takes the shared lock. A scrape takes
@@ -27,6 +28,7 @@ from typing import Dict, List, Optional, Set, Tuple
 from celery_exporter.liveness import Hearing, Liveness, Verdict, verdict
 from celery_exporter.settings import Settings
 from celery_exporter.store.budget import SeriesBudget, SeriesSnapshot
+from celery_exporter.store.diagnosis import DiagnosisSnapshot, DiagnosisState
 from celery_exporter.store.own import ExporterSnapshot, ExporterState
 from celery_exporter.store.queues import QueueSnapshot, QueueStore
 from celery_exporter.store.running import RunningSnapshot, RunningStore, Taken
@@ -49,6 +51,7 @@ class Snapshot:
     series: SeriesSnapshot
     schedule: ScheduleSnapshot
     running: RunningSnapshot
+    diagnosis: DiagnosisSnapshot
 
 
 class Store:
@@ -62,6 +65,7 @@ class Store:
         self.exporter = ExporterState(self.lock)
         self.schedule = ScheduleState(self.lock, settings.beat_entries, settings.beat_database_app is not None)
         self.running = RunningStore(self.lock)
+        self.diagnosis = DiagnosisState(self.lock, settings.series_ttl)
 
     def queue_names(self, now: float) -> Set[str]:
         """Queues discovered so far and not expired: those of live task label sets (from
@@ -77,6 +81,7 @@ class Store:
                 self.running.drop_host_locked(host)
             removed = self.tasks.sweep_locked(now) + len(gone)
             self.queues.sweep_locked(now)
+            self.diagnosis.sweep_locked(now)
             return removed
 
     def take_lost_runs(self, now: float, listening_since: Optional[float], heard_at: Optional[float]) -> List[Taken]:
@@ -154,4 +159,5 @@ class Store:
                 series=self.budget.snapshot(),
                 schedule=self.schedule.snapshot_locked(),
                 running=self.running.snapshot_locked(workers.down_hosts),
+                diagnosis=self.diagnosis.snapshot_locked(now),
             )

@@ -2,6 +2,7 @@
 
 Whether a worker is up is the liveness rule's verdict on the age of that arrival, taken
 once per snapshot; a worker past --worker-ttl is hidden at once and removed by the sweep.
+Each record carries the worker's diagnosis signs (diagnosis.WorkerSigns), so they expire with it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 import threading
 from typing import Dict, List, Optional, Set, Tuple
 
+from celery_exporter.diagnosis import WorkerSigns
 from celery_exporter.liveness import Liveness, Verdict, verdict
 from celery_exporter.store.budget import SeriesBudget
 
@@ -27,6 +29,7 @@ class WorkerRecord:
     sw_ident: str = ""
     sw_ver: str = ""
     sw_sys: str = ""
+    signs: WorkerSigns = dataclasses.field(default_factory=WorkerSigns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,8 @@ class WorkerView:
     sw_ident: str
     sw_ver: str
     sw_sys: str
+    task_events: Optional[bool] = None  # diagnosis: None while not known
+    skew: Optional[float] = None  # diagnosis: worker clock minus exporter clock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +80,16 @@ class WorkerStore:
         active: Optional[int] = None,
         processed: Optional[int] = None,
         software: Optional[Software] = None,
-    ) -> bool:
+    ) -> Tuple[str, ...]:
         """A worker-online or worker-heartbeat. Fields left None keep their last value
-        (the on-demand 'wakeup' heartbeat carries no active/processed). False if refused."""
+        (the on-demand 'wakeup' heartbeat carries no active/processed). Returns the problems
+        it found first (diagnosis.WorkerSigns), for the one log line each; a worker refused
+        by --max-series is not recorded (the budget counts it)."""
         with self._lock:
             record = self._workers.get(hostname)
             if record is None:
                 if not self._budget.admit("worker"):
-                    return False
+                    return ()
                 record = self._workers[hostname] = WorkerRecord(hostname, now, sender_timestamp)
             record.last_seen = now
             record.sender_timestamp = sender_timestamp
@@ -94,7 +101,28 @@ class WorkerStore:
                 record.processed = processed
             if software is not None:
                 record.sw_ident, record.sw_ver, record.sw_sys = software
-            return True
+            return record.signs.heartbeat(processed, sender_timestamp, now, record.freq, self.liveness.worker_timeout)
+
+    def task_event(self, hostname: str) -> bool:
+        """A task event from the worker: its task events are on. True when they had been
+        diagnosed off (for the one log line)."""
+        with self._lock:
+            record = self._workers.get(hostname)
+            return record is not None and record.signs.task_event() is False
+
+    def skew_and_freq(self, hostname: str) -> Tuple[Optional[float], Optional[float]]:
+        """The worker's clock skew and heartbeat interval, for a diagnosis log line."""
+        with self._lock:
+            record = self._workers.get(hostname)
+            return (record.signs.skew, record.freq) if record is not None else (None, None)
+
+    def events_off_locked(self) -> Set[str]:
+        """Workers whose task events are diagnosed off."""
+        return {h for h, r in self._workers.items() if r.signs.task_events is False}
+
+    def events_off(self, now: float) -> Set[str]:
+        with self._lock:
+            return self.events_off_locked() & self.up_hosts_locked(now)
 
     def offline(self, hostname: str) -> Optional[int]:
         """A graceful shutdown: the worker leaves at once, so nobody is paged. Returns its
@@ -146,6 +174,8 @@ class WorkerStore:
                     r.sw_ident,
                     r.sw_ver,
                     r.sw_sys,
+                    r.signs.task_events,
+                    r.signs.skew,
                 )
                 for r in self._workers.values()
                 if self.liveness.is_kept(r.last_seen, now)

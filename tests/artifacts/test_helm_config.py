@@ -49,6 +49,7 @@ EXAMPLES = {
     "inspect": (False, "false", "inspect", False),
     "inspectInterval": ("1m", "1m", "inspect_interval", 60.0),
     "inspectTimeout": ("2s", "2s", "inspect_timeout", 2.0),
+    "enableEvents": (True, "true", "enable_events", True),
     "scheduleRefreshInterval": ("5m", "5m", "schedule_refresh_interval", 300.0),
     "logLevel": ("debug", "debug", "log_level", "DEBUG"),
     "logFormat": ("text", "text", "log_format", "text"),

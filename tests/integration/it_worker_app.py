@@ -6,6 +6,7 @@ Configuration comes from the environment, set by the test that starts the worker
   IT_TRUTH_PREFIX  key prefix unique to the test
   IT_TRANSPORT_OPTIONS  optional JSON object: broker_transport_options (key prefix, priority steps)
   IT_BROKER_USE_SSL     optional JSON object: broker_use_ssl (TLS to the broker)
+  IT_EVENT_SERIALIZER   optional: event_serializer (e.g. pickle, which the exporter refuses by default)
 
 Every task records its outcome as INCR <prefix>:<task name>:<queue>:<outcome>, with the
 queue taken from the message's delivery info, so a test can compare the exporter's
@@ -34,6 +35,8 @@ app.conf.update(
     task_ignore_result=True,
     broker_transport_options=json.loads(os.environ.get("IT_TRANSPORT_OPTIONS") or "{}"),
 )
+if os.environ.get("IT_EVENT_SERIALIZER"):
+    app.conf.event_serializer = os.environ["IT_EVENT_SERIALIZER"]
 if os.environ.get("IT_BROKER_USE_SSL"):
     app.conf.broker_use_ssl = json.loads(os.environ["IT_BROKER_USE_SSL"])
 

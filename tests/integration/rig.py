@@ -541,17 +541,19 @@ class Rig:
         broker_url: Optional[str] = None,
         hostname: Optional[str] = None,
         celery_bin: Optional[str] = None,
+        task_events: bool = True,
     ) -> Worker:
         """`celery worker -E` with a unique node name (or `hostname`, to restart a worker
         under its old name). With `exporter`, waits until the exporter reports it up (its
-        heartbeats arrive). `celery_bin`: another environment's `celery` (another release)."""
+        heartbeats arrive). `celery_bin`: another environment's `celery` (another release).
+        task_events=False: without -E (heartbeats only)."""
         hostname = hostname or f"w-{uuid.uuid4().hex[:12]}@host"
         argv = [
             celery_bin or executable("celery"),
             "-A",
             "it_worker_app",
             "worker",
-            "-E",
+            *(["-E"] if task_events else []),
             "-n",
             hostname,
             "-c",

@@ -72,6 +72,7 @@ SURFACE = [
     (("--inspect/--no-inspect",), ["CELERY_EXPORTER_INSPECT"], True),
     (("--inspect-interval",), ["CELERY_EXPORTER_INSPECT_INTERVAL"], "30s"),
     (("--inspect-timeout",), ["CELERY_EXPORTER_INSPECT_TIMEOUT"], "1s"),
+    (("--enable-events/--no-enable-events",), ["CELERY_EXPORTER_ENABLE_EVENTS"], False),
     (("--schedule-refresh-interval",), ["CELERY_EXPORTER_SCHEDULE_REFRESH_INTERVAL"], "60s"),
     (("--log-level",), ["CELERY_EXPORTER_LOG_LEVEL"], "INFO"),
     (("--log-format",), ["CELERY_EXPORTER_LOG_FORMAT"], "text"),
@@ -88,7 +89,7 @@ def test_the_command_has_exactly_the_declared_options_in_order():
     declared = [o.name for o in OPTIONS.values()]
     shown = [p.name for p in cli.command.params if p.name != "version" and not getattr(p, "hidden", False)]
     assert shown == declared
-    assert len(declared) == len(SURFACE) == 34
+    assert len(declared) == len(SURFACE) == 35
 
 
 @pytest.mark.parametrize("flags,env,default", SURFACE, ids=[s[0][-1] for s in SURFACE])
@@ -152,6 +153,7 @@ FLAGS = {
     "web_health_open": ("health_open", [("--no-web-health-open", "false", False), ("--web-health-open", "yes", True)]),
     "task_hostname_label": ("task_hostname_label", [("--task-hostname-label", "1", True)]),
     "inspect": ("inspect", [("--no-inspect", "off", False), ("--inspect", "on", True)]),
+    "enable_events": ("enable_events", [("--enable-events", "on", True), ("--no-enable-events", "0", False)]),
 }
 # tested elsewhere: --app in test_app_config.py, --web-config-file below (it needs a file)
 ELSEWHERE = {"app", "web_config_file"}
@@ -227,6 +229,7 @@ BAD = {
     "web_health_open": ["2"],
     "task_hostname_label": ["yes please"],
     "inspect": ["nope"],
+    "enable_events": ["sometimes"],
 }
 # any text is a valid value of these
 ANY_TEXT = {"app", "events_exchange", "listen_address", "queues"}

@@ -94,6 +94,10 @@
 - name: CELERY_EXPORTER_INSPECT_TIMEOUT
   value: {{ .inspectTimeout | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" .enableEvents) }}
+- name: CELERY_EXPORTER_ENABLE_EVENTS
+  value: {{ .enableEvents | quote }}
+{{- end }}
 {{- if .scheduleRefreshInterval }}
 - name: CELERY_EXPORTER_SCHEDULE_REFRESH_INTERVAL
   value: {{ .scheduleRefreshInterval | quote }}

@@ -478,7 +478,7 @@ groups:
           dashboard_url: {{ printf (index $cfg "dashboardUrlPattern") "celery-exporter-tasks" }}
           {{- end }}
       {{- end }}
-  {{- if or (index $cfg "alerts" "CeleryWorkerLost" "enabled") (index $cfg "alerts" "CeleryNoWorkerUp" "enabled") }}
+  {{- if or (index $cfg "alerts" "CeleryWorkerLost" "enabled") (index $cfg "alerts" "CeleryNoWorkerUp" "enabled") (index $cfg "alerts" "CeleryWorkerTaskEventsDisabled" "enabled") }}
   - name: celery-workers
     rules:
       {{- if (index $cfg "alerts" "CeleryWorkerLost" "enabled") }}
@@ -528,6 +528,30 @@ groups:
             DB and transport options with the workers'. For fleets that scale to zero on purpose, drop
             this alert and rely on CeleryQueueBacklog.
           runbook_url: {{ printf (index $cfg "runbookUrlPattern") "celerynoworkerup" }}
+          {{- if (index $cfg "dashboardUrlPattern") }}
+          dashboard_url: {{ printf (index $cfg "dashboardUrlPattern") "celery-exporter-workers" }}
+          {{- end }}
+      {{- end }}
+      {{- if (index $cfg "alerts" "CeleryWorkerTaskEventsDisabled" "enabled") }}
+      - alert: CeleryWorkerTaskEventsDisabled
+        # The exporter diagnosed the worker from its heartbeats: their `processed` count rises while
+        # no task event comes from it. Its tasks are not counted anywhere. On any replica that hears
+        # its task events the worker is fine.
+        expr: >-
+          max without (instance, pod) (celery_worker_task_events_enabled{{ include "celery-exporter.rules.matchers" (list $sel) }}) == 0
+        for: {{ (index $cfg "alerts" "CeleryWorkerTaskEventsDisabled" "for") }}
+        labels:
+          severity: {{ ((index $cfg "alerts" "CeleryWorkerTaskEventsDisabled" "severity") | toString | quote) }}
+        annotations:
+          summary: "Celery worker {{ "{{" }} $labels.hostname }} runs tasks without sending task events"
+          description: >-
+            The heartbeats of {{ "{{" }} $labels.hostname }} (job {{ "{{" }} $labels.job }}) show tasks processed, but
+            no task event comes from it: its tasks are missing from the task metrics and dashboards.
+          runbook: >-
+            Start the worker with -E (or set worker_send_task_events=True in its config); meanwhile run
+            `celery -A <app> control enable_events`, or run the exporter with --enable-events, which
+            asks such workers itself. The exporter's status page (/) lists the workers concerned.
+          runbook_url: {{ printf (index $cfg "runbookUrlPattern") "celeryworkertaskeventsdisabled" }}
           {{- if (index $cfg "dashboardUrlPattern") }}
           dashboard_url: {{ printf (index $cfg "dashboardUrlPattern") "celery-exporter-workers" }}
           {{- end }}
