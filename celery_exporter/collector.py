@@ -349,6 +349,9 @@ class CeleryCollector:
         processed = new(catalogue.WORKER_PROCESSED[0], COUNTER, catalogue.WORKER_PROCESSED[1], HOSTNAME)
         interval = new(catalogue.WORKER_HEARTBEAT_INTERVAL[0], GAUGE, catalogue.WORKER_HEARTBEAT_INTERVAL[1], HOSTNAME)
         info = new(catalogue.WORKER_INFO[0], GAUGE, catalogue.WORKER_INFO[1], catalogue.WORKER_INFO_LABELS)
+        pool_size = new(catalogue.WORKER_POOL_SIZE[0], GAUGE, catalogue.WORKER_POOL_SIZE[1], HOSTNAME)
+        reserved = new(catalogue.WORKER_RESERVED[0], GAUGE, catalogue.WORKER_RESERVED[1], HOSTNAME)
+        pool_sizes, reserved_of = snap.pool_sizes, snap.reserved
         for w in snap.workers:
             host = (w.hostname,)
             up.add(host, 1 if w.up else 0)
@@ -361,6 +364,10 @@ class CeleryCollector:
                 interval.add(host, w.freq)
             if w.sw_ident or w.sw_ver or w.sw_sys:
                 info.add((w.hostname, w.sw_ident, w.sw_ver, w.sw_sys), 1)
+            size = pool_sizes.get(w.hostname)
+            if size is not None:
+                pool_size.add(host, size)
+            reserved.add(host, reserved_of.get(w.hostname, 0))
 
     def _queues(self, snap: QueueSnapshot, new: NewFamily) -> None:
         length = new(catalogue.QUEUE_LENGTH[0], GAUGE, catalogue.QUEUE_LENGTH[1], QUEUE)

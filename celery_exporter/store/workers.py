@@ -47,6 +47,9 @@ class WorkerView:
 @dataclasses.dataclass(frozen=True)
 class WorkerSnapshot:
     workers: List[WorkerView]
+    # by hostname: pool sizes from inspect (store.queues), tasks reserved (store.running)
+    pool_sizes: Dict[str, int] = dataclasses.field(default_factory=dict)
+    reserved: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def up_hosts(self) -> Set[str]:
@@ -133,7 +136,9 @@ class WorkerStore:
         self._budget.release("worker", len(dead), expired=True)
         return dead
 
-    def snapshot_locked(self, now: float) -> WorkerSnapshot:
+    def snapshot_locked(
+        self, now: float, pool_sizes: Optional[Dict[str, int]] = None, reserved: Optional[Dict[str, int]] = None
+    ) -> WorkerSnapshot:
         return WorkerSnapshot(
             [
                 WorkerView(
@@ -149,5 +154,7 @@ class WorkerStore:
                 )
                 for r in self._workers.values()
                 if self.liveness.is_kept(r.last_seen, now)
-            ]
+            ],
+            pool_sizes if pool_sizes is not None else {},
+            reserved if reserved is not None else {},
         )
