@@ -181,6 +181,10 @@ WORKER_RESERVED = (
     "Tasks the worker received and has not started (prefetched, waiting for a pool slot), from task events; "
     "tasks waiting for their ETA or countdown are not counted.",
 )
+WORKER_QUEUE_INFO = (
+    "celery_worker_queue_info",
+    "A queue the worker consumes, from inspect active_queues (as of the last inspect it answered). Always 1.",
+)
 WORKER_INFO = ("celery_worker_info", "Worker software, from its heartbeats. Always 1.")
 WORKER_HEARTBEAT_INTERVAL = (
     "celery_worker_heartbeat_interval_seconds",

@@ -351,7 +351,8 @@ class CeleryCollector:
         info = new(catalogue.WORKER_INFO[0], GAUGE, catalogue.WORKER_INFO[1], catalogue.WORKER_INFO_LABELS)
         pool_size = new(catalogue.WORKER_POOL_SIZE[0], GAUGE, catalogue.WORKER_POOL_SIZE[1], HOSTNAME)
         reserved = new(catalogue.WORKER_RESERVED[0], GAUGE, catalogue.WORKER_RESERVED[1], HOSTNAME)
-        pool_sizes, reserved_of = snap.pool_sizes, snap.reserved
+        consumes = new(catalogue.WORKER_QUEUE_INFO[0], GAUGE, catalogue.WORKER_QUEUE_INFO[1], HOSTNAME + QUEUE)
+        pool_sizes, reserved_of, queues_of = snap.pool_sizes, snap.reserved, snap.queues
         for w in snap.workers:
             host = (w.hostname,)
             up.add(host, 1 if w.up else 0)
@@ -368,6 +369,8 @@ class CeleryCollector:
             if size is not None:
                 pool_size.add(host, size)
             reserved.add(host, reserved_of.get(w.hostname, 0))
+            for queue in queues_of.get(w.hostname, ()):
+                consumes.add((w.hostname, queue), 1)
 
     def _queues(self, snap: QueueSnapshot, new: NewFamily) -> None:
         length = new(catalogue.QUEUE_LENGTH[0], GAUGE, catalogue.QUEUE_LENGTH[1], QUEUE)

@@ -149,7 +149,7 @@ class Store:
         (for the oracle that checks the version stamps)."""
         with self.lock:
             workers = self.workers.snapshot_locked(
-                now, self.queues.pool_sizes_locked(now), self.running.reserved_locked()
+                now, self.queues.pool_sizes_locked(now), self.running.reserved_locked(), self.queues.worker_queues
             )
             return Snapshot(
                 now=now,

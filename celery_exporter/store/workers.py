@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 from celery_exporter.liveness import Liveness, Verdict, verdict
 from celery_exporter.store.budget import SeriesBudget
@@ -50,6 +50,7 @@ class WorkerSnapshot:
     # by hostname: pool sizes from inspect (store.queues), tasks reserved (store.running)
     pool_sizes: Dict[str, int] = dataclasses.field(default_factory=dict)
     reserved: Dict[str, int] = dataclasses.field(default_factory=dict)
+    queues: Mapping[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)  # from inspect
 
     @property
     def up_hosts(self) -> Set[str]:
@@ -137,7 +138,11 @@ class WorkerStore:
         return dead
 
     def snapshot_locked(
-        self, now: float, pool_sizes: Optional[Dict[str, int]] = None, reserved: Optional[Dict[str, int]] = None
+        self,
+        now: float,
+        pool_sizes: Optional[Dict[str, int]] = None,
+        reserved: Optional[Dict[str, int]] = None,
+        queues: Optional[Mapping[str, Tuple[str, ...]]] = None,
     ) -> WorkerSnapshot:
         return WorkerSnapshot(
             [
@@ -157,4 +162,5 @@ class WorkerStore:
             ],
             pool_sizes if pool_sizes is not None else {},
             reserved if reserved is not None else {},
+            queues if queues is not None else {},
         )

@@ -140,6 +140,10 @@ def test_each_workers_pool_size_comes_from_inspect_and_outlives_a_missed_reply()
     assert rig.value("celery_worker_pool_size", hostname="w1@h") == 3
     assert rig.value("celery_worker_pool_size", hostname="w2@h") == 4
     assert rig.value("celery_worker_pool_size", hostname="w9@h") is None  # no heartbeat: no worker label set
+    assert rig.family("celery_worker_queue_info") == {
+        ("celery_worker_queue_info", frozenset({"hostname": "w1@h", "queue_name": "a"}.items())): 1.0,
+        ("celery_worker_queue_info", frozenset({"hostname": "w2@h", "queue_name": "a"}.items())): 1.0,
+    }
     # w2 misses a reply (slow): its size stays; w1 restarted with another concurrency
     rig.clock.advance(60)
     rig.feed(heartbeat(host="w1@h", ts=rig.clock.now()), heartbeat(host="w2@h", ts=rig.clock.now()))
