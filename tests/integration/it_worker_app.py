@@ -136,3 +136,31 @@ def hold(self, seconds):
 def hold_late(self, seconds):
     """Acknowledged after it ran: a worker that dies running it leaves it to the broker."""
     return _hold(self, seconds)
+
+
+def _timed_sleep(task, seconds):
+    """Sleep, and record how long the task's body really ran (from its first line to the
+    raise that ends it) under <prefix>:ran:<task name>."""
+    began = time.monotonic()
+    record(task, "started")
+    time.sleep(seconds)
+    truth().rpush(f"{TRUTH_PREFIX}:ran:{task.name}", repr(time.monotonic() - began))
+
+
+@app.task(bind=True, name="it.sleep_fail")
+def sleep_fail(self, seconds):
+    """Fails after sleeping: a failed run of a known length."""
+    _timed_sleep(self, seconds)
+    record(self, "failed")
+    raise ValueError("it.sleep_fail fails after its sleep")
+
+
+@app.task(bind=True, name="it.sleep_retry", max_retries=1)
+def sleep_retry(self, seconds):
+    """Retries once after sleeping (a retried run of a known length), then succeeds at once."""
+    if self.request.retries:
+        record(self, "succeeded")
+        return self.request.retries
+    _timed_sleep(self, seconds)
+    record(self, "retried")
+    raise self.retry(exc=KeyError("once more"), countdown=0.5)
