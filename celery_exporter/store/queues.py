@@ -97,7 +97,8 @@ class QueueStore:
                 self._capacity_known = True
                 if now is not None:
                     for host, size in processes.items():
-                        self._pool_sizes[host] = (size, now)
+                        if size > 0:  # (0: a pool whose stats tell no size)
+                            self._pool_sizes[host] = (size, now)
             if now is not None:
                 for queues in frozen.values():
                     for queue in queues:

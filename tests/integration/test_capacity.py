@@ -44,9 +44,10 @@ class Feeder(threading.Thread):
             self.error = exc
 
 
-def test_pool_sizes_reserved_tasks_utilization_and_the_saturation_alert(make_rig, tmp_path):
+@pytest.mark.parametrize("broker", BROKERS)
+def test_pool_sizes_reserved_tasks_utilization_and_the_saturation_alert(make_rig, tmp_path, broker):
     rules = rules_file(tmp_path, {"alerts": {"CeleryWorkerPoolSaturated": {"for": "0m"}}})
-    rig: Rig = make_rig("redis")
+    rig: Rig = make_rig(broker)
     exporter = rig.start_exporter("--inspect-interval", "5s")
     prefork = rig.start_worker(queues=("busy",), concurrency=3, exporter=exporter)
     threads = rig.start_worker(queues=("celery", "idle"), concurrency=4, extra=("-P", "threads"), exporter=exporter)
