@@ -182,7 +182,10 @@ def test_failed_and_retried_runs_are_timed_from_start_to_end(make_rig, broker):
         # the exporter's clock from task-started to the end event's arrival: the body's run
         # time, plus Celery's own overhead around it, within 5 %
         assert sum(ran) * 0.95 <= observed <= sum(ran) * 1.05, (metric, observed, ran)
-        assert m.bucket(metric, 1.0, name=name, queue_name="celery") == 0  # every run slept 1 s
+        # every run slept 1 s; one may be measured a little under it (its task-started leaves
+        # the worker's main process after the pool child began), none by half
+        assert m.bucket(metric, 0.5, name=name, queue_name="celery") == 0
+        assert m.bucket(metric, 2.5, name=name, queue_name="celery") == len(ran)
     # the success runtime keeps meaning successes only
     assert count(m, "celery_task_runtime_seconds", "it.sleep_fail") is None
     assert count(m, "celery_task_failed_runtime_seconds", "it.sleep_retry") is None
