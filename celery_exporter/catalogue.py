@@ -82,8 +82,20 @@ HISTOGRAMS = (
         "Time from a worker receiving a task to starting it, less any ETA/countdown. "
         "Both timestamps come from the same worker, so it is free of clock skew.",
     ),
+    (
+        "celery_task_failed_runtime_seconds",
+        "Run time of failed task attempts: from task-started to task-failed, as the exporter received them "
+        "(exporter clock; Celery sends no runtime with task-failed).",
+    ),
+    (
+        "celery_task_retried_runtime_seconds",
+        "Run time of retried task attempts: from task-started to the attempt's task-retried, as the exporter "
+        "received them (exporter clock).",
+    ),
 )
-RUNTIME, QUEUE_WAIT, PREFETCH_WAIT = range(3)
+RUNTIME, QUEUE_WAIT, PREFETCH_WAIT, FAILED_RUNTIME, RETRIED_RUNTIME = range(5)
+# the histogram of the run time observed at the end of a run, by event state (a failure, a retry)
+RUN_END_HISTOGRAM = {STATE_INDEX["failed"]: FAILED_RUNTIME, STATE_INDEX["retried"]: RETRIED_RUNTIME}
 
 # When a task of a label set was last received, succeeded and failed (exporter clock at
 # receipt), for freshness alerts on any task: time() - celery_task_last_succeeded_... > N.
@@ -158,6 +170,20 @@ WORKER_ACTIVE = ("celery_worker_tasks_active", "Tasks the worker's pool is execu
 WORKER_PROCESSED = (
     "celery_worker_tasks_processed",
     "Tasks the worker has accepted since it started, from its last heartbeat (resets when the worker restarts).",
+)
+WORKER_POOL_SIZE = (
+    "celery_worker_pool_size",
+    "Tasks the worker can run at once: prefork's max concurrency, the thread or greenlet pool size, 1 for solo "
+    "(from inspect stats, refreshed every --inspect-interval).",
+)
+WORKER_RESERVED = (
+    "celery_worker_tasks_reserved",
+    "Tasks the worker received and has not started (prefetched, waiting for a pool slot), from task events; "
+    "tasks waiting for their ETA or countdown are not counted.",
+)
+WORKER_QUEUE_INFO = (
+    "celery_worker_queue_info",
+    "A queue the worker consumes, from inspect active_queues (as of the last inspect it answered). Always 1.",
 )
 WORKER_INFO = ("celery_worker_info", "Worker software, from its heartbeats. Always 1.")
 WORKER_HEARTBEAT_INTERVAL = (

@@ -354,6 +354,10 @@ class CeleryCollector:
         skew = new(catalogue.WORKER_CLOCK_SKEW[0], GAUGE, catalogue.WORKER_CLOCK_SKEW[1], HOSTNAME)
         fits = new(catalogue.WORKER_HEARTBEAT_FITS[0], GAUGE, catalogue.WORKER_HEARTBEAT_FITS[1], HOSTNAME)
         timeout = self.settings.worker_timeout
+        pool_size = new(catalogue.WORKER_POOL_SIZE[0], GAUGE, catalogue.WORKER_POOL_SIZE[1], HOSTNAME)
+        reserved = new(catalogue.WORKER_RESERVED[0], GAUGE, catalogue.WORKER_RESERVED[1], HOSTNAME)
+        consumes = new(catalogue.WORKER_QUEUE_INFO[0], GAUGE, catalogue.WORKER_QUEUE_INFO[1], HOSTNAME + QUEUE)
+        pool_sizes, reserved_of, queues_of = snap.pool_sizes, snap.reserved, snap.queues
         for w in snap.workers:
             host = (w.hostname,)
             up.add(host, 1 if w.up else 0)
@@ -371,6 +375,12 @@ class CeleryCollector:
                 skew.add(host, w.skew)
             if w.sw_ident or w.sw_ver or w.sw_sys:
                 info.add((w.hostname, w.sw_ident, w.sw_ver, w.sw_sys), 1)
+            size = pool_sizes.get(w.hostname)
+            if size is not None:
+                pool_size.add(host, size)
+            reserved.add(host, reserved_of.get(w.hostname, 0))
+            for queue in queues_of.get(w.hostname, ()):
+                consumes.add((w.hostname, queue), 1)
 
     def _queues(self, snap: QueueSnapshot, new: NewFamily) -> None:
         length = new(catalogue.QUEUE_LENGTH[0], GAUGE, catalogue.QUEUE_LENGTH[1], QUEUE)

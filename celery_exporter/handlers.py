@@ -19,7 +19,8 @@ The rules of a task's run (running, interrupted, redelivered, duplicate terminal
 are written in lifecycle.py. The handler feeds it the events that are not task events too:
 task-cancelled ends a run; on the tick, the runs of workers declared lost (liveness.verdict,
 through store.take_lost_runs) and, at a worker-online, those of a worker that restarted
-under its name, are counted as interrupted; an evicted record forgets its run. A heartbeat
+under its name, are counted as interrupted; an evicted record forgets its run. A worker's
+reservations (tasks received, not started) go at its worker-offline and worker-online. A heartbeat
 that says nothing runs ends its worker's runs in the store (their end events were lost), and
 a worker-offline starts the warm shutdown, in which the worker's runs drain by their own
 events.
@@ -49,8 +50,11 @@ log = logging.getLogger(__name__)
 STEPS, DIRECT = lifecycle.STEPS, lifecycle.DIRECT
 FINISH, START_RUN, END_RUN = Effect.FINISH, Effect.START_RUN, Effect.END_RUN
 REDELIVERED, DUPLICATE, INTERRUPTED, FORGET = Effect.REDELIVERED, Effect.DUPLICATE, Effect.INTERRUPTED, Effect.FORGET
-BEFORE_COUNT = DUPLICATE | FINISH | END_RUN  # (one test for the events that have none of them)
-AFTER_COUNT = START_RUN | REDELIVERED
+RESERVE, UNRESERVE = Effect.RESERVE, Effect.UNRESERVE
+# (one test for the events that have none of them; a start's UNRESERVE is done by its START_RUN)
+BEFORE_COUNT = DUPLICATE | FINISH | END_RUN | UNRESERVE
+AFTER_COUNT = START_RUN | REDELIVERED | RESERVE
+RUN_END_HISTOGRAM = catalogue.RUN_END_HISTOGRAM
 SERIES_LIMIT_DETAIL = "a new label set was refused: --max-series reached"
 # Tasks received this soon after the first task event are not diagnosed as missing their
 # task-sent: they may have been published before the exporter listened.
@@ -166,15 +170,24 @@ class Handler:
         if not effects & START_RUN:  # (a run starts, and the state moves, once the label set is admitted)
             record.state = next_state
         # COUNT: every row of a task event has it but a duplicate's (test_lifecycle checks)
-        key = self._count_event(record, event, now)
-        if key is None or not effects & AFTER_COUNT:
+        # a failure or retry that ends the run: its run time, on the exporter's clock
+        ran = now - record.run_start if effects & END_RUN and event.state in RUN_END_HISTOGRAM else None
+        key = self._count_event(record, event, now, ran)
+        if key is None:
+            if effects & START_RUN:  # refused: no run starts, and the task is no longer reserved
+                self.store.running.unreserve(record.uuid)
+            return
+        if not effects & AFTER_COUNT:
             return
         if effects & START_RUN:
             record.state = next_state
             record.run_attempt = record.attempt
+            record.run_start = now
             self.store.running.start(record.uuid, event.hostname or record.worker or "", key, now, event.timestamp)
         if effects & REDELIVERED:
             self._count(key, catalogue.REDELIVERED, now)
+        if effects & RESERVE and event.eta is None and event.hostname is not None:
+            self.store.running.reserve(record.uuid, event.hostname)
 
     def _sent_missing(self, record: TaskRecord, now: float) -> None:
         """A task received, its labels fixed, and no task-sent came for it (after the first
@@ -187,25 +200,32 @@ class Handler:
 
     def _duplicate_or_ends(self, record: TaskRecord, event: TaskEvent, effects: int, now: float) -> bool:
         """The effects before the count: True for a duplicate (dropped, nothing else happens);
-        else the task's end (FINISH) and its run's (END_RUN)."""
+        else the task's end (FINISH), its run's (END_RUN) and its reservation's (UNRESERVE:
+        a start's is done by its START_RUN)."""
         if effects & DUPLICATE:
             self.drop("duplicate", f"a second {event.type} for one task id")
             return True
         if effects & FINISH:
             self.tracker.finish(record, now)
         if effects & END_RUN:
-            self.store.running.end(record.uuid)
+            self.store.running.end(record.uuid, bool(effects & UNRESERVE))
+        elif effects & UNRESERVE and not effects & START_RUN:
+            self.store.running.unreserve(record.uuid)
         return False
 
-    def _count_event(self, record: TaskRecord, event: TaskEvent, now: float) -> Optional[TaskKey]:
+    def _count_event(
+        self, record: TaskRecord, event: TaskEvent, now: float, ran: Optional[float] = None
+    ) -> Optional[TaskKey]:
         """Count the event under its label set, with the observations it completes (the task
-        id as their exemplar) and its exception; the label set, or None (a drop) when
-        --max-series refused it."""
+        id as their exemplar; `ran`: the run time of a failed or retried run) and its
+        exception; the label set, or None (a drop) when --max-series refused it."""
         assert record.labels is not None  # LabelResolver fixed them before emitting
         key: TaskKey = record.labels
         if self.with_hostname:
             key = key + ("" if event.type == "task-sent" else (event.hostname or ""),)
         observations = attempts.observations(record, event)
+        if ran is not None:
+            observations = [*observations, (RUN_END_HISTOGRAM[event.state], max(ran, 0.0))]
         trace = (record.uuid, event.hostname or record.worker or "") if observations else None
         if not self.store.tasks.observe(key, event.state, now, observations, trace):
             self.drop("series_limit", SERIES_LIMIT_DETAIL)
@@ -234,6 +254,7 @@ class Handler:
             return
         if event.type == "worker-online":
             self._interrupted(self.store.take_restarted_runs(event.hostname, event.processed), now)
+            self.store.running.drop_reserved(event.hostname)  # a consumer that (re)starts holds no prefetched task
         if event.active == 0:  # nothing runs there: end runs whose end events were lost
             self.store.running.idle(event.hostname, event.timestamp)
         found = self.store.workers.heartbeat(

@@ -61,12 +61,20 @@ handler applies:
     REDELIVERED  count celery_task_redelivered_total
     DUPLICATE    drop the event as a duplicate (celery_exporter_events_dropped_total)
     INTERRUPTED  count celery_task_interrupted_total
-    FORGET       the record was evicted from the full uuid map: its run and displaced run
-                 go, uncounted (never interrupted)
+    FORGET       the record was evicted from the full uuid map: its run, displaced run and
+                 reservation go, uncounted (never interrupted)
+    RESERVE      the task is reserved by the worker that sent the event (received, not
+                 started: celery_worker_tasks_reserved), unless it waits for an ETA
+    UNRESERVE    the task is no longer reserved by any worker (it started, ended, or was
+                 rejected); a task-retried keeps the reservation of the next attempt, whose
+                 task-received can come before it
 
-The handler applies them in this order: DUPLICATE (and nothing else), FINISH, END_RUN, the
-next state, COUNT; only if COUNT admitted the label set: the exception, START_RUN (with the
-move to RUNNING: a refused task-started starts no run), REDELIVERED.
+The handler applies them in this order: DUPLICATE (and nothing else), FINISH, END_RUN and
+UNRESERVE, the next state, COUNT; only if COUNT admitted the label set: the exception,
+START_RUN (with the move to RUNNING: a refused task-started starts no run), REDELIVERED,
+RESERVE. A worker's reservations also go when it sends worker-offline, restarts, or is lost
+(the broker gives its prefetched messages to another worker, whose task-received reserves
+them there).
 
 Pairs that cannot happen (a duplicate before any terminal event, a late task-retried while no
 run is current) are listed in `NEVER` with the reason; tests/unit/test_lifecycle.py walks the
@@ -151,6 +159,8 @@ class Effect:
     DUPLICATE = 32
     INTERRUPTED = 64
     FORGET = 128
+    RESERVE = 256
+    UNRESERVE = 512
 
 
 def effect_names(effects: int) -> List[str]:
@@ -169,29 +179,30 @@ Row = Tuple[Kind, Tuple[State, ...], Optional[State], int]
 
 # fmt: off
 RULES: Sequence[Row] = (
-    # event            in states                       next state              effects
-    (K.SENT,           ANY,                            SAME,                   E.COUNT),
-    (K.RECEIVED,       ANY,                            SAME,                   E.COUNT),
-    (K.RECEIVED_AGAIN, ANY,                            SAME,                   E.COUNT | E.REDELIVERED),
-    (K.STARTED,        UNFINISHED,                     S.RUNNING,              E.COUNT | E.START_RUN),
-    (K.STARTED,        ENDED,                          SAME,                   E.COUNT),
-    (K.STARTED_LATE,   ANY,                            SAME,                   E.COUNT),
-    (K.TERMINAL,       (S.PENDING,),                   S.FINISHED_UNSTARTED,   E.FINISH | E.COUNT),
-    (K.TERMINAL,       (S.RUNNING,),                   S.FINISHED,             E.FINISH | E.END_RUN | E.COUNT),
-    (K.TERMINAL,       (S.STOPPED,),                   S.FINISHED,             E.FINISH | E.COUNT),
-    (K.TERMINAL,       ENDED,                          SAME,                   E.COUNT),
-    (K.TERMINAL_AGAIN, ENDED,                          SAME,                   E.DUPLICATE),
-    (K.RETRIED,        (S.RUNNING,),                   S.STOPPED,              E.END_RUN | E.COUNT),
-    (K.RETRIED,        NOT_RUNNING,                    SAME,                   E.COUNT),
-    (K.RETRIED_LATE,   (S.RUNNING,),                   SAME,                   E.COUNT),
-    (K.REJECTED,       (S.RUNNING,),                   S.STOPPED,              E.END_RUN | E.COUNT),
-    (K.REJECTED,       NOT_RUNNING,                    SAME,                   E.COUNT),
-    (K.CANCELLED,      (S.RUNNING,),                   S.STOPPED,              E.END_RUN),
-    (K.CANCELLED,      NOT_RUNNING,                    SAME,                   E.NONE),
-    (K.LOST,           ANY,                            SAME,                   E.INTERRUPTED),
-    (K.LOST_AGAIN,     ANY,                            SAME,                   E.NONE),
-    (K.EVICTED,        (S.RUNNING, S.STOPPED, S.FINISHED), SAME,               E.FORGET),
-    (K.EVICTED,        (S.PENDING, S.FINISHED_UNSTARTED), SAME,                E.NONE),
+    # event            in states                  next state              effects
+    (K.SENT,           ANY,                       SAME,                   E.COUNT),
+    (K.RECEIVED,       UNFINISHED,                SAME,                   E.COUNT | E.RESERVE),
+    (K.RECEIVED,       ENDED,                     SAME,                   E.COUNT),
+    (K.RECEIVED_AGAIN, UNFINISHED,                SAME,                   E.COUNT | E.REDELIVERED | E.RESERVE),
+    (K.RECEIVED_AGAIN, ENDED,                     SAME,                   E.COUNT | E.REDELIVERED),
+    (K.STARTED,        UNFINISHED,                S.RUNNING,              E.COUNT | E.START_RUN | E.UNRESERVE),
+    (K.STARTED,        ENDED,                     SAME,                   E.COUNT | E.UNRESERVE),
+    (K.STARTED_LATE,   ANY,                       SAME,                   E.COUNT),
+    (K.TERMINAL,       (S.PENDING,),              S.FINISHED_UNSTARTED,   E.FINISH | E.UNRESERVE | E.COUNT),
+    (K.TERMINAL,       (S.RUNNING,),              S.FINISHED,             E.FINISH | E.END_RUN | E.UNRESERVE | E.COUNT),
+    (K.TERMINAL,       (S.STOPPED,),              S.FINISHED,             E.FINISH | E.UNRESERVE | E.COUNT),
+    (K.TERMINAL,       ENDED,                     SAME,                   E.UNRESERVE | E.COUNT),
+    (K.TERMINAL_AGAIN, ENDED,                     SAME,                   E.DUPLICATE),
+    (K.RETRIED,        (S.RUNNING,),              S.STOPPED,              E.END_RUN | E.COUNT),
+    (K.RETRIED,        NOT_RUNNING,               SAME,                   E.COUNT),
+    (K.RETRIED_LATE,   (S.RUNNING,),              SAME,                   E.COUNT),
+    (K.REJECTED,       (S.RUNNING,),              S.STOPPED,              E.END_RUN | E.UNRESERVE | E.COUNT),
+    (K.REJECTED,       NOT_RUNNING,               SAME,                   E.UNRESERVE | E.COUNT),
+    (K.CANCELLED,      (S.RUNNING,),              S.STOPPED,              E.END_RUN),
+    (K.CANCELLED,      NOT_RUNNING,               SAME,                   E.NONE),
+    (K.LOST,           ANY,                       SAME,                   E.INTERRUPTED),
+    (K.LOST_AGAIN,     ANY,                       SAME,                   E.NONE),
+    (K.EVICTED,        ANY,                       SAME,                   E.FORGET),
 )
 # fmt: on
 

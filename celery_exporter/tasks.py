@@ -63,6 +63,7 @@ class TaskRecord:
         "previous",
         "state",
         "run_attempt",
+        "run_start",
         "retried_seen",
         "interrupted",
     )
@@ -89,6 +90,7 @@ class TaskRecord:
         self.state = PENDING
         self.done = 0  # bit per terminal state (1 << state index) counted
         self.run_attempt = 0  # the attempt (retries) of the latest run
+        self.run_start = 0.0  # exporter clock at the latest run's task-started
         self.retried_seen = 0  # task-retried events seen while a run was current
         self.interrupted = False  # counted as interrupted (once per task id)
 

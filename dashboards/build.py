@@ -730,16 +730,36 @@ def tasks() -> dict:
             quantiles("celery_task_runtime_seconds", TASK, "name"),
             unit="s",
         ),
-        16,
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Failed and retried runtime p95",
+            "Run time of failed and of retried attempts: task-started to task-failed or task-retried, on the "
+            "exporter's clock (Celery sends no runtime with them). A slow failure (a timeout) shows here, "
+            "not in the success runtime.",
+            with_exemplars(
+                targets(
+                    (quantile(0.95, "celery_task_failed_runtime_seconds", TASK, "name"), "{{name}} failed p95"),
+                    (quantile(0.95, "celery_task_retried_runtime_seconds", TASK, "name"), "{{name}} retried p95"),
+                )
+            ),
+            unit="s",
+        ),
+        12,
     )
     lay.add(
         timeseries(
             "Mean runtime",
-            "Sum of run times / number of successes.",
-            [target(mean("celery_task_runtime_seconds", TASK, "name"), "{{name}}")],
+            "Sum of run times / number of runs: of successes, failures and retried attempts.",
+            targets(
+                (mean("celery_task_runtime_seconds", TASK, "name"), "{{name}} succeeded"),
+                (mean("celery_task_failed_runtime_seconds", TASK, "name"), "{{name}} failed"),
+                (mean("celery_task_retried_runtime_seconds", TASK, "name"), "{{name}} retried"),
+            ),
             unit="s",
         ),
-        8,
+        24,
     )
     lay.row("Exceptions")
     lay.add(
@@ -905,6 +925,31 @@ def workers() -> dict:
             "accepted by the pool, and resets when the worker restarts).",
             [target(one(f"rate(celery_worker_tasks_processed_total{{{WORKER}}}[{RATE}])"), "{{hostname}}")],
             unit="ops",
+        ),
+        12,
+    )
+    lay.row("Capacity")
+    utilization = f"{one(f'celery_worker_tasks_active{{{WORKER}}}')} / {one(f'celery_worker_pool_size{{{WORKER}}}')}"
+    lay.add(
+        timeseries(
+            "Pool utilization",
+            "Tasks each worker's pool is executing (heartbeats) over its pool size (inspect stats): 1 is every "
+            "slot busy. The rules record it as celery:worker_pool_utilization:ratio, for autoscalers.",
+            [target(utilization, "{{hostname}}")],
+            unit="percentunit",
+        ),
+        12,
+    )
+    lay.add(
+        timeseries(
+            "Pool size and tasks reserved",
+            "Each worker's pool size (prefork concurrency, thread or greenlet pool size, 1 for solo; from inspect "
+            "stats), and the tasks it received and has not started (prefetched, waiting for a slot; from task "
+            "events). Reserved tasks on a full pool wait, though other workers may be idle.",
+            targets(
+                (one(f"celery_worker_pool_size{{{WORKER}}}"), "{{hostname}} pool size"),
+                (one(f"celery_worker_tasks_reserved{{{WORKER}}}"), "{{hostname}} reserved"),
+            ),
         ),
         12,
     )

@@ -61,6 +61,7 @@ DOCS = "https://celery-exporter.github.io/celery-exporter/alerts/#%s"
 BY_JOB = "cluster, namespace, job"
 BY_TASK = "cluster, namespace, job, name"
 BY_QUEUE = "cluster, namespace, job, queue_name"
+BY_WORKER = "cluster, namespace, job, hostname"
 ONE = "max without (instance, pod)"
 EXPR_INDENT = 10  # the expression lines of a rule: "          "
 NL = "\n" + " " * EXPR_INDENT
@@ -383,6 +384,50 @@ def beat_overdue() -> Alert:
     )
 
 
+def worker_pool_saturated() -> Alert:
+    name = "CeleryWorkerPoolSaturated"
+    return Alert(
+        name,
+        "celery-worker-capacity",
+        "every pool slot of a worker is busy (utilization at or above the threshold) and a queue it consumes "
+        "grew over the last 10 minutes",
+        "Every slot of the worker's pool busy (celery:worker_pool_utilization:ratio, active tasks from its "
+        "heartbeats over its pool size from inspect) and a queue it consumes (celery_worker_queue_info, from "
+        "inspect; over 10 minutes, so that a missed inspect reply does not reset `for:`) growing: the worker "
+        "cannot keep up. A pool that is merely busy while its queues drain does not fire.",
+        lines(
+            seq(
+                f"max by ({BY_WORKER}) (celery:worker_pool_utilization:ratio",
+                sel(),
+                ") >= ",
+                alert_value(name, "threshold"),
+            ),
+            f"and on ({BY_WORKER})",
+            f"max by ({BY_WORKER}) (",
+            seq(f"  {ONE} (max_over_time(celery_worker_queue_info", sel(), "[10m]))"),
+            "  * on (cluster, namespace, job, queue_name) group_left ()",
+            seq(f"  (max by ({BY_QUEUE}) (deriv(celery_queue_length", sel(), "[10m])) > 0)"),
+            ")",
+        ),
+        "Celery worker {{ $labels.hostname }} is saturated while its queues grow",
+        "Every pool slot of {{ $labels.hostname }} (job {{ $labels.job }}) has been busy for a while "
+        '(utilization {{ $value | printf "%.2f" }}) and a queue it consumes keeps growing: it cannot keep up.',
+        "Add workers for its queues (or concurrency, if the host has room): docs/scaling.md has a KEDA / HPA "
+        "example on celery:worker_pool_utilization:ratio. If tasks hang, CeleryTaskRunningTooLong names them; "
+        "celery_worker_tasks_reserved shows what it prefetched and waits for a slot.",
+        WORKERS,
+        common("warning", "10m")
+        + (
+            Param(
+                "threshold",
+                Number(above=0, title="ratio (above 0)"),
+                1,
+                "pool utilization (active tasks / pool size) at which a pool counts as saturated",
+            ),
+        ),
+    )
+
+
 def queue_backlog() -> Alert:
     name = "CeleryQueueBacklog"
 
@@ -658,6 +703,7 @@ ALERTS: Tuple[Alert, ...] = (
     failure_burn("CeleryTaskFailureBudgetSlowBurn", fast=False),
     tasks_interrupted(),
     running_too_long(),
+    worker_pool_saturated(),
     beat_overdue(),
     queue_backlog(),
     queue_wait_high(),
@@ -833,9 +879,27 @@ def queue_wait_records() -> List[Record]:
     ]
 
 
+def worker_capacity_records() -> List[Record]:
+    return [
+        Record(
+            "celery:worker_pool_utilization:ratio",
+            "How busy each worker's pool is: tasks active (its heartbeats) over its pool size (inspect stats), "
+            "0 to 1, for the workers up; for dashboards, autoscalers (docs/scaling.md) and the saturation alert.",
+            lines(
+                seq(f"{ONE} (celery_worker_tasks_active", sel(), ")"),
+                "/",
+                seq(f"{ONE} (celery_worker_pool_size", sel(), " > 0)"),
+                "and",
+                seq(f"{ONE} (celery_worker_up", sel(), ") == 1"),
+            ),
+        ),
+    ]
+
+
 RECORDING_GROUPS: Dict[str, List[Record]] = {
     "celery-task-failure-slo": task_failure_records(),
     "celery-queue-wait-slo": queue_wait_records(),
+    "celery-worker-capacity": worker_capacity_records(),
 }
 
 

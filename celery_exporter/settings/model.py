@@ -299,8 +299,10 @@ class Settings:
         default=buckets_text(catalogue.DEFAULT_RUNTIME_BUCKETS),
         doc_default=buckets_summary(catalogue.DEFAULT_RUNTIME_BUCKETS),
         group=Group.HISTOGRAMS,
-        help="Comma-separated bucket bounds in seconds of celery_task_runtime_seconds.",
-        doc="Comma-separated bucket bounds in seconds of `celery_task_runtime_seconds`.",
+        help="Comma-separated bucket bounds in seconds of celery_task_runtime_seconds and of the failed and "
+        "retried run times.",
+        doc="Comma-separated bucket bounds in seconds of `celery_task_runtime_seconds`, "
+        "`celery_task_failed_runtime_seconds` and `celery_task_retried_runtime_seconds`.",
     ).field(
         Option(
             "--buckets",

@@ -88,8 +88,9 @@ class Store:
         """The runs (and displaced runs) on workers declared lost at `now` by the liveness
         verdict (liveness.verdict: down while the exporter listened, and the broker heard
         after their deadline; or a warm shutdown that outlived --worker-ttl). Our own outage
-        declares nobody lost. Displaced runs of a worker that is up, or unknown, two timeouts
-        after the displacement are forgotten: that worker lived on."""
+        declares nobody lost. The reservations of workers lost or gone are dropped.
+        Displaced runs of a worker that is up, or unknown, two timeouts after the
+        displacement are forgotten: that worker lived on."""
         hearing = Hearing(listening_since, heard_at)
         taken: List[Taken] = []
         with self.lock:
@@ -100,6 +101,9 @@ class Store:
                     taken.extend(self.running.take_locked(host))
                 elif state is Verdict.GONE:
                     self.running.drop_host_locked(host)
+            for host in self.running.reserving_hosts_locked():  # (those with runs were judged above)
+                if self._verdict_locked(host, now, hearing, verdicts)[0] in (Verdict.LOST, Verdict.GONE):
+                    self.running.drop_reserved_locked(host)
             displaced = self.running.displaced_locked()
             for uuid, entry in list(displaced.items()):
                 state, timeout = self._verdict_locked(entry.host, now, hearing, verdicts)
@@ -149,7 +153,9 @@ class Store:
         """`fresh`: task rows made anew from the live data, not the ones kept by version
         (for the oracle that checks the version stamps)."""
         with self.lock:
-            workers = self.workers.snapshot_locked(now)
+            workers = self.workers.snapshot_locked(
+                now, self.queues.pool_sizes_locked(now), self.running.reserved_locked(), self.queues.worker_queues
+            )
             return Snapshot(
                 now=now,
                 tasks=self.tasks.snapshot_locked(now, fresh),

@@ -50,6 +50,9 @@ class QueueStore:
         # worker hostname -> queue names it consumes; swapped whole (see the module doc)
         self._worker_queues: Mapping[str, Tuple[str, ...]] = MappingProxyType({})
         self._worker_processes: Dict[str, int] = {}
+        # worker hostname -> (its pool size, when inspect last reported it): kept while a
+        # worker misses an inspect's replies, forgotten --series-ttl after its last report
+        self._pool_sizes: Dict[str, Tuple[int, float]] = {}
         self._capacity_known = False
         # queue -> when a worker last reported consuming it (inspect); polled for
         # --series-ttl after that, so a queue whose workers scaled to zero keeps its length
@@ -92,6 +95,10 @@ class QueueStore:
             if processes is not None:
                 self._worker_processes = dict(processes)
                 self._capacity_known = True
+                if now is not None:
+                    for host, size in processes.items():
+                        if size > 0:  # (0: a pool whose stats tell no size)
+                            self._pool_sizes[host] = (size, now)
             if now is not None:
                 for queues in frozen.values():
                     for queue in queues:
@@ -112,6 +119,12 @@ class QueueStore:
     def sweep_locked(self, now: float) -> None:
         for queue in [q for q, seen in self._reported.items() if now - seen > self._ttl]:
             del self._reported[queue]  # not a label set: not counted as expired
+        for host in [h for h, (_, seen) in self._pool_sizes.items() if now - seen > self._ttl]:
+            del self._pool_sizes[host]  # (its worker's label set is counted, not this)
+
+    def pool_sizes_locked(self, now: float) -> Dict[str, int]:
+        """Each worker's pool size, as inspect last reported it within --series-ttl."""
+        return {host: size for host, (size, seen) in self._pool_sizes.items() if now - seen <= self._ttl}
 
     def snapshot_locked(self, up_hosts: Set[str]) -> QueueSnapshot:
         return QueueSnapshot(

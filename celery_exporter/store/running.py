@@ -15,6 +15,12 @@ interrupted even when its redelivered copy already runs, or finished, elsewhere.
 Every run and displaced run belongs to a task id in the handler's uuid map (bounded by
 --max-tasks): the handler forgets both when it evicts the task's record; displaced runs are
 also bounded in time.
+
+Beside the runs, the *reservations*: tasks a worker received and has not started (its
+prefetched tasks, waiting for a pool slot), one worker per task id. A reservation ends when
+the task starts (in the same call that starts its run), ends, is rejected, or its record is
+evicted; and with all of its worker's when the worker sends worker-offline (a warm shutdown
+or a consumer restart releases the prefetched messages), restarts, or is lost or gone.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class RunningStore:
         self._displaced: Dict[str, Displaced] = {}  # task id -> its first run's worker
         # worker that sent worker-offline with runs left -> (when, its last processed count)
         self._draining: Dict[str, Tuple[float, Optional[int]]] = {}
+        self._reserved: Dict[str, Set[str]] = {}  # worker -> task ids received, not started
+        self._reserved_on: Dict[str, str] = {}  # task id -> the worker that reserved it
 
     def size(self) -> Tuple[int, int]:
         """(runs, displaced runs) held."""
@@ -70,7 +78,10 @@ class RunningStore:
     # -- writers (take the lock) --------------------------------------------------------
 
     def start(self, uuid: str, host: str, key: TaskKey, now: float, worker_ts: float) -> None:
+        """A run starts (and the task's reservation ends)."""
         with self._lock:
+            if uuid in self._reserved_on:
+                self._unreserve_locked(uuid)
             old = self._where.get(uuid)
             if old is not None:
                 run = self._pop_locked(uuid, old)
@@ -79,19 +90,51 @@ class RunningStore:
             self._hosts.setdefault(host, {})[uuid] = _Run(key, now, worker_ts)
             self._where[uuid] = host
 
-    def end(self, uuid: str) -> None:
+    def end(self, uuid: str, unreserve: bool = False) -> None:
+        """The task's run ends; with `unreserve`, its reservation too."""
         with self._lock:
             host = self._where.get(uuid)
             if host is not None:
                 self._pop_locked(uuid, host)
+            if unreserve and uuid in self._reserved_on:
+                self._unreserve_locked(uuid)
 
     def forget(self, uuid: str) -> None:
-        """The task's record was evicted: its run and displaced run go, uncounted."""
+        """The task's record was evicted: its run, displaced run and reservation go, uncounted."""
         with self._lock:
             host = self._where.get(uuid)
             if host is not None:
                 self._pop_locked(uuid, host)
             self._displaced.pop(uuid, None)
+            if uuid in self._reserved_on:
+                self._unreserve_locked(uuid)
+
+    def reserve(self, uuid: str, host: str) -> None:
+        """The worker received the task and has not started it (on another worker before: a
+        redelivery, which moves the reservation)."""
+        with self._lock:
+            old = self._reserved_on.get(uuid)
+            if old == host:
+                return
+            if old is not None:
+                self._unreserve_locked(uuid)
+            self._reserved_on[uuid] = host
+            reserved = self._reserved.get(host)
+            if reserved is None:
+                self._reserved[host] = {uuid}
+            else:
+                reserved.add(uuid)
+
+    def drop_reserved(self, host: str) -> None:
+        """The worker's consumer (re)started: it holds none of the tasks it had reserved."""
+        with self._lock:
+            self.drop_reserved_locked(host)
+
+    def unreserve(self, uuid: str) -> None:
+        """The task is no longer reserved (it started, ended or was rejected)."""
+        with self._lock:
+            if uuid in self._reserved_on:
+                self._unreserve_locked(uuid)
 
     def idle(self, host: str, worker_ts: float) -> None:
         """A heartbeat of `host`, sent at `worker_ts` (its clock), says no task runs: runs
@@ -111,8 +154,29 @@ class RunningStore:
             if host in self._hosts:
                 self._draining[host] = (now, processed)
             self._pop_displaced_locked(host)
+            self.drop_reserved_locked(host)
 
     # -- with the lock held -------------------------------------------------------------
+
+    def _unreserve_locked(self, uuid: str) -> None:
+        host = self._reserved_on.pop(uuid)
+        reserved = self._reserved[host]
+        reserved.discard(uuid)
+        if not reserved:
+            del self._reserved[host]
+
+    def drop_reserved_locked(self, host: str) -> None:
+        """Forget the worker's reservations (it left, restarted, or was lost)."""
+        for uuid in self._reserved.pop(host, ()):
+            del self._reserved_on[uuid]
+
+    def reserving_hosts_locked(self) -> List[str]:
+        """Workers with reservations."""
+        return list(self._reserved)
+
+    def reserved_locked(self) -> Dict[str, int]:
+        """Reservations per worker."""
+        return {host: len(uuids) for host, uuids in self._reserved.items()}
 
     def _pop_host_locked(self, host: str) -> Dict[str, _Run]:
         """Remove the worker's runs (and its drain); returns them."""
@@ -155,14 +219,16 @@ class RunningStore:
         return self._displaced
 
     def take_locked(self, host: str) -> List[Taken]:
-        """Remove and return the runs and displaced runs of a lost worker."""
+        """Remove and return the runs and displaced runs of a lost worker (its reservations go)."""
+        self.drop_reserved_locked(host)
         taken = [(uuid, run.key) for uuid, run in self._pop_host_locked(host).items()]
         return taken + self._pop_displaced_locked(host)
 
     def drop_host_locked(self, host: str) -> None:
-        """Forget the worker's runs and displaced runs, uncounted."""
+        """Forget the worker's runs, displaced runs and reservations, uncounted."""
         self._pop_host_locked(host)
         self._pop_displaced_locked(host)
+        self.drop_reserved_locked(host)
 
     def snapshot_locked(self, down: Set[str]) -> RunningSnapshot:
         """Runs per label set on workers that are not down (unknown workers count as up:

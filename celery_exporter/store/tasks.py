@@ -180,7 +180,9 @@ class TaskSeriesStore:
         self._ttl = settings.series_ttl
         self.runtime_bounds = tuple(settings.runtime_buckets)
         self.wait_bounds = tuple(settings.wait_buckets)
-        self.bounds = (self.runtime_bounds, self.wait_bounds, self.wait_bounds)  # by catalogue.HISTOGRAMS
+        # by catalogue.HISTOGRAMS: the run times (of successes, failures, retries) and the waits
+        runtime, wait = self.runtime_bounds, self.wait_bounds
+        self.bounds = (runtime, wait, wait, runtime, runtime)
         self.native_schema = settings.native_schema  # None: native histograms off
         self.zero_threshold = settings.native_zero_threshold
         self.max_native_buckets = settings.native_max_buckets

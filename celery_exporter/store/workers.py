@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 from celery_exporter.diagnosis import WorkerSigns
 from celery_exporter.liveness import Liveness, Verdict, verdict
@@ -52,6 +52,10 @@ class WorkerView:
 @dataclasses.dataclass(frozen=True)
 class WorkerSnapshot:
     workers: List[WorkerView]
+    # by hostname: pool sizes from inspect (store.queues), tasks reserved (store.running)
+    pool_sizes: Dict[str, int] = dataclasses.field(default_factory=dict)
+    reserved: Dict[str, int] = dataclasses.field(default_factory=dict)
+    queues: Mapping[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)  # from inspect
 
     @property
     def up_hosts(self) -> Set[str]:
@@ -161,7 +165,13 @@ class WorkerStore:
         self._budget.release("worker", len(dead), expired=True)
         return dead
 
-    def snapshot_locked(self, now: float) -> WorkerSnapshot:
+    def snapshot_locked(
+        self,
+        now: float,
+        pool_sizes: Optional[Dict[str, int]] = None,
+        reserved: Optional[Dict[str, int]] = None,
+        queues: Optional[Mapping[str, Tuple[str, ...]]] = None,
+    ) -> WorkerSnapshot:
         return WorkerSnapshot(
             [
                 WorkerView(
@@ -179,5 +189,8 @@ class WorkerStore:
                 )
                 for r in self._workers.values()
                 if self.liveness.is_kept(r.last_seen, now)
-            ]
+            ],
+            pool_sizes if pool_sizes is not None else {},
+            reserved if reserved is not None else {},
+            queues if queues is not None else {},
         )

@@ -177,3 +177,64 @@ def test_queries_pass_promtool_and_count_the_queue_once(promtool, tmp_path):
     result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+# -- "Autoscaling the workers on pool utilization" ----------------------------------------------
+
+UTILIZATION_HEADING = "## Autoscaling the workers on pool utilization"
+RULES = ROOT / "alerts" / "celery-exporter.rules.yml"
+
+
+def utilization_keda():
+    text = PAGE.read_text()
+    assert text.count(UTILIZATION_HEADING + "\n") == 1
+    body = text.split(UTILIZATION_HEADING + "\n", 1)[1]
+    end = re.search(r"^## ", body, re.MULTILINE)
+    body = body[: end.start()] if end else body
+    (doc,) = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```$", body, re.MULTILINE | re.DOTALL)]
+    return doc
+
+
+def test_the_utilization_trigger_averages_the_deployments_workers_once(promtool, tmp_path):
+    """The KEDA trigger, on the shipped rules' utilization: the Deployment's workers up (4 of 4
+    and 2 of 4 slots busy, from two exporter replicas), not another Deployment's, nor a worker down."""
+    keda = utilization_keda()
+    assert keda["kind"] == "ScaledObject"
+    (trigger,) = keda["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
+    assert trigger["metadata"]["threshold"] == "0.8" and trigger["metadata"]["ignoreNullValues"] == "false"
+    query = trigger["metadata"]["query"]
+    series = []
+    for host, active, pool, up in (
+        ("celery@celery-worker-emails-7d9f-abcde", 4, 4, 1),
+        ("celery@celery-worker-emails-7d9f-fghij", 2, 4, 1),
+        ("celery@celery-worker-emails-7d9f-klmno", 4, 4, 0),  # down: its last heartbeat
+        ("celery@celery-worker-reports-5c6b-pqrst", 0, 8, 1),
+    ):
+        for pod in ("exp-a", "exp-b"):
+            labels = f'job="celery-exporter",instance="{pod}:9808",pod="{pod}",hostname="{host}"'
+            series += [
+                {"series": f"celery_worker_tasks_active{{{labels}}}", "values": f"{active}x5"},
+                {"series": f"celery_worker_pool_size{{{labels}}}", "values": f"{pool}x5"},
+                {"series": f"celery_worker_up{{{labels}}}", "values": f"{up}x5"},
+            ]
+    unit = tmp_path / "utilization.test.yml"
+    unit.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(RULES)],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": series,
+                        "promql_expr_test": [
+                            {"expr": query, "eval_time": "3m", "exp_samples": [{"labels": "{}", "value": 0.75}]}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-from tests.unit.conftest import Rig, failed, heartbeat, received, sent, started, succeeded
+from tests.unit.conftest import Rig, failed, heartbeat, received, retried, sent, started, succeeded
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARDS = sorted((ROOT / "dashboards").glob("*.json"))
@@ -126,6 +126,13 @@ def exported_names():
         sent("u3"),
         received("u3"),
         started("u3"),
+        # a retried attempt (celery_task_retried_runtime_seconds), and a task reserved
+        sent("u4"),
+        received("u4"),
+        started("u4"),
+        retried("u4"),
+        sent("u5"),
+        received("u5"),
     )
     rig.store.queues.set_worker_queues({"w1@h": ["celery"]}, {"w1@h": 2}, rig.clock.now())
     rig.store.queues.poll_succeeded({"celery": (3, 1)}, 0.01, rig.clock.now())
@@ -137,7 +144,9 @@ def exported_names():
     text += generate_latest(registry).decode()
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     # a native histogram is one series under the family's own name (protobuf scrapes only)
-    native = {mf.name for mf in rig.protobuf() if mf.type == 4 and mf.metric[0].histogram.HasField("schema")}
+    native = {
+        mf.name for mf in rig.protobuf() if mf.type == 4 and mf.metric and mf.metric[0].histogram.HasField("schema")
+    }
     assert native, "no native histogram in the protobuf scrape"
     return names | native
 
@@ -163,6 +172,10 @@ def test_panels_use_only_metrics_the_exporter_exports():
         "celery_task_running_oldest_start_timestamp_seconds",
         "celery_task_interrupted_total",
         "celery_task_redelivered_total",
+        "celery_task_failed_runtime_seconds_bucket",
+        "celery_task_retried_runtime_seconds_bucket",
+        "celery_worker_pool_size",
+        "celery_worker_tasks_reserved",
     ):
         assert family in used, family
 

@@ -19,7 +19,7 @@ import time
 
 import redis
 from celery import Celery
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.utils.time import utcoffset
 
 BROKER_URL = os.environ["IT_BROKER_URL"]
@@ -139,3 +139,42 @@ def hold(self, seconds):
 def hold_late(self, seconds):
     """Acknowledged after it ran: a worker that dies running it leaves it to the broker."""
     return _hold(self, seconds)
+
+
+def _timed_sleep(task, seconds):
+    """Sleep; returns the monotonic time the task's body began, for _ran."""
+    began = time.monotonic()
+    record(task, "started")
+    time.sleep(seconds)
+    return began
+
+
+def _ran(task, began):
+    """Record how long the task's body ran, up to the raise that ends it, under
+    <prefix>:ran:<task name>."""
+    truth().rpush(f"{TRUTH_PREFIX}:ran:{task.name}", repr(time.monotonic() - began))
+
+
+@app.task(bind=True, name="it.sleep_fail")
+def sleep_fail(self, seconds):
+    """Fails after sleeping: a failed run of a known length."""
+    began = _timed_sleep(self, seconds)
+    record(self, "failed")
+    _ran(self, began)
+    raise ValueError("it.sleep_fail fails after its sleep")
+
+
+@app.task(bind=True, name="it.sleep_retry", max_retries=1)
+def sleep_retry(self, seconds):
+    """Retries once after sleeping (a retried run of a known length, the retry's publishing
+    included), then succeeds at once."""
+    if self.request.retries:
+        record(self, "succeeded")
+        return self.request.retries
+    began = _timed_sleep(self, seconds)
+    record(self, "retried")
+    try:
+        raise self.retry(exc=KeyError("once more"), countdown=0.5)
+    except Retry:
+        _ran(self, began)
+        raise

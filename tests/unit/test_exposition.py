@@ -273,6 +273,31 @@ def test_protobuf_carries_native_buckets_classic_buckets_and_exemplars():
     }
 
 
+def test_failed_and_retried_run_times_are_native_with_the_task_as_exemplar():
+    rig = Rig()
+    rig.feed(sent("f1"), received("f1"), started("f1"))
+    rig.clock.advance(1.5)
+    rig.feed(failed("f1"))
+    rig.feed(sent("r1"), received("r1"), started("r1"))
+    rig.clock.advance(0.25)
+    rig.feed(retried("r1"))
+    by_name = {mf.name: mf for mf in rig.protobuf()}
+    for family, task, seconds in (
+        ("celery_task_failed_runtime_seconds", "f1", 1.5),
+        ("celery_task_retried_runtime_seconds", "r1", 0.25),
+    ):
+        mf = by_name[family]
+        assert mf.type == 4 and mf.unit == "seconds"
+        (metric,) = mf.metric
+        h = metric.histogram
+        assert h.sample_count == 1 and h.sample_sum == pytest.approx(seconds)
+        assert h.schema == 3 and decode_native(h) == {nativehist.bucket_key(seconds, 3): 1}
+        (exemplar,) = [b.exemplar for b in h.bucket if b.HasField("exemplar")]
+        assert {lp.name: lp.value for lp in exemplar.label} == {"task_id": task, "hostname": "w1@h"}
+        assert exemplar.value == pytest.approx(seconds)
+    assert by_name["celery_task_runtime_seconds"].metric == []  # successes only
+
+
 def test_native_histograms_off_keeps_classic_only():
     rig = Rig(native_schema=None)
     rig.feed(sent("u1"), received("u1"), started("u1"), succeeded("u1", runtime=0.3))

@@ -61,6 +61,19 @@ def test_runs_start_only_from_unfinished_states_and_end_only_from_running():
             assert state in lifecycle.UNFINISHED and next_state in lifecycle.ENDED
 
 
+def test_reservations_are_made_by_receipts_and_end_with_the_task():
+    """A task is reserved only at a task-received of an unfinished task, and a row that ends
+    the task (FINISH) or starts its run also ends its reservation, so that no reservation
+    outlives its record (an evicted one is forgotten with it)."""
+    for (kind, state), (_next, effects) in TABLE.items():
+        if effects & Effect.RESERVE:
+            assert kind in (Kind.RECEIVED, Kind.RECEIVED_AGAIN) and state in lifecycle.UNFINISHED
+        if effects & (Effect.FINISH | Effect.START_RUN):
+            assert effects & Effect.UNRESERVE, (kind, state)
+        if kind is Kind.EVICTED:
+            assert effects & Effect.FORGET
+
+
 # -- the walk ---------------------------------------------------------------------------------
 
 
@@ -160,20 +173,24 @@ def test_direct_rows_need_no_classifying():
 E = Effect
 # (events from a new task, the state after them, the effects of the last one)
 ROWS = [
-    (["task-sent", "task-received"], State.PENDING, E.COUNT),
-    (["task-received", "task-started"], State.RUNNING, E.COUNT | E.START_RUN),
-    (["task-started", "task-succeeded"], State.FINISHED, E.FINISH | E.END_RUN | E.COUNT),
+    (["task-sent", "task-received"], State.PENDING, E.COUNT | E.RESERVE),
+    (["task-received", "task-started"], State.RUNNING, E.COUNT | E.START_RUN | E.UNRESERVE),
+    (["task-started", "task-succeeded"], State.FINISHED, E.FINISH | E.END_RUN | E.UNRESERVE | E.COUNT),
     (["task-started", "task-failed", "task-failed"], State.FINISHED, E.DUPLICATE),  # hard time limit, 5.7
-    (["task-started", "task-failed", "task-rejected"], State.FINISHED, E.COUNT),
-    (["task-started", "task-failed", "task-revoked"], State.FINISHED, E.COUNT),  # another terminal type
+    (["task-started", "task-failed", "task-rejected"], State.FINISHED, E.UNRESERVE | E.COUNT),
+    (["task-started", "task-failed", "task-revoked"], State.FINISHED, E.UNRESERVE | E.COUNT),  # another type
     (["task-revoked", "task-revoked"], State.FINISHED_UNSTARTED, E.DUPLICATE),
-    (["task-succeeded", "task-started"], State.FINISHED_UNSTARTED, E.COUNT),  # starts no run
-    (["task-started", "task-retried"], State.STOPPED, E.END_RUN | E.COUNT),
-    (["task-started", "task-rejected"], State.STOPPED, E.END_RUN | E.COUNT),
-    (["task-started", "task-retried", "task-started"], State.RUNNING, E.COUNT | E.START_RUN),
-    (["task-started", "task-retried", "task-succeeded"], State.FINISHED, E.FINISH | E.COUNT),
+    (["task-received", "task-revoked"], State.FINISHED_UNSTARTED, E.FINISH | E.UNRESERVE | E.COUNT),
+    (["task-received", "task-rejected"], State.PENDING, E.UNRESERVE | E.COUNT),
+    (["task-succeeded", "task-started"], State.FINISHED_UNSTARTED, E.UNRESERVE | E.COUNT),  # starts no run
+    (["task-succeeded", "task-received"], State.FINISHED_UNSTARTED, E.COUNT),  # reserves nothing
+    (["task-started", "task-retried"], State.STOPPED, E.END_RUN | E.COUNT),  # keeps the next attempt's
+    (["task-started", "task-rejected"], State.STOPPED, E.END_RUN | E.UNRESERVE | E.COUNT),
+    (["task-started", "task-retried", "task-received"], State.STOPPED, E.COUNT | E.RESERVE),
+    (["task-started", "task-retried", "task-started"], State.RUNNING, E.COUNT | E.START_RUN | E.UNRESERVE),
+    (["task-started", "task-retried", "task-succeeded"], State.FINISHED, E.FINISH | E.UNRESERVE | E.COUNT),
     (["task-retried"], State.PENDING, E.COUNT),  # no run to end
-    (["task-started", "task-started"], State.RUNNING, E.COUNT | E.START_RUN),  # started again elsewhere
+    (["task-started", "task-started"], State.RUNNING, E.COUNT | E.START_RUN | E.UNRESERVE),  # elsewhere
 ]
 
 

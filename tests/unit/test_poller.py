@@ -131,6 +131,42 @@ def test_inspect_gives_worker_counts_labels_and_follows_heartbeats():
     assert backend.inspected == [2, 1]
 
 
+def test_each_workers_pool_size_comes_from_inspect_and_outlives_a_missed_reply():
+    rig, backend, poller, inspector = make(series_ttl=100.0)
+    rig.feed(heartbeat(host="w1@h"), heartbeat(host="w2@h"))
+    assert rig.value("celery_worker_pool_size", hostname="w1@h") is None  # no inspect yet
+    backend.inspect_reply = (
+        {"w1@h": ("a",), "w2@h": ("a",), "w3@h": ("a",), "w9@h": ("a",)},
+        {"w1@h": 3, "w2@h": 4, "w3@h": 0, "w9@h": 8},
+    )
+    rig.feed(heartbeat(host="w3@h"))
+    inspector.poll_once()
+    assert rig.value("celery_worker_pool_size", hostname="w1@h") == 3
+    assert rig.value("celery_worker_pool_size", hostname="w2@h") == 4
+    assert rig.value("celery_worker_pool_size", hostname="w9@h") is None  # no heartbeat: no worker label set
+    assert rig.value("celery_worker_pool_size", hostname="w3@h") is None  # stats without a size
+    assert rig.family("celery_worker_queue_info") == {
+        ("celery_worker_queue_info", frozenset({"hostname": "w1@h", "queue_name": "a"}.items())): 1.0,
+        ("celery_worker_queue_info", frozenset({"hostname": "w2@h", "queue_name": "a"}.items())): 1.0,
+        ("celery_worker_queue_info", frozenset({"hostname": "w3@h", "queue_name": "a"}.items())): 1.0,
+    }
+    # w2 misses a reply (slow): its size stays; w1 restarted with another concurrency
+    rig.clock.advance(60)
+    rig.feed(heartbeat(host="w1@h", ts=rig.clock.now()), heartbeat(host="w2@h", ts=rig.clock.now()))
+    backend.inspect_reply = ({"w1@h": ("a",)}, {"w1@h": 5})
+    inspector.poll_once()
+    assert rig.value("celery_worker_pool_size", hostname="w1@h") == 5
+    assert rig.value("celery_worker_pool_size", hostname="w2@h") == 4
+    # no report of w2 for longer than --series-ttl: forgotten, though its heartbeats go on
+    rig.clock.advance(50)
+    rig.feed(heartbeat(host="w1@h", ts=rig.clock.now()), heartbeat(host="w2@h", ts=rig.clock.now()))
+    assert rig.value("celery_worker_pool_size", hostname="w2@h") is None
+    assert rig.value("celery_worker_pool_size", hostname="w1@h") == 5  # reported 50 s ago
+    rig.store.sweep(rig.clock.now())
+    assert rig.store.queues.pool_sizes_locked(rig.clock.now()) == {"w1@h": 5}  # w2's is gone from memory
+    assert "w2@h" not in rig.store.queues._pool_sizes
+
+
 def test_a_failed_inspect_is_counted_but_does_not_fail_the_queue_lengths():
     rig, backend, poller, inspector = make(queues=("q",))
     backend.inspect_reply = PollError("inspect", "OperationalError: connection refused")

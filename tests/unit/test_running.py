@@ -130,6 +130,12 @@ PROBES: Dict[str, Callable[[Rig, dict], Any]] = {
     "queue_wait_sum": _metric("celery_task_queue_wait_seconds_sum"),
     "prefetch_wait_count": _metric("celery_task_prefetch_wait_seconds_count"),
     "prefetch_wait_sum": _metric("celery_task_prefetch_wait_seconds_sum"),
+    "failed_runtime_count": _metric("celery_task_failed_runtime_seconds_count"),
+    "failed_runtime_sum": _metric("celery_task_failed_runtime_seconds_sum"),
+    "retried_runtime_count": _metric("celery_task_retried_runtime_seconds_count"),
+    "retried_runtime_sum": _metric("celery_task_retried_runtime_seconds_sum"),
+    "runtime_count": _metric("celery_task_runtime_seconds_count"),
+    "reservations": lambda rig, labels: len(rig.store.running._reserved_on),  # task ids reserved, in memory
     "evicted": lambda rig, labels: rig.value("celery_exporter_tasks_evicted_total"),
     "runs_held": lambda rig, labels: rig.store.running.size(),  # (runs, displaced runs) in memory
     "runs": lambda rig, labels: rig.store.running.size()[0],
@@ -138,6 +144,7 @@ PROBES: Dict[str, Callable[[Rig, dict], Any]] = {
 # probe -> value for one key, for the label set of the check; expected as {key: value}
 KEYED: Dict[str, Callable[[Rig, dict, str], Any]] = {
     "worker_up": lambda rig, labels, host: rig.value("celery_worker_up", hostname=host),
+    "reserved": lambda rig, labels, host: rig.value("celery_worker_tasks_reserved", hostname=host),
     "events": lambda rig, labels, etype: rig.value("celery_exporter_events_total", type=etype),
     "dropped": lambda rig, labels, reason: rig.value("celery_exporter_events_dropped_total", reason=reason),
     "exceptions": lambda rig, labels, exc: rig.value("celery_task_exceptions_total", exception=exc, **labels),
@@ -765,7 +772,137 @@ TERMINAL_AND_RETRIES = [
     ),
 ]
 
-CASES = RUNNING + LOST + WORKER_LIFECYCLE + TERMINAL_AND_RETRIES
+
+def receive(*uuids, host="w1@h", eta=None) -> Step:
+    return feed(*(e for u in uuids for e in (sent(u), received(u, host=host, eta=eta))))
+
+
+W1, W2 = "w1@h", "w2@h"
+
+CAPACITY = [
+    Case(
+        "a received task is reserved on its worker until it starts",
+        [
+            feed(heartbeat(), heartbeat(host=W2)),
+            receive("a", "b", "c"),
+            expect(reserved={W1: 3, W2: 0}),
+            feed(started("a")),
+            expect(reserved={W1: 2}, running=1),
+            feed(succeeded("a"), started("b"), started("c")),
+            expect(reserved={W1: 0}, reservations=0),
+        ],
+    ),
+    Case(
+        "a reservation ends when the task is revoked, rejected or fails before it starts",
+        [
+            feed(heartbeat()),
+            receive("a", "b", "c", "d"),
+            feed(revoked("a", expired=True), rejected("b", requeue=True), failed("c")),
+            expect(reserved={W1: 1}),
+            feed(rejected("b", host=W2)),  # (a requeued b received nowhere yet)
+            expect(reserved={W1: 1}, reservations=1),
+        ],
+    ),
+    Case(
+        "a task waiting for its ETA is not reserved",
+        [
+            feed(heartbeat()),
+            receive("a", eta="2027-01-15T08:00:00+00:00"),
+            receive("b"),
+            expect(reserved={W1: 1}),
+            feed(started("a")),
+            expect(reserved={W1: 1}, reservations=1),
+        ],
+    ),
+    Case(
+        "a redelivered task moves its reservation to the worker that received it",
+        [
+            feed(heartbeat(), heartbeat(host=W2)),
+            receive("a"),
+            feed(received("a", host=W2)),
+            expect(reserved={W1: 0, W2: 1}, redelivered=1),
+            feed(started("a", host=W2)),
+            expect(reserved={W1: 0, W2: 0}, reservations=0),
+        ],
+    ),
+    Case(
+        "a worker's reservations go at its worker-offline, and at its worker-online",
+        [
+            feed(heartbeat(), heartbeat(host=W2)),
+            receive("a", "b"),
+            receive("c", host=W2),
+            feed(heartbeat(etype="worker-offline")),
+            expect(reserved={W2: 1}, reservations=1),
+            feed(heartbeat(host=W2, etype="worker-online")),
+            expect(reserved={W2: 0}, reservations=0),
+        ],
+    ),
+    Case(
+        "a lost worker's reservations go",
+        [
+            feed(heartbeat(), heartbeat(host=W2)),
+            receive("a", "b"),
+            receive("c", host=W2),
+            keep_alive(TIMEOUT + 2, W2),
+            expect(worker_up={W1: 0, W2: 1}, reserved={W1: 0, W2: 1}, reservations=1),
+        ],
+    ),
+    Case(
+        "an evicted task's reservation goes with its record",
+        [
+            feed(heartbeat()),
+            receive("a", "b", "c"),
+            tick(),
+            expect(reserved={W1: 2}, reservations=2, evicted=1),
+        ],
+        settings={"max_tasks": 2},
+    ),
+    Case(
+        "a task-retried keeps the next attempt's reservation, received before it",
+        [
+            feed(heartbeat()),
+            begin("a"),
+            feed(sent("a", retries=1), received("a", retries=1)),
+            expect(reserved={W1: 1}),
+            feed(retried("a")),
+            expect(reserved={W1: 1}, running=0),
+            feed(started("a")),
+            expect(reserved={W1: 0}, running=1),
+        ],
+    ),
+    Case(
+        "a failed run's duration is observed from task-started to task-failed, on the exporter's clock",
+        [
+            begin("a"),
+            begin("b"),
+            clock(1.5),
+            feed(failed("a", ts=T0 + 99)),  # (the worker's timestamps play no part)
+            clock(1.0),
+            feed(failed("b"), failed("b")),  # a duplicate task-failed is not observed again
+            expect(failed_runtime_count=2, failed_runtime_sum=pytest.approx(4.0), runtime_count=None),
+            feed(sent("c"), received("c"), failed("c")),  # failed before it started: no run time
+            expect(failed_runtime_count=2, failed=3),
+        ],
+    ),
+    Case(
+        "a retried run's duration is observed per attempt, and the success's runtime stays the worker's",
+        [
+            begin("a"),
+            clock(2.0),
+            feed(retried("a")),
+            feed(sent("a", retries=1), received("a", retries=1)),
+            clock(5.0),
+            feed(started("a")),
+            clock(3.0),
+            feed(retried("a")),
+            expect(retried_runtime_count=2, retried_runtime_sum=pytest.approx(5.0), failed_runtime_count=None),
+            feed(sent("a", retries=2), received("a", retries=2), started("a"), succeeded("a", runtime=0.25)),
+            expect(retried_runtime_count=2, runtime_count=1, failed_runtime_count=None),
+        ],
+    ),
+]
+
+CASES = RUNNING + LOST + WORKER_LIFECYCLE + TERMINAL_AND_RETRIES + CAPACITY
 
 
 def _steps(steps):

@@ -478,6 +478,52 @@ groups:
           dashboard_url: {{ printf (index $cfg "dashboardUrlPattern") "celery-exporter-tasks" }}
           {{- end }}
       {{- end }}
+  - name: celery-worker-capacity
+    rules:
+      # How busy each worker's pool is: tasks active (its heartbeats) over its pool size (inspect
+      # stats), 0 to 1, for the workers up; for dashboards, autoscalers (docs/scaling.md) and the
+      # saturation alert.
+      - record: celery:worker_pool_utilization:ratio
+        expr: >-
+          max without (instance, pod) (celery_worker_tasks_active{{ include "celery-exporter.rules.matchers" (list $sel) }})
+          /
+          max without (instance, pod) (celery_worker_pool_size{{ include "celery-exporter.rules.matchers" (list $sel) }} > 0)
+          and
+          max without (instance, pod) (celery_worker_up{{ include "celery-exporter.rules.matchers" (list $sel) }}) == 1
+      {{- if (index $cfg "alerts" "CeleryWorkerPoolSaturated" "enabled") }}
+      - alert: CeleryWorkerPoolSaturated
+        # Every slot of the worker's pool busy (celery:worker_pool_utilization:ratio, active tasks
+        # from its heartbeats over its pool size from inspect) and a queue it consumes
+        # (celery_worker_queue_info, from inspect; over 10 minutes, so that a missed inspect reply
+        # does not reset `for:`) growing: the worker cannot keep up. A pool that is merely busy
+        # while its queues drain does not fire.
+        expr: >-
+          max by (cluster, namespace, job, hostname) (celery:worker_pool_utilization:ratio{{ include "celery-exporter.rules.matchers" (list $sel) }}) >= {{ (index $cfg "alerts" "CeleryWorkerPoolSaturated" "threshold") }}
+          and on (cluster, namespace, job, hostname)
+          max by (cluster, namespace, job, hostname) (
+            max without (instance, pod) (max_over_time(celery_worker_queue_info{{ include "celery-exporter.rules.matchers" (list $sel) }}[10m]))
+            * on (cluster, namespace, job, queue_name) group_left ()
+            (max by (cluster, namespace, job, queue_name) (deriv(celery_queue_length{{ include "celery-exporter.rules.matchers" (list $sel) }}[10m])) > 0)
+          )
+        for: {{ (index $cfg "alerts" "CeleryWorkerPoolSaturated" "for") }}
+        labels:
+          severity: {{ ((index $cfg "alerts" "CeleryWorkerPoolSaturated" "severity") | toString | quote) }}
+        annotations:
+          summary: "Celery worker {{ "{{" }} $labels.hostname }} is saturated while its queues grow"
+          description: >-
+            Every pool slot of {{ "{{" }} $labels.hostname }} (job {{ "{{" }} $labels.job }}) has been busy for a while
+            (utilization {{ "{{" }} $value | printf "%.2f" }}) and a queue it consumes keeps growing: it cannot
+            keep up.
+          runbook: >-
+            Add workers for its queues (or concurrency, if the host has room): docs/scaling.md has a
+            KEDA / HPA example on celery:worker_pool_utilization:ratio. If tasks hang,
+            CeleryTaskRunningTooLong names them; celery_worker_tasks_reserved shows what it prefetched
+            and waits for a slot.
+          runbook_url: {{ printf (index $cfg "runbookUrlPattern") "celeryworkerpoolsaturated" }}
+          {{- if (index $cfg "dashboardUrlPattern") }}
+          dashboard_url: {{ printf (index $cfg "dashboardUrlPattern") "celery-exporter-workers" }}
+          {{- end }}
+      {{- end }}
   {{- if or (index $cfg "alerts" "CeleryWorkerLost" "enabled") (index $cfg "alerts" "CeleryNoWorkerUp" "enabled") (index $cfg "alerts" "CeleryWorkerTaskEventsDisabled" "enabled") }}
   - name: celery-workers
     rules:
