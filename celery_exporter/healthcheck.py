@@ -5,7 +5,7 @@ It reads the exporter's own options (listen address, port, web config file, whet
 probes stay open under basic auth) from the same flags and environment variables, so it
 follows the exporter wherever they take it: HTTPS when the web config turns TLS on. The
 certificate is not checked against a CA (a probe reaches 127.0.0.1, which no certificate
-names): the one the server presents must be the web config's own cert_file. When the web
+names): the one the server presents must be the web config's own cert_file (or inline cert). When the web
 config requires client certificates, the server's own certificate and key are presented,
 which passes when the client CA also issued them. The web config holds only bcrypt hashes,
 so with basic auth on and the probes closed (--no-web-health-open) a 401 is the answer
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import http.client
 import ssl
-from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from celery_exporter.settings import Settings
-from celery_exporter.webconfig import WebConfig
+from celery_exporter.webconfig import WebConfig, load_chain
 
 PATH = "/-/healthy"
 
@@ -41,16 +40,16 @@ def client_context(config: Optional[WebConfig]) -> Optional[ssl.SSLContext]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the presented certificate is compared with cert_file instead
-    if config.ssl_context.verify_mode != ssl.CERT_NONE and config.tls_files is not None:
-        context.load_cert_chain(*config.tls_files)
+    if config.ssl_context.verify_mode != ssl.CERT_NONE and config.server_pem is not None:
+        load_chain(context, *config.server_pem)
     return context
 
 
 def configured_certificate(config: WebConfig) -> Optional[bytes]:
-    """The DER bytes of the first certificate of the web config's cert_file."""
-    if config.tls_files is None:
+    """The DER bytes of the first certificate of the web config's cert_file (or cert)."""
+    if config.server_pem is None:
         return None
-    text = Path(config.tls_files[0]).read_text()
+    text = config.server_pem[0]
     begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
     start = text.find(begin)
     stop = text.find(end, start)

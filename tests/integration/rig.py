@@ -751,38 +751,39 @@ def make_certs(tmp: Path, client: bool = False) -> Dict[str, Path]:
     )
     paths = {name: tmp / name for name in ("ca.crt", "ca.key", "server.crt", "server.key")}
     if client:
-        run(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            "/CN=prometheus",
-        )
-        (tmp / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-        run(
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-        )
-        paths.update({"client.crt": tmp / "client.crt", "client.key": tmp / "client.key"})
+        paths.update(make_client_cert(tmp, "client", "DNS:prometheus,email:scraper@example.org"))
     return paths
+
+
+def make_client_cert(tmp: Path, name: str, sans: str) -> Dict[str, Path]:
+    """A client certificate `name`.crt/.key with the subject alternative names `sans`
+    (openssl's form: DNS:a,IP:1.2.3.4), issued by make_certs' CA in `tmp`."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=tmp, check=True, capture_output=True, timeout=60)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+    (tmp / f"{name}.ext").write_text(f"extendedKeyUsage=clientAuth\nsubjectAltName={sans}\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+    )
+    return {f"{name}.crt": tmp / f"{name}.crt", f"{name}.key": tmp / f"{name}.key"}
 
 
 class TlsRedisServer(RedisServer):

@@ -5,11 +5,13 @@ runs it against real ones)."""
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import ssl
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import celery
 import click
@@ -189,7 +191,8 @@ def server_config(crt, key, client_certs=False):
     context.load_cert_chain(crt, key)
     if client_certs:
         context.verify_mode = ssl.CERT_REQUIRED
-    return WebConfig(path="w.yml", ssl_context=context, users={}, tls_files=(crt, key))
+    pem = (Path(crt).read_text(), Path(key).read_text())
+    return WebConfig(path="w.yml", ssl_context=context, users={}, server_pem=pem)
 
 
 def test_with_tls_the_healthcheck_expects_the_configured_certificate(tmp_path):
@@ -205,8 +208,7 @@ def test_with_tls_the_healthcheck_expects_the_configured_certificate(tmp_path):
 
 def test_a_cert_file_without_a_certificate_matches_nothing(tmp_path):
     crt, key = make_pair(tmp_path, "server")
-    config = server_config(crt, key)
-    (tmp_path / "server.crt").write_text("no certificate here\n")
+    config = dataclasses.replace(server_config(crt, key), server_pem=("no certificate here\n", ""))
     assert healthcheck.configured_certificate(config) is None
 
 
@@ -223,7 +225,8 @@ def test_with_client_certificates_required_the_healthcheck_presents_the_servers_
     healthcheck.client_context(server_config(crt, key, client_certs=False))
     assert loaded == [(crt, key)]  # the server's own context only
     healthcheck.client_context(server_config(crt, key, client_certs=True))
-    assert loaded == [(crt, key), (crt, key), (crt, key)]  # ...and now the client's too
+    # ...and now the client's too: the cert_file's text and key, through a temporary file gone at once
+    assert len(loaded) == 3 and loaded[2][1] is None and not Path(loaded[2][0]).exists()
 
 
 def test_the_healthcheck_options_are_the_exporters_own():
