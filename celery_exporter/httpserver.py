@@ -162,6 +162,9 @@ class _Handler(WSGIRequestHandler):
 
     rfile: io.BufferedReader
     wfile: io.BufferedWriter
+    # wsgiref answers an unparsable request line as HTTP/0.9 by default: a body without a
+    # status line or headers. Answer it as HTTP/1.0, with both (and the configured headers).
+    default_request_version = "HTTP/1.0"
 
     def __init__(self, sock: socket.socket, address: Address, server: Server, head: bytes, deadline: float) -> None:
         self._app = server.app
