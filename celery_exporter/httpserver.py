@@ -16,7 +16,11 @@ ends) each hold a thread for as long as the client likes. Here:
 * A complete request is served in a thread of its own while fewer than `max_requests` are
   being served. Beyond that it is answered at once from the loop with 503 (Retry-After: 1),
   written without blocking; a TLS connection over the cap is closed. Refusals are logged as
-  a WARNING when they start (again after a quiet minute), else at DEBUG.
+  a WARNING when they start (again after a quiet minute), else at DEBUG, and reported to
+  `on_refused` (the 431s too) for celery_exporter_http_requests_refused_total.
+* With TLS, the context is asked for each new connection (so a reloaded certificate serves
+  new clients), and `check_peer` may close a connection after its handshake
+  (client_allowed_sans).
 * The request's thread runs wsgiref's WSGIRequestHandler (so the app gets the environment
   wsgiref builds), reading the head the loop buffered and then the socket, with a socket
   timeout of `read_timeout` for the rest of the request and the response. No per-request
