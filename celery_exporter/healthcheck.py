@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import http.client
 import ssl
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
-from celery_exporter.settings import Settings
 from celery_exporter.webconfig import WebConfig, load_chain
 
 PATH = "/-/healthy"
+
+
+class Target(NamedTuple):
+    """The exporter's options the check reads (those of Settings of the same names)."""
+
+    listen_address: str
+    port: int
+    web_config: Optional[WebConfig]
+    health_open: bool
 
 
 def target_host(listen_address: str) -> str:
@@ -58,7 +66,7 @@ def configured_certificate(config: WebConfig) -> Optional[bytes]:
     return ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)])
 
 
-def check(settings: Settings, timeout: float) -> Tuple[bool, str]:
+def check(settings: Target, timeout: float) -> Tuple[bool, str]:
     """(healthy, one line saying what was asked and what answered)."""
     host, port = target_host(settings.listen_address), settings.port
     config = settings.web_config

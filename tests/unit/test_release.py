@@ -237,3 +237,33 @@ def test_the_healthcheck_options_are_the_exporters_own():
         isinstance(by_name["port"], click.Option)
         and by_name["port"].envvar == [o for o in cli.command.params if o.name == "port"][0].envvar
     )
+
+
+def test_the_healthcheck_imports_neither_kombu_nor_celery(tmp_path):
+    """It runs every 30 s in the container: the broker's libraries cost it most of a second."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from celery_exporter import cli
+        try:
+            cli.main(["healthcheck", "--port", "1", "--timeout", "1s"])
+        except SystemExit as exc:
+            print(exc.code, sorted(m for m in ("kombu", "celery", "redis", "amqp") if m in sys.modules))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "1 []", out
+
+
+def test_a_bad_web_config_is_a_healthcheck_usage_error_naming_the_flag(tmp_path):
+    bad = tmp_path / "web.yml"
+    bad.write_text("basic_auth_users:\n  a: nothash\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "celery_exporter", "healthcheck", "--web-config-file", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    (line,) = out.stderr.strip().splitlines()
+    assert "--web-config-file" in line and "not a bcrypt hash" in line
