@@ -1,5 +1,6 @@
-"""`celery-exporter healthcheck`: asks a running exporter's /-/healthy the way its own
-configuration says to reach it (the image's HEALTHCHECK runs it).
+"""`celery-exporter healthcheck`: asks a running exporter's /-/healthy (or /-/ready) the way
+its own configuration says to reach it (the image's HEALTHCHECK runs it, and the chart's
+probes when the web config requires client certificates).
 
 It reads the exporter's own options (listen address, port, web config file, whether the
 probes stay open under basic auth) from the same flags and environment variables, so it
@@ -21,6 +22,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 from celery_exporter.webconfig import WebConfig, load_chain
 
 PATH = "/-/healthy"
+READY_PATH = "/-/ready"
 
 
 class Target(NamedTuple):
@@ -66,12 +68,12 @@ def configured_certificate(config: WebConfig) -> Optional[bytes]:
     return ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)])
 
 
-def check(settings: Target, timeout: float) -> Tuple[bool, str]:
+def check(settings: Target, timeout: float, path: str = PATH) -> Tuple[bool, str]:
     """(healthy, one line saying what was asked and what answered)."""
     host, port = target_host(settings.listen_address), settings.port
     config = settings.web_config
     context = client_context(config)
-    url = f"{'https' if context else 'http'}://{f'[{host}]' if ':' in host else host}:{port}{PATH}"
+    url = f"{'https' if context else 'http'}://{f'[{host}]' if ':' in host else host}:{port}{path}"
     connection: Union[http.client.HTTPConnection, http.client.HTTPSConnection]
     if context is not None:
         connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
@@ -82,7 +84,7 @@ def check(settings: Target, timeout: float) -> Tuple[bool, str]:
         if config is not None and isinstance(connection.sock, ssl.SSLSocket):
             if connection.sock.getpeercert(binary_form=True) != configured_certificate(config):
                 return False, f"{url}: the server presents another certificate than the web config's cert_file"
-        connection.request("GET", PATH)
+        connection.request("GET", path)
         response = connection.getresponse()
         response.read(1024)
     except (OSError, http.client.HTTPException, ValueError) as exc:

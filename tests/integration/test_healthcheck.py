@@ -30,9 +30,9 @@ def exporter_env(port: int, web_config: str = "", **extra: str) -> Dict[str, str
     return env
 
 
-def healthcheck(env: Dict[str, str]) -> Tuple[int, str]:
+def healthcheck(env: Dict[str, str], *extra: str) -> Tuple[int, str]:
     result = subprocess.run(
-        [executable("celery-exporter"), "healthcheck", "--timeout", "5s"],
+        [executable("celery-exporter"), "healthcheck", "--timeout", "5s", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -148,6 +148,9 @@ def test_inline_pem_allowed_sans_headers_and_a_rate_limit(tmp_path):
         for _ in range(3):
             code, out = healthcheck(env)
             assert code == 0 and out.endswith("/-/healthy: 200 OK"), out
+        # the chart's readiness probe with client certificates: --ready, 200 once the broker is connected
+        wait_for(lambda: healthcheck(env, "--ready")[0] == 0, 20, what="readiness", describe=proc.log_text)
+        assert healthcheck(env, "--ready")[1].endswith("/-/ready: 200 OK")
         # the server's certificate is outside the allowed SANs: the connection is closed after the handshake
         allowed = f"client_allowed_sans: ['{HOST}']"
         path.write_text(path.read_text().replace(allowed, "client_allowed_sans: [elsewhere]"))

@@ -231,7 +231,7 @@ def test_with_client_certificates_required_the_healthcheck_presents_the_servers_
 
 def test_the_healthcheck_options_are_the_exporters_own():
     names = {p.name for p in cli.healthcheck_command.params}
-    assert names == {"listen_address", "port", "web_config_file", "web_health_open", "timeout"}
+    assert names == {"listen_address", "port", "web_config_file", "web_health_open", "timeout", "ready"}
     by_name = {p.name: p for p in cli.healthcheck_command.params}
     assert (
         isinstance(by_name["port"], click.Option)
