@@ -344,3 +344,29 @@ basic_auth_users:
         assert "X-Frame-Options: 'allow-all'" in proc.log_text()
     finally:
         assert proc.stop() == 0
+
+
+def test_files_the_toolkit_accepts_start_here_too(tmp_path):
+    """VerifyClientCertIfGiven without a client CA (Go then verifies against the system's
+    roots), inline certificate and key: it starts, serves a client without a certificate,
+    and refuses one whose certificate no system root issued."""
+    certs = make_certs(tmp_path, client=True)
+
+    def inline(key: str, name: str) -> str:
+        return f"  {key}: |\n" + "".join(f"    {line}\n" for line in certs[name].read_text().splitlines())
+
+    proc, port = start(
+        tmp_path,
+        "tls_server_config:\n"
+        + inline("cert", "server.crt")
+        + inline("key", "server.key")
+        + "  client_auth_type: VerifyClientCertIfGiven\n",
+    )
+    try:
+        without = client_context(certs, with_cert=False)
+        serving(port, without, proc)
+        assert request(port, "/metrics", without)[0] == 200
+        assert refused(port, client_context(certs)) in ("SSLError", "SSLEOFError", "ConnectionResetError")
+        assert proc.running
+    finally:
+        assert proc.stop() == 0
