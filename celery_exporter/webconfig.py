@@ -216,6 +216,12 @@ def _pem(path: str, base: Path, section: Mapping[str, object], name: str, files:
     return inline
 
 
+def _no_password() -> bytes:
+    # an encrypted key is refused, as the toolkit refuses it: without this OpenSSL would ask
+    # for the pass phrase on the terminal
+    raise WebConfigError("the key is encrypted (a pass phrase is not supported)")
+
+
 def load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
     """context.load_cert_chain from PEM text: ssl reads only files, so through a temporary
     file of mode 0600, removed at once."""
@@ -223,7 +229,7 @@ def load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
     try:
         with os.fdopen(fd, "w") as file:
             file.write(key.rstrip("\n") + "\n" + cert)
-        context.load_cert_chain(name)
+        context.load_cert_chain(name, password=_no_password)
     finally:
         os.unlink(name)
 
@@ -257,7 +263,7 @@ def _tls(
     context = ServerContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         load_chain(context, cert, key)
-    except (ssl.SSLError, OSError) as exc:
+    except (ssl.SSLError, OSError, WebConfigError) as exc:
         raise WebConfigError(f"{path}: tls_server_config: cannot load the certificate and key: {exc}") from None
     _client_auth(path, base, section, context, files)
     _versions(path, section, context)

@@ -6,6 +6,7 @@ import base64
 import logging
 import os
 import ssl
+import subprocess
 
 import bcrypt
 import pytest
@@ -98,6 +99,13 @@ def test_unusable_config_is_refused_with_the_key_named(tmp_path, text, message):
 def test_tls_keys_are_checked_as_the_toolkit_checks_them(tmp_path, certs, extra, message):
     with pytest.raises(WebConfigError, match=message):
         load(write(tmp_path, tls(certs, extra.format(ca=certs["ca.crt"]))))
+
+
+def test_an_encrypted_key_is_refused_without_asking_for_a_pass_phrase(tmp_path):
+    run = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=x", "-passout", "pass:abc"]
+    subprocess.run([*run, "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")], check=True)
+    with pytest.raises(WebConfigError, match="cannot load the certificate and key: the key is encrypted"):
+        load(write(tmp_path, "tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n"))
 
 
 def test_missing_halves_of_the_certificate_are_named(tmp_path, certs):
