@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import collections
 import random
+import select
 import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Counter, List, Optional, Tuple
+from typing import Counter, List, Tuple
 
 import pytest
 
@@ -28,6 +29,7 @@ TLS_CASES = 200
 BATCH = 16  # cases at once, then a valid scrape
 TIME_BUDGET = 90.0  # seconds for the plain HTTP corpus; the run stops early past it
 READ_TIMEOUT = 2.0
+SLOW_PAUSE = 0.05  # seconds between the pieces of a slow sender's request
 METHODS = [b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT", b"PRI", b"get", b"G\x00T"]
 PATHS = [b"/metrics", b"/", b"/-/healthy", b"/-/ready", b"*", b"http://x/metrics", b"/%zz", b"/\xff\xfe", b"//..//"]
 VERSIONS = [b"HTTP/1.0", b"HTTP/1.1", b"HTTP/2.0", b"HTTP/9.9", b"HTTP/1", b"http/1.1", b"", b"HTTP/1.1 extra"]
@@ -105,15 +107,18 @@ def tls_case(rng: random.Random) -> Tuple[str, List[bytes], bool]:
     return kind, [b"GET /metrics HTTP/1.1\r\n\r\n"], False
 
 
-def send(port: int, kind: str, chunks: List[bytes], half_close: bool, wrap: Optional[Callable] = None) -> str:
-    """Sends one case; the outcome: the status code answered, 'closed' or an error name."""
+def send(port: int, kind: str, chunks: List[bytes], half_close: bool) -> str:
+    """Sends one case (of `kind`); the outcome: the status code answered, '431-head' for the
+    serving loop's own 431, 'closed', 'other' (bytes that are no HTTP answer) or an error name."""
     try:
         with socket.create_connection((HOST, port), timeout=READ_TIMEOUT + 3) as sock:
-            for chunk in chunks:
+            received = b""
+            for n, chunk in enumerate(chunks):
                 sock.sendall(chunk)
+                if n < len(chunks) - 1 and slow_pause(sock):  # a slow sender: the server may answer early
+                    return outcome(sock.recv(65536))
             if half_close:
                 sock.shutdown(socket.SHUT_WR)
-            received = b""
             while len(received) < 1 << 20:
                 data = sock.recv(65536)
                 if not data:
@@ -121,6 +126,17 @@ def send(port: int, kind: str, chunks: List[bytes], half_close: bool, wrap: Opti
                 received += data
     except OSError as exc:
         return type(exc).__name__
+    return outcome(received)
+
+
+def slow_pause(sock: socket.socket) -> bool:
+    """Waits SLOW_PAUSE seconds for the server to say something (True if it did): the gap
+    between a slow sender's pieces."""
+    ready, _, _ = select.select([sock], [], [], SLOW_PAUSE)
+    return bool(ready)
+
+
+def outcome(received: bytes) -> str:
     if received.startswith(b"HTTP/"):
         status = received.split(b" ", 2)[1].decode("ascii", "replace")
         head_too_large = status == "431" and received.endswith(b"request head over 64 KiB\n")  # the loop's own 431
