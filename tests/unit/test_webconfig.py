@@ -402,3 +402,105 @@ rate_limit:
         assert headers["X-Frame-Options"] == "deny" and headers["Strict-Transport-Security"] == "max-age=60"
     assert answers[3][1]["Retry-After"] == "1"
     assert rig.store.exporter.snapshot_locked().http_refused["rate_limit"] == 1
+
+
+# The cases of the exporter-toolkit's web/tls_config_test.go and web/testdata (which files
+# load, which are refused), written again with our own certificates: CRT/KEY/CA stand for
+# the server's certificate, key and CA files.
+PAIR = "tls_server_config:\n  cert_file: CRT\n  key_file: KEY\n"
+VERIFY = "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: CA\n"
+TOOLKIT_GOOD = {
+    "empty": "",
+    "noAuth.good": PAIR,
+    "tlsInline": "tls_server_config:\n  cert: INLINE_CRT\n  key: INLINE_KEY\n",
+    "allCiphers": PAIR + f"  client_auth_type: VerifyClientCertIfGiven\n  cipher_suites: {list(CIPHER_SUITES)}\n",
+    "someCiphers_noOrder": PAIR + "  max_version: TLS12\n"
+    "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\n"
+    "  prefer_server_cipher_suites: false\n",
+    "someCurves": PAIR + "  client_auth_type: VerifyClientCertIfGiven\n"
+    "  min_version: TLS13\n  curve_preferences: [CurveP521]\n",
+    "noHTTP2": PAIR + "  client_auth_type: VerifyClientCertIfGiven\n"
+    "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\n  max_version: TLS12\n"
+    "http_server_config:\n  http2: false\n",
+    # Go refuses it when serving HTTP/2 (no HTTP/2 cipher); the server here speaks HTTP/1.x
+    "noHTTP2Cipher": PAIR + "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\n  max_version: TLS12\n",
+    "headers.good": "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+    "    Strict-Transport-Security: max-age=31536000; includeSubDomains\n    X-Content-Type-Options: nosniff\n"
+    "    X-XSS-Protection: 1\n    Content-Security-Policy: \"default-src 'self' *.test.example.net\"\n",
+    "requireanyclientcert": PAIR + "  client_auth_type: RequireAnyClientCert\n",
+    "requireandverifyclientcert": PAIR + VERIFY,
+    "client_san.good": PAIR + VERIFY + "  client_allowed_sans: [one, test3, two]\n",
+    "rate_limiter_nonblocking": "rate_limit:\n  interval: 0\n  burst: 0\n",
+    "rate_limiter_one_second": "rate_limit:\n  interval: 1s\n  burst: 1\n",
+    "users_noTLS": f"basic_auth_users:\n  alice: '{HASH}'\n",
+}
+TOOLKIT_BAD = {
+    "junk": ("hWkNKCp3fvIx3jKnsaBI\nTuEjdwNS8A2vYdFbiKqr\n", "expected a mapping"),
+    "junk_key": ("tls_server_config:\n  cert_filse: CRT\n", "unknown key tls_server_config.cert_filse"),
+    "certPath_empty": ("tls_server_config:\n  cert_file: ''\n  key_file: KEY\n", "cert_file must be a file name"),
+    "cert_empty": ("tls_server_config:\n  cert: ''\n  key_file: KEY\n", "cert must be PEM text"),
+    "keyPath_empty": ("tls_server_config:\n  cert_file: CRT\n  key_file: ''\n", "key_file must be a file name"),
+    "key_empty": ("tls_server_config:\n  cert_file: CRT\n  key: ''\n", "key must be PEM text"),
+    "certPath_keyPath_empty": (
+        "tls_server_config:\n  cert_file: ''\n  key_file: ''\n  client_auth_type: x\n",
+        "cert_file must be a file name",
+    ),
+    "certPath_invalid": ("tls_server_config:\n  cert_file: nope.crt\n  key_file: KEY\n", "cert_file: cannot read"),
+    "keyPath_invalid": ("tls_server_config:\n  cert_file: CRT\n  key_file: nope.key\n", "key_file: cannot read"),
+    "noAuth.bad": (
+        PAIR + "  client_ca_file: /dev/null\n",
+        "a client CA is given with client_auth_type NoClientCert",
+    ),
+    "clientCAs_invalid": (
+        PAIR + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: nope.pem\n",
+        "client_ca_file: cannot read",
+    ),
+    "user_list_invalid": ("basic_auth_users:\n  john: doe\n", "basic_auth_users.john: not a bcrypt hash"),
+    "inventedCiphers": (
+        PAIR + "  cipher_suites: [TLS_FOO]\n",
+        "cipher",
+    ),
+    "inventedCurves": (
+        PAIR + "  curve_preferences: [CurveP1]\n",
+        "curve",
+    ),
+    "wrongTLSVersion": (
+        PAIR + "  min_version: TLS111\n",
+        "min_version",
+    ),
+    "headers_content_type_options": (
+        "http_server_config:\n  headers:\n    X-Content-Type-Options: foo\n",
+        "X-Content-Type-Options: 'foo' is not one of nosniff",
+    ),
+    "headers_frame_options": ("http_server_config:\n  headers:\n    X-Frame-Options: foo\n", "X-Frame-Options: 'foo'"),
+    "headers_extra_header": ("http_server_config:\n  headers:\n    Foo: Bar\n", "'Foo' can not be configured"),
+    # a documented limit, not the toolkit's: Python's ssl sets one curve
+    "allCurves": (
+        PAIR + "  curve_preferences: [CurveP256, CurveP384, CurveP521, X25519]\n",
+        "sets one curve only",
+    ),
+}
+
+
+def toolkit_file(tmp_path, certs, text):
+    def inline(name):
+        return "|\n" + "".join(f"    {line}\n" for line in certs[name].read_text().splitlines())
+
+    for mark, name in (("INLINE_CRT", "server.crt"), ("INLINE_KEY", "server.key")):
+        text = text.replace(f"{mark}\n", inline(name))
+    for mark, name in (("CRT", "server.crt"), ("KEY", "server.key"), ("CA", "ca.crt")):
+        text = text.replace(f" {mark}\n", f" {certs[name]}\n")
+    return write(tmp_path, text)
+
+
+@pytest.mark.parametrize("case", sorted(TOOLKIT_GOOD))
+def test_what_the_toolkit_loads_loads(tmp_path, certs, case):
+    config = load(toolkit_file(tmp_path, certs, TOOLKIT_GOOD[case]))
+    assert (config.ssl_context is not None) == ("tls_server_config" in TOOLKIT_GOOD[case])
+
+
+@pytest.mark.parametrize("case", sorted(TOOLKIT_BAD))
+def test_what_the_toolkit_refuses_is_refused(tmp_path, certs, case):
+    text, message = TOOLKIT_BAD[case]
+    with pytest.raises(WebConfigError, match=message):
+        load(toolkit_file(tmp_path, certs, text))
