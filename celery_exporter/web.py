@@ -118,6 +118,7 @@ class Web:
         )
         self.authenticator = Authenticator(config.users) if config is not None else None
         self._limiter: Optional[RateLimiter] = None
+        self._limiter_lock = threading.Lock()  # one bucket, even when the first requests race
 
     def _config(self) -> Optional[WebConfig]:
         return self.web_config.current() if self.web_config is not None else None
@@ -126,9 +127,10 @@ class Web:
         """Over the config's rate_limit (one token bucket, replaced when the limit changes)."""
         if config.rate_limit is None:
             return False
-        limiter = self._limiter
-        if limiter is None or limiter.limit != config.rate_limit:
-            limiter = self._limiter = RateLimiter(config.rate_limit)
+        with self._limiter_lock:
+            if self._limiter is None or self._limiter.limit != config.rate_limit:
+                self._limiter = RateLimiter(config.rate_limit)
+            limiter = self._limiter
         return not limiter.allow()
 
     def _extra_headers(self) -> Tuple[Tuple[str, str], ...]:
