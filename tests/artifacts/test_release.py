@@ -97,7 +97,8 @@ def test_the_version_script_names_each_copy_that_disagrees(copy):
 def test_the_version_script_sets_every_copy_from_the_changelog_entry(copy):
     changelog = copy / "CHANGELOG.md"
     entry = "## [7.1.0] - 2027-01-02\n\n### Removed\n\n- `celery_task_gone_total`: query `x` instead. More.\n\n"
-    changelog.write_text(changelog.read_text().replace("## [Unreleased]\n\n", "## [Unreleased]\n\n" + entry))
+    # below whatever the Unreleased section holds (the release entry starts where it ends)
+    changelog.write_text(changelog.read_text().replace("## [1.0.0] - ", entry + "## [1.0.0] - ", 1))
     result = run_version_script(copy, "7.1.0")
     assert result.returncode == 0, result.stderr
     assert '__version__ = "7.1.0"' in (copy / "celery_exporter" / "__init__.py").read_text()
