@@ -2,7 +2,8 @@
 """Writes celery-exporter's Prometheus rules from one configuration.
 
     python alerts/generate.py                      write alerts/celery-exporter.rules.yml (the defaults)
-    python alerts/generate.py --check              change nothing; exit 1 when that file is stale
+                                                   and alerts/danihodovic-compat.rules.yml
+    python alerts/generate.py --check              change nothing; exit 1 when either file is stale
     python alerts/generate.py --config my.yml      print the rules for your configuration
     python alerts/generate.py --defaults           print the default configuration (every key)
 
@@ -21,10 +22,12 @@ from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 RULES = HERE / "celery-exporter.rules.yml"
+# recording rules that give danihodovic/celery-exporter's metric names (docs/migration.md)
+COMPAT = HERE / "danihodovic-compat.rules.yml"
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # rulegen, and this checkout's celery_exporter
 
 import yaml  # noqa: E402
-from rulegen import ConfigError, rules_file  # noqa: E402
+from rulegen import ConfigError, compat, rules_file  # noqa: E402
 from rulegen.config import defaults  # noqa: E402
 from rulegen.rules import CONFIG  # noqa: E402
 
@@ -32,7 +35,7 @@ from rulegen.rules import CONFIG  # noqa: E402
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--check", action="store_true", help=f"exit 1 when {RULES.name} is stale")
+    what.add_argument("--check", action="store_true", help=f"exit 1 when {RULES.name} or {COMPAT.name} is stale")
     what.add_argument("--config", metavar="FILE", help="print the rules for this configuration (YAML)")
     what.add_argument("--defaults", action="store_true", help="print the default configuration")
     args = parser.parse_args(argv)
@@ -49,12 +52,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, OSError, yaml.YAMLError) as exc:
         print(f"generate.py: error: {exc}", file=sys.stderr)
         return 2
+    written = {RULES: text, COMPAT: compat.rules_file()}
     if args.check:
-        if not RULES.exists() or RULES.read_text() != text:
-            print(f"out of date (run python alerts/generate.py): {RULES.relative_to(HERE.parent)}", file=sys.stderr)
-            return 1
-        return 0
-    RULES.write_text(text)
+        stale = [path for path, content in written.items() if not path.exists() or path.read_text() != content]
+        for path in stale:
+            print(f"out of date (run python alerts/generate.py): {path.relative_to(HERE.parent)}", file=sys.stderr)
+        return 1 if stale else 0
+    for path, content in written.items():
+        path.write_text(content)
     return 0
 
 

@@ -19,6 +19,7 @@ import click
 from celery_exporter import __version__, app_config, logs
 from celery_exporter.revision import revision
 from celery_exporter.settings import Settings, build_settings, click_params, given_options
+from celery_exporter.settings.build import deprecations, incumbent_environment
 from celery_exporter.settings.params import Duration
 
 __all__ = ["build_settings", "celery_command", "command", "demo_command", "healthcheck_command", "main"]
@@ -57,8 +58,13 @@ def celery_command(**values: Any) -> None:
 
 
 def serve(values: Dict[str, Any], given: Set[str]) -> None:
+    refused = incumbent_environment(os.environ)
+    if refused:
+        raise click.UsageError("; ".join(refused))
     settings = build_settings(values, given)
     logs.setup(settings.log_level, settings.log_format)
+    for line in deprecations(given):
+        log.warning("%s", line)
     if settings.app:
         log.info("configuration from the Celery app %s", app_config.display(settings.app))
     run(settings)

@@ -35,6 +35,7 @@ DOCS = ROOT / "docs"
 sys.path[:0] = [str(ROOT), str(ROOT / "alerts")]
 
 from celery.schedules import schedule  # noqa: E402
+from rulegen import compat  # noqa: E402
 from rulegen import docs as alert_docs  # noqa: E402
 
 from celery_exporter.beat import Entry  # noqa: E402
@@ -112,8 +113,22 @@ def settings_table() -> str:
     return reference_markdown(level=2)
 
 
+def incumbent_flags_table() -> str:
+    """danihodovic/celery-exporter's flags and what each does here, from the declarations."""
+    from celery_exporter.settings.reference import incumbent_markdown
+
+    return incumbent_markdown()
+
+
+def incumbent_metrics_table() -> str:
+    """danihodovic/celery-exporter's metrics, their equivalents and compatibility rules."""
+    return compat.metrics_table() + "\n"
+
+
 BLOCKS: Dict[str, Callable[[], str]] = {
     "metrics": metrics_table,
+    "incumbent-flags": incumbent_flags_table,
+    "incumbent-metrics": incumbent_metrics_table,
     "settings": settings_table,
     "modules": modules_table,
     "alerts": alert_docs.alerts_table,

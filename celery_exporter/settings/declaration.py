@@ -64,6 +64,12 @@ class Option:
     chart: whether the Helm chart offers it as config.<camelCaseName> (False: the chart sets
         it itself from other values, or it cannot be set safely from the chart).
     chart_default: the chart's own default in values.yaml (UNSET: empty, the exporter's).
+    deprecated: for a flag of danihodovic/celery-exporter (the exporter this one replaces) that
+        is accepted: what to use instead, logged as a one-line warning when it is given.
+    refused: for such a flag that cannot be applied: what to do instead; giving it stops the
+        exporter at start (exit 2) with this text, unless its value is one of `accepts`.
+    The incumbent's flags read no environment variable, are hidden from --help and the chart,
+    and are listed in docs/migration.md instead of the configuration reference.
     """
 
     def __init__(
@@ -80,6 +86,9 @@ class Option:
         doc_default: str = "",
         chart: bool = True,
         chart_default: object = UNSET,
+        deprecated: str = "",
+        refused: str = "",
+        accepts: Sequence[object] = (),
     ) -> None:
         longs = [f for f in flags if f.startswith("--")]
         if not longs:
@@ -89,7 +98,10 @@ class Option:
         if self.is_flag and type is not None:
             raise ValueError(f"{flags}: a --x/--no-x pair is a boolean, it takes no type")
         self.name = name or longs[0].split("/")[0][2:].replace("-", "_")
-        self.env: Tuple[str, ...] = (ENV_PREFIX + self.name.upper(), *also_env)
+        self.deprecated = deprecated
+        self.refused = refused
+        self.accepts = tuple(accepts)
+        self.env: Tuple[str, ...] = () if self.incumbent else (ENV_PREFIX + self.name.upper(), *also_env)
         self.group = group
         self.help = help
         self.type = type if type is not None or self.is_flag else click.STRING
@@ -97,11 +109,20 @@ class Option:
         self.multiple = multiple
         self.doc = doc or help
         self.doc_default = doc_default
-        self.chart = chart
+        self.chart = chart and not self.incumbent
         self.chart_default = chart_default
 
     def __repr__(self) -> str:
         return f"Option({self.long_flag!r})"
+
+    @property
+    def incumbent(self) -> bool:
+        """A flag of danihodovic/celery-exporter, accepted under its old name or refused."""
+        return bool(self.deprecated or self.refused)
+
+    def refusal(self, value: object) -> str:
+        """Why a given value cannot be applied ("" when it can)."""
+        return self.refused if self.refused and value not in self.accepts else ""
 
     @property
     def long_flag(self) -> str:
@@ -117,9 +138,10 @@ class Option:
             default=self.default,
             multiple=self.multiple,
             show_default=self.default is not None,
-            envvar=list(self.env) if envvar else None,
+            envvar=list(self.env) if envvar and self.env else None,
             show_envvar=envvar,
             help=self.help,
+            hidden=self.incumbent,
         )
 
     def parse(self, value: object) -> object:

@@ -57,8 +57,67 @@ def _web_config(path: Optional[str]) -> Optional[WebConfig]:
         raise Invalid(str(exc)) from None
 
 
-def _queue_names(entries: Tuple[Tuple[str, ...], ...]) -> Tuple[str, ...]:
-    return tuple(sorted({name for entry in entries for name in entry}))
+def _queue_names(entries: Tuple[Tuple[str, ...], ...], old: Optional[Tuple[str, ...]] = None) -> Tuple[str, ...]:
+    return tuple(sorted({name for entry in (*entries, old or ()) for name in entry}))
+
+
+def _old_or_new(new: object, old: object) -> object:
+    """The value of a setting that also takes a flag of the incumbent (given: it wins; build
+    refuses the two given together)."""
+    return new if old is None else old
+
+
+def _transport_options(new: Tuple[Tuple[str, JSONValue], ...], old: Tuple[Tuple[str, JSONValue], ...]) -> object:
+    return dict(new + old)
+
+
+def _worker_ttl(new: float, old: Optional[float]) -> float:
+    if old is None:
+        return new
+    if old == 0:
+        raise Invalid(
+            "0 (never purge) is not offered: give --worker-ttl a long duration instead (e.g. 7d)",
+            "--purge-offline-worker-metrics",
+        )
+    return old
+
+
+def _reconnect_backoff(old: Optional[float]) -> Tuple[float, float]:
+    if old is None:
+        return RECONNECT_BACKOFF
+    if old == 0:
+        raise Invalid(
+            "0 (exit at the first broker error) is not offered: the exporter always reconnects, after 1 s "
+            "doubling to 30 s; drop the flag, or give the seconds to wait between attempts",
+            "--retry-interval",
+        )
+    return (old, old)
+
+
+def _task_hostname_label(new: bool, generic: bool) -> bool:
+    if new and generic:
+        raise Invalid(
+            "asks for task metrics without the worker's hostname, and --task-hostname-label adds it: give one",
+            "--generic-hostname-worker-task-metric",
+        )
+    return new
+
+
+# The incumbent: danihodovic/celery-exporter, whose flags are accepted where they have an
+# equivalent here (with a deprecation warning) and refused with what to do where not
+# (docs/migration.md lists each). Its flags that are also ours, under the same name, with
+# what differs in the values they take:
+INCUMBENT_SAME_FLAGS: Mapping[str, str] = {
+    "--broker-url": "",
+    "--broker-ssl-option": "values that are JSON are parsed as JSON (`cert_reqs=2` is a number, as before)",
+    "--accept-content": "",
+    "--port": "",
+    "--log-level": "`DEBUG`, `INFO`, `WARNING` or `ERROR` (any case)",
+    "--worker-timeout": "default 30 s (was 300 s); 0 (never time out) is refused: give a long duration instead",
+}
+INCUMBENT = "danihodovic/celery-exporter"
+# Reconnect backoff of the event receiver: starts at the first value, doubles, capped.
+RECONNECT_BACKOFF = (1.0, 30.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +153,6 @@ class Settings:
     ).field()
     transport_options: Mapping[str, JSONValue] = Option(
         "--transport-option",
-        "--broker-transport-option",
         name="transport_options",
         type=KEY_VALUE,
         multiple=True,
@@ -106,7 +164,18 @@ class Settings:
         doc="One entry of `broker_transport_options`, repeatable; must match the workers'. Values are parsed "
         "as JSON when they are JSON (`priority_steps=[0,3,6,9]`, `fanout_prefix=true`), else taken as "
         "strings (`global_keyprefix=prod:`, `master_name=mymaster`).",
-    ).field(convert=dict)
+    ).field(
+        Option(
+            "--broker-transport-option",
+            name="old_broker_transport_option",
+            type=KEY_VALUE,
+            multiple=True,
+            group=Group.BROKER,
+            help="The incumbent's name of --transport-option.",
+            deprecated="use --transport-option (values that are JSON are now parsed as JSON: numbers become numbers)",
+        ),
+        convert=_transport_options,
+    )
     broker_ssl: BrokerSsl = Option(
         "--broker-ssl/--no-broker-ssl",
         group=Group.BROKER,
@@ -167,7 +236,17 @@ class Settings:
         chart=False,  # the chart listens on every address of the pod
         help="Address to serve HTTP on (:: for IPv6).",
         doc="Address to serve HTTP on (`::` for IPv6).",
-    ).field()
+    ).field(
+        Option(
+            "--host",
+            name="old_host",
+            type=click.STRING,
+            group=Group.HTTP,
+            help="The incumbent's name of --listen-address.",
+            deprecated="use --listen-address",
+        ),
+        convert=_old_or_new,
+    )
     port: int = Option(
         "-p",
         "--port",
@@ -217,14 +296,23 @@ class Settings:
     # -- histograms ------------------------------------------------------------------------
     runtime_buckets: Tuple[float, ...] = Option(
         "--runtime-buckets",
-        "--buckets",
         type=Buckets(),
         default=buckets_text(catalogue.DEFAULT_RUNTIME_BUCKETS),
         doc_default=buckets_summary(catalogue.DEFAULT_RUNTIME_BUCKETS),
         group=Group.HISTOGRAMS,
         help="Comma-separated bucket bounds in seconds of celery_task_runtime_seconds.",
         doc="Comma-separated bucket bounds in seconds of `celery_task_runtime_seconds`.",
-    ).field()
+    ).field(
+        Option(
+            "--buckets",
+            name="old_buckets",
+            type=Buckets(),
+            group=Group.HISTOGRAMS,
+            help="The incumbent's name of --runtime-buckets.",
+            deprecated="use --runtime-buckets",
+        ),
+        convert=_old_or_new,
+    )
     wait_buckets: Tuple[float, ...] = Option(
         "--wait-buckets",
         type=Buckets(),
@@ -232,7 +320,18 @@ class Settings:
         doc_default=buckets_summary(catalogue.DEFAULT_WAIT_BUCKETS),
         group=Group.HISTOGRAMS,
         help="Comma-separated bucket bounds in seconds of the queue-wait and prefetch-wait histograms.",
-    ).field()
+    ).field(
+        Option(
+            "--queue-wait-buckets",
+            name="old_queue_wait_buckets",
+            type=Buckets(),
+            group=Group.HISTOGRAMS,
+            help="The incumbent's name of --wait-buckets.",
+            deprecated="use --wait-buckets (the bounds of celery_task_queue_wait_seconds and of "
+            "celery_task_prefetch_wait_seconds)",
+        ),
+        convert=_old_or_new,
+    )
     # Native histograms beside the classic buckets (served in the protobuf format only):
     # their schema (None: off), zero-bucket width, and the most populated buckets per
     # series before the schema is lowered.
@@ -279,7 +378,17 @@ class Settings:
         "itself. Must be longer than --worker-timeout plus the for: of any alert on celery_worker_up.",
         doc="A worker silent this long (killed without `worker-offline`) is removed, so its alert resolves by "
         "itself. Must be longer than `--worker-timeout` plus the `for:` of any alert on `celery_worker_up`.",
-    ).field()
+    ).field(
+        Option(
+            "--purge-offline-worker-metrics",
+            name="old_purge_offline_worker_metrics",
+            type=click.FloatRange(min=0),
+            group=Group.LIFETIME,
+            help="The incumbent's name of --worker-ttl, in seconds.",
+            deprecated="use --worker-ttl (0, never purge, is refused: give --worker-ttl a long duration)",
+        ),
+        convert=_worker_ttl,
+    )
     series_ttl: float = Option(
         "--series-ttl",
         type=DURATION,
@@ -325,7 +434,17 @@ class Settings:
         "pod names churn: use it with care.",
         doc="Add the worker's `hostname` label to task metrics. Multiplies series by the number of workers, "
         "and pod names churn: use it with care.",
-    ).field()
+    ).field(
+        Option(
+            "--generic-hostname-worker-task-metric/--no-generic-hostname-worker-task-metric",
+            name="old_generic_hostname_worker_task_metric",
+            default=False,
+            group=Group.LIFETIME,
+            help="The incumbent's flag for task metrics without the worker's hostname, what they are here.",
+            deprecated="drop it: task metrics carry no hostname label here unless --task-hostname-label is given",
+        ),
+        convert=_task_hostname_label,
+    )
 
     # -- queues and remote control ---------------------------------------------------------
     queues: Tuple[str, ...] = Option(
@@ -337,7 +456,17 @@ class Settings:
         group=Group.QUEUES,
         help="Queue whose length to report even before any task or worker shows it (scale-to-zero setups); "
         "repeatable, or comma-separated. Queues seen in task events and in workers' active queues are added.",
-    ).field(convert=_queue_names)
+    ).field(
+        Option(
+            "--queues",
+            name="old_queues",
+            type=Items(),
+            group=Group.QUEUES,
+            help="The incumbent's name of -Q/--queue, comma-separated.",
+            deprecated="use -Q/--queue (repeatable, or comma-separated)",
+        ),
+        convert=_queue_names,
+    )
     queue_poll_interval: float = Option(
         "--queue-poll-interval",
         type=DURATION,
@@ -416,8 +545,17 @@ class Settings:
     # The --app spec when its beat uses django-celery-beat's database: entries are re-read
     # from there every schedule_refresh_interval instead.
     beat_database_app: Optional[str] = None
-    # Reconnect backoff of the event receiver: starts at the first value, doubles, capped.
-    reconnect_backoff: Tuple[float, float] = (1.0, 30.0)
+    # Reconnect backoff of the event receiver: starts at the first value, doubles, capped
+    # (fixed by the incumbent's --retry-interval, the only option that sets it).
+    reconnect_backoff: Tuple[float, float] = Option(
+        "--retry-interval",
+        name="old_retry_interval",
+        type=click.FloatRange(min=0),
+        group=Group.BROKER,
+        help="The incumbent's seconds between reconnection attempts to the broker.",
+        deprecated="drop it: the exporter reconnects by itself, after 1 s doubling to 30 s; given N > 0, it "
+        "waits N s between attempts, as before (0, exit at the first broker error, is refused)",
+    ).field(convert=_reconnect_backoff)
     # How long events of a task wait for its task-sent (which carries the queue) when
     # task-sent events are flowing, before the fallback queue label is used.
     sent_hold_seconds: float = 2.0
@@ -449,3 +587,46 @@ def _event_reader_serves_broker(settings: Settings) -> None:
 # Checks across settings, run on every Settings built from options; each raises Invalid
 # naming the flag to change.
 CHECKS: Tuple[Callable[[Settings], None], ...] = (_worker_ttl_outlives_timeout, _event_reader_serves_broker)
+
+# The incumbent's flags that set no setting here: accepted where what they ask for is what
+# the exporter does anyway, refused where it cannot be done here (with what to do instead).
+INCUMBENT_ONLY: Tuple[Option, ...] = (
+    Option(
+        "--generic-hostname-task-sent-metric/--no-generic-hostname-task-sent-metric",
+        name="old_generic_hostname_task_sent_metric",
+        default=False,
+        group=Group.LIFETIME,
+        help="The incumbent's flag for celery_task_sent_total without the publisher's hostname, what it is here.",
+        deprecated="drop it: celery_task_sent_total carries no hostname label here",
+    ),
+    Option(
+        "--metric-prefix",
+        name="old_metric_prefix",
+        type=click.STRING,
+        group=Group.HTTP,
+        help="The incumbent's prefix of every metric name; only celery_ (the names here) is accepted.",
+        deprecated="drop it: celery_ is the prefix of every metric here",
+        refused="only celery_ is accepted (the names are fixed here): rename in Prometheus with a "
+        "metric_relabel_configs rule on __name__ instead (docs/migration.md)",
+        accepts=("celery_",),
+    ),
+    Option(
+        "--static-label",
+        name="old_static_label",
+        type=click.STRING,
+        multiple=True,
+        group=Group.HTTP,
+        help="The incumbent's label=value added to every metric.",
+        refused="add the label in Prometheus instead: a target label (a static_configs entry's labels, or a "
+        "relabel_configs rule) lands on every series of the exporter, as this flag's did (docs/migration.md)",
+    ),
+    Option(
+        "--default-queue-name",
+        name="old_default_queue_name",
+        type=click.STRING,
+        group=Group.QUEUES,
+        help="The incumbent's queue label for tasks whose queue it did not know.",
+        refused="the queue label comes from task-sent events (task_send_sent_event=True in the publishers) or "
+        "the worker's only queue, else it is unknown; there is no fixed fallback name (docs/migration.md)",
+    ),
+)

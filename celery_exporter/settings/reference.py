@@ -1,5 +1,6 @@
 """The configuration reference of the docs, in Markdown, from the declarations: per docs
-group a heading and a table of flag(s), environment variable(s), default and meaning."""
+group a heading and a table of flag(s), environment variable(s), default and meaning; and
+the table of danihodovic/celery-exporter's flags for docs/migration.md."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def reference_markdown(level: int = 3, settings_class: type = Settings) -> str:
     table with a row per option, in declaration order."""
     rows: Dict[Group, List[str]] = {}
     for option in options(settings_class):
-        rows.setdefault(option.group, []).append(_row(option))
+        if not option.incumbent:  # the incumbent's flags: incumbent_markdown(), docs/migration.md
+            rows.setdefault(option.group, []).append(_row(option))
     parts = []
     for group in Group:  # the enum's order is the docs' order
         if group in rows:
@@ -61,3 +63,34 @@ def default_text(option: Option, code: bool = True) -> str:
     if isinstance(option.default, bool):
         return "on" if option.default else "off"
     return f"`{option.default}`" if code else str(option.default)
+
+
+def incumbent_markdown() -> str:
+    """docs/migration.md's table of danihodovic/celery-exporter's flags: each with what it
+    does here (the same flag, accepted under its old name with a warning, or refused)."""
+    from celery_exporter.settings.build import INCUMBENT_ENV_PREFIX, OPTIONS, incumbent_flags, replaced_by
+    from celery_exporter.settings.model import INCUMBENT_SAME_FLAGS
+
+    rows = ["| its flag | here | what happens |", "|---|---|---|"]
+    for flag, differs in INCUMBENT_SAME_FLAGS.items():
+        (same,) = [o for o in OPTIONS.values() if flag in o.flags and not o.incumbent]
+        rows.append(f"| `{flag}` | `{same.long_flag}` | the same flag" + (f": {differs}" if differs else "") + " |")
+    for option in incumbent_flags():
+        ours = replaced_by(option)
+        replacement = f"`{ours.long_flag}`" if ours else "none"
+        if option.refused and option.accepts:
+            accepted = ", ".join(f"`{v}`" for v in option.accepts)
+            what = (
+                f"{accepted} accepted with a warning ({option.deprecated}); any other value refused: {option.refused}"
+            )
+        elif option.refused:
+            what = f"refused (exit 2): {option.refused}"
+        else:
+            what = f"accepted with a warning: {option.deprecated}"
+        rows.append(f"| `{option.long_flag}` | {replacement} | {what} |")
+    prefix = INCUMBENT_ENV_PREFIX
+    rows.append(
+        f"| its environment variables `{prefix}*` (`{prefix}BROKER_URL`...) | `CELERY_EXPORTER_*` | "
+        "refused (exit 2), each naming the variable to set instead: none is read here |"
+    )
+    return "\n".join(r.replace("\n", " ") for r in rows) + "\n"

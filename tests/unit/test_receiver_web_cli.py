@@ -331,6 +331,9 @@ def test_help_lists_every_option_with_its_environment_variable(capsys, monkeypat
     for param in cli.command.params:
         if param.name in ("help", "version"):
             continue
+        if getattr(param, "hidden", False):  # the incumbent's flags: docs/migration.md lists them
+            assert param.name.startswith("old_") and param.opts[0] not in out.out, param.name
+            continue
         assert f"--{param.name.replace('_', '-')}" in out.out or param.opts[0] in out.out
         assert param.envvar, param.name
         for var in [param.envvar] if isinstance(param.envvar, str) else param.envvar:
