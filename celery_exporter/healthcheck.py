@@ -10,7 +10,8 @@ names): the one the server presents must be the web config's own cert_file (or i
 config requires client certificates, the server's own certificate and key are presented,
 which passes when the client CA also issued them. The web config holds only bcrypt hashes,
 so with basic auth on and the probes closed (--no-web-health-open) a 401 is the answer
-expected from a serving exporter, and counts as healthy.
+expected from a serving exporter, and counts as healthy; so does a 429 when the web config's
+rate_limit applies to the closed probes too.
 """
 
 from __future__ import annotations
@@ -95,4 +96,7 @@ def check(settings: Target, timeout: float, path: str = PATH) -> Tuple[bool, str
         return True, f"{url}: 200 {response.reason}"
     if response.status == 401 and config is not None and config.auth_required and not settings.health_open:
         return True, f"{url}: 401 {response.reason}, as expected with basic auth on and the probes closed"
+    if response.status == 429 and config is not None and config.rate_limit is not None and not settings.health_open:
+        # the probes closed share the rate limit with the scrapes: a 429 is a serving exporter's answer
+        return True, f"{url}: 429 {response.reason}, the web config's rate limit with the probes closed"
     return False, f"{url}: {response.status} {response.reason}"

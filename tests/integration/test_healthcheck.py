@@ -116,6 +116,16 @@ def test_basic_auth_with_the_probes_closed_answers_401_as_expected(tmp_path):
         # a 401 where the probes should be open is not healthy
         code, out = healthcheck({**env, "CELERY_EXPORTER_WEB_HEALTH_OPEN": "true"})
         assert code == 1 and out.endswith("/-/healthy: 401 Unauthorized"), out
+        # a rate limit (the closed probes share it, as in the toolkit): a 429 is healthy too
+        path = Path(env["CELERY_EXPORTER_WEB_CONFIG_FILE"])
+        path.write_text(path.read_text() + "rate_limit:\n  interval: 1h\n  burst: 1\n")
+        out = wait_for(
+            lambda: (lambda r: r[0] == 0 and "429" in r[1] and r[1])(healthcheck(env)),
+            20,
+            what="the reloaded rate limit to answer 429",
+            describe=proc.log_text,
+        )
+        assert out.endswith("429 Too Many Requests, the web config's rate limit with the probes closed"), out
     finally:
         proc.stop()
 
