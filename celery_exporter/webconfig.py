@@ -536,7 +536,7 @@ class Authenticator:
     def check(self, header: Optional[str], users: Optional[Mapping[str, bytes]] = None) -> Optional[str]:
         """The user name if the header carries valid credentials (for `users`, by default
         the ones given at construction), else None."""
-        if not header or not header.startswith("Basic "):
+        if not header or header[:6].lower() != "basic ":  # the scheme is case-insensitive (RFC 7617, and Go)
             return None
         try:
             user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")

@@ -284,6 +284,7 @@ def test_authenticator_checks_each_outcome_once(monkeypatch):
     auth = Authenticator({"alice": HASH.encode()})
     assert auth.check(basic("alice", "pw")) == "alice"
     assert auth.check(basic("alice", "pw")) == "alice"  # from the cache
+    assert auth.check("basic " + basic("alice", "pw")[6:]) == "alice"  # the scheme in any case
     assert len(calls) == 1
     assert auth.check(basic("alice", "PW")) is None
     assert auth.check(basic("alice", "PW")) is None
