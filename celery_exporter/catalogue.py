@@ -251,6 +251,20 @@ TASKS_EVICTED = (
     "Unfinished task ids dropped from the uuid map because it was full (--max-tasks).",
 )
 
+HTTP_REFUSED = (
+    "celery_exporter_http_requests_refused",
+    "HTTP requests refused, by reason (max_requests: --web-max-requests were being served, answered 503; "
+    "rate_limit: over the web config's rate_limit, answered 429; head_too_large: a request head over 64 KiB, "
+    "answered 431; client_certificate: a TLS client certificate outside client_allowed_sans, connection closed).",
+)
+# Reasons for celery_exporter_http_requests_refused_total (httpserver.REFUSED_* and "rate_limit").
+HTTP_REFUSED_REASONS = ("max_requests", "rate_limit", "head_too_large", "client_certificate")
+WEB_CONFIG_RELOAD_ERRORS = (
+    "celery_exporter_web_config_reload_errors",
+    "Changed versions of the --web-config-file (or of a file it names) that could not be used; the last good "
+    "one stays in use.",
+)
+
 # Reasons for celery_exporter_events_dropped_total. A fixed set, so the label stays bounded.
 DROP_REASONS = (
     "undecodable",  # message body could not be decoded

@@ -164,15 +164,30 @@ def demo_command(listen_address: str, port: int, duration: Optional[float], rate
     params=[
         *click_params(["listen_address", "port", "web_config_file", "web_health_open"]),
         click.Option(["--timeout"], type=Duration(), default="4s", show_default=True, help="Give up after this long."),
+        click.Option(
+            ["--ready"],
+            is_flag=True,
+            help="Ask /-/ready (connected to the broker) instead of /-/healthy: a readiness probe.",
+        ),
     ],
 )
-def healthcheck_command(timeout: float, **values: Any) -> None:
-    """Asks the running exporter's /-/healthy, over HTTPS when its web config turns TLS on;
-    exit code 0 when it answers 200, else 1. The image's HEALTHCHECK: it reads the exporter's
+def healthcheck_command(timeout: float, ready: bool, **values: Any) -> None:
+    """Asks the running exporter's /-/healthy (or /-/ready), over HTTPS when its web config
+    turns TLS on, presenting the server's own certificate when it asks for client
+    certificates; exit code 0 when it answers 200, else 1. The image's HEALTHCHECK, and the
+    chart's probes when the web config requires client certificates: it reads the exporter's
     own environment variables, so configure the container with those rather than with flags."""
-    from celery_exporter import healthcheck
+    # only these four options, converted here: build_settings would parse every default too
+    # (the broker URL through kombu), close to a second and 40 MB per check
+    from celery_exporter import healthcheck, webconfig
 
-    healthy, what = healthcheck.check(build_settings(values), timeout)
+    path = values["web_config_file"]
+    try:
+        config = webconfig.load(path) if path else None
+    except webconfig.WebConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--web-config-file'") from None
+    target = healthcheck.Target(values["listen_address"], values["port"], config, values["web_health_open"])
+    healthy, what = healthcheck.check(target, timeout, healthcheck.READY_PATH if ready else healthcheck.PATH)
     click.echo(("healthy: " if healthy else "unhealthy: ") + what, err=not healthy)
     sys.exit(0 if healthy else 1)
 

@@ -442,6 +442,13 @@ class CeleryCollector:
             )
         new(catalogue.TASKS_TRACKED[0], GAUGE, catalogue.TASKS_TRACKED[1]).add((), own.tasks_tracked)
         new(catalogue.TASKS_EVICTED[0], COUNTER, catalogue.TASKS_EVICTED[1]).add((), own.tasks_evicted)
+        refused_http = new(catalogue.HTTP_REFUSED[0], COUNTER, catalogue.HTTP_REFUSED[1], ("reason",))
+        for reason, count in own.http_refused.items():
+            refused_http.add((reason,), count)
+        if self.settings.web_config is not None:
+            new(catalogue.WEB_CONFIG_RELOAD_ERRORS[0], COUNTER, catalogue.WEB_CONFIG_RELOAD_ERRORS[1]).add(
+                (), own.web_config_reload_errors
+            )
         if snap.schedule.from_database:
             new(catalogue.BEAT_READ_ERRORS[0], COUNTER, catalogue.BEAT_READ_ERRORS[1]).add(
                 (), snap.schedule.read_errors

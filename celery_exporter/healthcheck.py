@@ -1,28 +1,38 @@
-"""`celery-exporter healthcheck`: asks a running exporter's /-/healthy the way its own
-configuration says to reach it (the image's HEALTHCHECK runs it).
+"""`celery-exporter healthcheck`: asks a running exporter's /-/healthy (or /-/ready) the way
+its own configuration says to reach it (the image's HEALTHCHECK runs it, and the chart's
+probes when the web config requires client certificates).
 
 It reads the exporter's own options (listen address, port, web config file, whether the
 probes stay open under basic auth) from the same flags and environment variables, so it
 follows the exporter wherever they take it: HTTPS when the web config turns TLS on. The
 certificate is not checked against a CA (a probe reaches 127.0.0.1, which no certificate
-names): the one the server presents must be the web config's own cert_file. When the web
+names): the one the server presents must be the web config's own cert_file (or inline cert). When the web
 config requires client certificates, the server's own certificate and key are presented,
 which passes when the client CA also issued them. The web config holds only bcrypt hashes,
 so with basic auth on and the probes closed (--no-web-health-open) a 401 is the answer
-expected from a serving exporter, and counts as healthy.
+expected from a serving exporter, and counts as healthy; so does a 429 when the web config's
+rate_limit applies to the closed probes too.
 """
 
 from __future__ import annotations
 
 import http.client
 import ssl
-from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
-from celery_exporter.settings import Settings
-from celery_exporter.webconfig import WebConfig
+from celery_exporter.webconfig import WebConfig, load_chain
 
 PATH = "/-/healthy"
+READY_PATH = "/-/ready"
+
+
+class Target(NamedTuple):
+    """The exporter's options the check reads (those of Settings of the same names)."""
+
+    listen_address: str
+    port: int
+    web_config: Optional[WebConfig]
+    health_open: bool
 
 
 def target_host(listen_address: str) -> str:
@@ -41,16 +51,16 @@ def client_context(config: Optional[WebConfig]) -> Optional[ssl.SSLContext]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the presented certificate is compared with cert_file instead
-    if config.ssl_context.verify_mode != ssl.CERT_NONE and config.tls_files is not None:
-        context.load_cert_chain(*config.tls_files)
+    if config.ssl_context.verify_mode != ssl.CERT_NONE and config.server_pem is not None:
+        load_chain(context, *config.server_pem)
     return context
 
 
 def configured_certificate(config: WebConfig) -> Optional[bytes]:
-    """The DER bytes of the first certificate of the web config's cert_file."""
-    if config.tls_files is None:
+    """The DER bytes of the first certificate of the web config's cert_file (or cert)."""
+    if config.server_pem is None:
         return None
-    text = Path(config.tls_files[0]).read_text()
+    text = config.server_pem[0]
     begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
     start = text.find(begin)
     stop = text.find(end, start)
@@ -59,12 +69,12 @@ def configured_certificate(config: WebConfig) -> Optional[bytes]:
     return ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)])
 
 
-def check(settings: Settings, timeout: float) -> Tuple[bool, str]:
+def check(settings: Target, timeout: float, path: str = PATH) -> Tuple[bool, str]:
     """(healthy, one line saying what was asked and what answered)."""
     host, port = target_host(settings.listen_address), settings.port
     config = settings.web_config
     context = client_context(config)
-    url = f"{'https' if context else 'http'}://{f'[{host}]' if ':' in host else host}:{port}{PATH}"
+    url = f"{'https' if context else 'http'}://{f'[{host}]' if ':' in host else host}:{port}{path}"
     connection: Union[http.client.HTTPConnection, http.client.HTTPSConnection]
     if context is not None:
         connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
@@ -75,7 +85,7 @@ def check(settings: Settings, timeout: float) -> Tuple[bool, str]:
         if config is not None and isinstance(connection.sock, ssl.SSLSocket):
             if connection.sock.getpeercert(binary_form=True) != configured_certificate(config):
                 return False, f"{url}: the server presents another certificate than the web config's cert_file"
-        connection.request("GET", PATH)
+        connection.request("GET", path)
         response = connection.getresponse()
         response.read(1024)
     except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -86,4 +96,7 @@ def check(settings: Settings, timeout: float) -> Tuple[bool, str]:
         return True, f"{url}: 200 {response.reason}"
     if response.status == 401 and config is not None and config.auth_required and not settings.health_open:
         return True, f"{url}: 401 {response.reason}, as expected with basic auth on and the probes closed"
+    if response.status == 429 and config is not None and config.rate_limit is not None and not settings.health_open:
+        # the probes closed share the rate limit with the scrapes: a 429 is a serving exporter's answer
+        return True, f"{url}: 429 {response.reason}, the web config's rate limit with the probes closed"
     return False, f"{url}: {response.status} {response.reason}"

@@ -16,7 +16,11 @@ ends) each hold a thread for as long as the client likes. Here:
 * A complete request is served in a thread of its own while fewer than `max_requests` are
   being served. Beyond that it is answered at once from the loop with 503 (Retry-After: 1),
   written without blocking; a TLS connection over the cap is closed. Refusals are logged as
-  a WARNING when they start (again after a quiet minute), else at DEBUG.
+  a WARNING when they start (again after a quiet minute), else at DEBUG, and reported to
+  `on_refused` (the 431s too) for celery_exporter_http_requests_refused_total.
+* With TLS, the context is asked for each new connection (so a reloaded certificate serves
+  new clients), and `check_peer` may close a connection after its handshake
+  (client_allowed_sans).
 * The request's thread runs wsgiref's WSGIRequestHandler (so the app gets the environment
   wsgiref builds), reading the head the loop buffered and then the socket, with a socket
   timeout of `read_timeout` for the rest of the request and the response. No per-request
@@ -39,7 +43,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, Union
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler
 
 if TYPE_CHECKING:
@@ -62,13 +66,21 @@ RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 Address = Tuple[Any, ...]
 
 
-def _response(status: str, text: str, *headers: str) -> bytes:
+Headers = Sequence[Tuple[str, str]]
+# Why a request was refused, for Server's on_refused (celery_exporter_http_requests_refused_total)
+REFUSED_BUSY = "max_requests"
+REFUSED_HEAD_TOO_LARGE = "head_too_large"
+REFUSED_CLIENT_CERTIFICATE = "client_certificate"
+
+
+def _response(status: str, text: str, *headers: str, extra: Headers = ()) -> bytes:
     body = text.encode()
     head = [
         f"HTTP/1.0 {status}",
         "Content-Type: text/plain; charset=utf-8",
         f"Content-Length: {len(body)}",
         *headers,
+        *(f"{name}: {value}" for name, value in extra),
         "Connection: close",
         "",
         "",
@@ -76,8 +88,12 @@ def _response(status: str, text: str, *headers: str) -> bytes:
     return "\r\n".join(head).encode() + body
 
 
-BUSY = _response("503 Service Unavailable", "too many requests in progress; retry\n", "Retry-After: 1")
-HEAD_TOO_LARGE = _response("431 Request Header Fields Too Large", "request head over 64 KiB\n")
+def _busy(extra: Headers) -> bytes:
+    return _response("503 Service Unavailable", "too many requests in progress; retry\n", "Retry-After: 1", extra=extra)
+
+
+def _head_too_large(extra: Headers) -> bytes:
+    return _response("431 Request Header Fields Too Large", "request head over 64 KiB\n", extra=extra)
 
 
 class _RateLimitedLog:
@@ -150,9 +166,13 @@ class _Handler(WSGIRequestHandler):
 
     rfile: io.BufferedReader
     wfile: io.BufferedWriter
+    # wsgiref answers an unparsable request line as HTTP/0.9 by default: a body without a
+    # status line or headers. Answer it as HTTP/1.0, with both (and the configured headers).
+    default_request_version = "HTTP/1.0"
 
     def __init__(self, sock: socket.socket, address: Address, server: Server, head: bytes, deadline: float) -> None:
         self._app = server.app
+        self._extra_headers = server.extra_headers
         self._sock = sock
         self._reader = _Replay(head, sock, deadline)
         self._read_timeout = server.read_timeout
@@ -165,6 +185,12 @@ class _Handler(WSGIRequestHandler):
         self.connection = self._sock
         self.rfile = io.BufferedReader(self._reader)
         self.wfile = self._sock.makefile("wb")
+
+    def end_headers(self) -> None:
+        """The configured headers on wsgiref's own answers too (400, 414, ...)."""
+        for name, value in self._extra_headers():
+            self.send_header(name, value)
+        super().end_headers()
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()
@@ -203,8 +229,12 @@ class Server:
 
     At most `max_requests` requests are served at once, each in its own thread; a connection
     has `read_timeout` seconds from accept to send its request head, and each read or write
-    of the request's thread gets `read_timeout` too. With `ssl_context`, HTTPS. Binding
-    happens here: a port in use raises OSError."""
+    of the request's thread gets `read_timeout` too. With `ssl_context` (a context, or a
+    function giving the one to use for each new connection), HTTPS; `check_peer` may turn a
+    client away after the handshake (the reason, or None). `extra_headers` gives headers to
+    add to the responses the server writes itself (the app adds its own); `on_refused` is
+    called with REFUSED_* for every request refused. Binding happens here: a port in use
+    raises OSError."""
 
     def __init__(
         self,
@@ -213,14 +243,21 @@ class Server:
         *,
         max_requests: int = 40,
         read_timeout: float = 10.0,
-        ssl_context: Optional[ssl.SSLContext] = None,
+        ssl_context: Union[ssl.SSLContext, Callable[[], ssl.SSLContext], None] = None,
+        check_peer: Optional[Callable[[ssl.SSLSocket], Optional[str]]] = None,
+        extra_headers: Callable[[], Headers] = lambda: (),
+        on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         if max_requests < 1 or read_timeout <= 0:
             raise ValueError("max_requests must be at least 1 and read_timeout greater than 0")
         self.app = app
         self.max_requests = max_requests
         self.read_timeout = read_timeout
-        self.ssl_context = ssl_context
+        self.tls = ssl_context is not None
+        self._ssl_context = ssl_context
+        self._check_peer = check_peer
+        self.extra_headers = extra_headers
+        self._on_refused = on_refused
         host, port = address
         self._listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -341,7 +378,7 @@ class Server:
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
     def _readable(self, conn: _Connection) -> None:
-        if self.ssl_context is not None:
+        if self.tls:
             self._dispatch(conn)  # the handshake happens in the request's thread
             return
         try:
@@ -358,7 +395,8 @@ class Server:
         end = conn.head.find(b"\r\n\r\n", start)
         if (end < 0 and len(conn.head) > MAX_HEAD) or end + 4 > MAX_HEAD:
             log.debug("HTTP request head from %s over %d bytes: 431", conn.address[0], MAX_HEAD)
-            self._answer(conn, HEAD_TOO_LARGE)
+            self._on_refused(REFUSED_HEAD_TOO_LARGE)
+            self._answer(conn, _head_too_large(self.extra_headers()))
         elif end >= 0 or not HTTP_START.match(conn.head):
             self._dispatch(conn)
 
@@ -399,15 +437,16 @@ class Server:
             if not refuse:
                 self._active += 1
         if refuse:
+            self._on_refused(REFUSED_BUSY)
             self._log_refusal(
                 "refusing HTTP requests with 503 (over TLS: closing them): %d are being "
                 "served, the limit (--web-max-requests)",
                 self.max_requests,
             )
-            if self.ssl_context is not None:
+            if self.tls:
                 self._drop(conn)
             else:
-                self._answer(conn, BUSY)
+                self._answer(conn, _busy(self.extra_headers()))
             return
         self._forget(conn)
         thread = threading.Thread(target=self._serve, args=(conn,), name="http-request", daemon=True)
@@ -421,12 +460,25 @@ class Server:
 
     # -- a request's thread ---------------------------------------------------------------
 
+    def context(self) -> Optional[ssl.SSLContext]:
+        """The TLS context for a new connection (None: plain HTTP)."""
+        if self._ssl_context is None or isinstance(self._ssl_context, ssl.SSLContext):
+            return self._ssl_context
+        return self._ssl_context()
+
     def _serve(self, conn: _Connection) -> None:
         sock = conn.sock
         try:
-            if self.ssl_context is not None:
+            context = self.context()
+            if context is not None:
                 sock.settimeout(max(0.001, conn.deadline - time.monotonic()))
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+                tls = context.wrap_socket(sock, server_side=True)
+                sock = tls
+                refused = self._check_peer(tls) if self._check_peer is not None else None
+                if refused is not None:
+                    log.debug("TLS client %s turned away: %s", conn.address[0], refused)
+                    self._on_refused(REFUSED_CLIENT_CERTIFICATE)
+                    return
             else:
                 sock.settimeout(self.read_timeout)
             _Handler(sock, conn.address, self, bytes(conn.head), conn.deadline)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import html
 import logging
+import ssl
 import threading
 import urllib.parse
-from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
@@ -25,7 +26,7 @@ from celery_exporter.receiver import mask_url
 from celery_exporter.settings import Settings
 from celery_exporter.store import Store
 from celery_exporter.store.own import ExporterSnapshot
-from celery_exporter.webconfig import Authenticator
+from celery_exporter.webconfig import Authenticator, RateLimiter, Reloader, WebConfig, check_peer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -113,15 +114,54 @@ class Web:
         self.server: Optional[httpserver.Server] = None
         self.thread: Optional[threading.Thread] = None
         config = settings.web_config
-        self.authenticator = Authenticator(config.users) if config is not None and config.auth_required else None
+        # the web config in use, read again when its file changes (webconfig.Reloader)
+        self.web_config = (
+            Reloader(config, on_error=store.exporter.count_web_config_reload_error) if config is not None else None
+        )
+        self.authenticator = Authenticator(config.users) if config is not None else None
+        self._limiter: Optional[RateLimiter] = None
+        self._limiter_lock = threading.Lock()  # one bucket, even when the first requests race
+
+    def _config(self) -> Optional[WebConfig]:
+        return self.web_config.current() if self.web_config is not None else None
+
+    def _rate_limited(self, config: WebConfig) -> bool:
+        """Over the config's rate_limit (one token bucket, replaced when the limit changes)."""
+        if config.rate_limit is None:
+            return False
+        with self._limiter_lock:
+            if self._limiter is None or self._limiter.limit != config.rate_limit:
+                self._limiter = RateLimiter(config.rate_limit)
+            limiter = self._limiter
+        return not limiter.allow()
+
+    def _extra_headers(self) -> Tuple[Tuple[str, str], ...]:
+        """The configured headers, for the answers the HTTP server writes itself."""
+        return self.web_config.last.headers if self.web_config is not None else ()
 
     # -- WSGI -----------------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        config = self._config()
+        if config is None:
+            return self._route(environ, start_response)
+        headers = config.headers
+
+        def respond(status: str, response_headers: List[Tuple[str, str]], exc_info: Optional[Any] = None) -> Any:
+            return start_response(status, response_headers + list(headers), exc_info)
+
         path = environ.get("PATH_INFO", "/")
-        if self.authenticator is not None and not (self.settings.health_open and path in HEALTH_PATHS):
-            if self.authenticator.check(environ.get("HTTP_AUTHORIZATION")) is None:
-                start_response(
+        probe = self.settings.health_open and path in HEALTH_PATHS  # open to probes: not limited either
+        if not probe and self._rate_limited(config):
+            self.store.exporter.count_http_refused("rate_limit")
+            respond(
+                "429 Too Many Requests",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "18"), ("Retry-After", "1")],
+            )
+            return [b"Too Many Requests\n"]
+        if config.auth_required and not probe and self.authenticator is not None:
+            if self.authenticator.check(environ.get("HTTP_AUTHORIZATION"), config.users) is None:
+                respond(
                     "401 Unauthorized",
                     [
                         ("Content-Type", "text/plain; charset=utf-8"),
@@ -130,6 +170,10 @@ class Web:
                     ],
                 )
                 return [b"Unauthorized\n"]
+        return self._route(environ, respond)
+
+    def _route(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
             return self.metrics(environ, start_response)
         if path == "/-/healthy":
@@ -216,19 +260,29 @@ class Web:
     def start(self) -> None:
         """Bind (a port in use raises OSError here) and serve in the "http" thread: bounded
         threads and read timeouts, see httpserver."""
-        config = self.settings.web_config
+        reloader = self.web_config
+        tls = reloader is not None and reloader.last.ssl_context is not None
+
+        def context() -> ssl.SSLContext:
+            current = reloader.current() if reloader is not None else None
+            assert current is not None and current.ssl_context is not None  # TLS stays on (Reloader)
+            return current.ssl_context
+
         self.server = httpserver.Server(
             (self.settings.listen_address, self.settings.port),
             self,
             max_requests=self.settings.web_max_requests,
             read_timeout=self.settings.web_read_timeout,
-            ssl_context=config.ssl_context if config is not None else None,
+            ssl_context=context if tls else None,
+            check_peer=check_peer,
+            extra_headers=self._extra_headers,
+            on_refused=self.store.exporter.count_http_refused,
         )
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
         self.thread.start()
         host, port = self.server.server_address
-        scheme = "https" if self.server.ssl_context is not None else "http"
-        auth = " with basic auth" if self.authenticator is not None else ""
+        scheme = "https" if tls else "http"
+        auth = " with basic auth" if reloader is not None and reloader.last.auth_required else ""
         log.info(
             "serving /metrics on %s://%s:%s/metrics%s", scheme, host if ":" not in host else f"[{host}]", port, auth
         )

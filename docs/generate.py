@@ -44,6 +44,7 @@ from celery_exporter.collector import CeleryCollector  # noqa: E402
 from celery_exporter.exposition.model import HISTOGRAM, Family  # noqa: E402
 from celery_exporter.settings import Settings  # noqa: E402
 from celery_exporter.store import Store  # noqa: E402
+from celery_exporter.webconfig import WebConfig  # noqa: E402
 
 MARKER = re.compile(r"^<!-- (BEGIN|END) GENERATED: ([^ ]*) -->$")
 
@@ -55,12 +56,15 @@ def exported_families() -> List[Family]:
     """Every family the collector builds, with its type, help text and label names as the
     collector declares them (names and help come from catalogue.py). Some families appear
     only once there is something to show: a beat schedule read from a database, a queue
-    poll, an event reader, an event, --enable-events. The store is given one of each, so that
-    all appear."""
+    poll, an event reader, an event, --enable-events, a web config file. The store is given one of each, so
+    that all appear."""
     clock = FakeClock()
     now = clock.now()
     entry = Entry("nightly", "reports.nightly", schedule(datetime.timedelta(days=1)), "every 1 day")
-    settings = dataclasses.replace(Settings(), beat_entries=(entry,), beat_database_app="proj", enable_events=True)
+    web = WebConfig(path="web.yml", ssl_context=None, users={})
+    settings = dataclasses.replace(
+        Settings(), beat_entries=(entry,), beat_database_app="proj", web_config=web, enable_events=True
+    )
     store = Store(settings)
     store.exporter.set_connected(True, now, reader="redis-hiredis")
     store.exporter.count_event("worker-heartbeat", now)

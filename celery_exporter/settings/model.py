@@ -262,10 +262,11 @@ class Settings:
         type=click.Path(dir_okay=False),
         group=Group.HTTP,
         chart=False,  # the chart's webConfig
-        help="TLS and basic auth for the HTTP endpoints, in the Prometheus exporter-toolkit format "
-        "(tls_server_config, basic_auth_users with bcrypt hashes).",
-        doc="TLS and basic auth for the HTTP endpoints, in the Prometheus exporter-toolkit format; "
-        "see [Protecting /metrics](http.md#protecting-metrics).",
+        help="TLS, basic auth, response headers and a rate limit for the HTTP endpoints, in the Prometheus "
+        "exporter-toolkit format (tls_server_config, http_server_config, basic_auth_users with bcrypt hashes, "
+        "rate_limit); re-read when it or a file it names changes.",
+        doc="TLS, basic auth, response headers and a rate limit for the HTTP endpoints, in the Prometheus "
+        "exporter-toolkit format, re-read when it changes; see [Protecting /metrics](http.md#protecting-metrics).",
     ).field(convert=_web_config)
     health_open: bool = Option(
         "--web-health-open/--no-web-health-open",

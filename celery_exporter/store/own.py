@@ -1,5 +1,6 @@
 """The exporter's own state: events received and dropped, the broker connection, and the
-uuid map's size. Written by the event thread."""
+uuid map's size, written by the event thread; HTTP requests refused and failed reloads of
+the web config, written by the HTTP threads."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class ExporterSnapshot:
     tasks_tracked: int
     tasks_evicted: int
     reader: Optional[str]  # the event reader of the current or last connection
+    http_refused: Dict[str, int]  # by catalogue.HTTP_REFUSED_REASONS
+    web_config_reload_errors: int
 
 
 class ExporterState:
@@ -35,6 +38,8 @@ class ExporterState:
         self._tasks_tracked = 0
         self._tasks_evicted = 0
         self._reader: Optional[str] = None
+        self._http_refused: Dict[str, int] = dict.fromkeys(catalogue.HTTP_REFUSED_REASONS, 0)
+        self._web_config_reload_errors = 0
 
     def count_event(self, type_label: str, now: float) -> None:
         with self._lock:
@@ -83,6 +88,14 @@ class ExporterState:
         with self._lock:
             self._reconnects += 1
 
+    def count_http_refused(self, reason: str) -> None:
+        with self._lock:
+            self._http_refused[reason] += 1
+
+    def count_web_config_reload_error(self) -> None:
+        with self._lock:
+            self._web_config_reload_errors += 1
+
     def set_tracker_stats(self, tracked: int, evicted: int) -> None:
         with self._lock:
             self._tasks_tracked = tracked
@@ -98,4 +111,6 @@ class ExporterState:
             tasks_tracked=self._tasks_tracked,
             tasks_evicted=self._tasks_evicted,
             reader=self._reader,
+            http_refused=dict(self._http_refused),
+            web_config_reload_errors=self._web_config_reload_errors,
         )

@@ -952,3 +952,37 @@ def test_the_chart_refuses_clusters_older_than_1_26(helm):
     old = helm(*args, "--kube-version", "1.25.0", check=False)
     assert old.returncode != 0 and "kubeVersion" in old.stderr, old.stderr
     assert helm(*args, "--kube-version", "1.26.0").returncode == 0
+
+
+def test_with_client_certificates_the_probes_run_the_healthcheck(helm, tmp_path):
+    """The kubelet's HTTPS probes cannot present a client certificate: with
+    webConfig.tls.clientCertificates both run `celery-exporter healthcheck` in the container,
+    against the port and web config file the exporter is given, readiness with --ready."""
+    web = {"existingSecret": "my-web-config", "tls": {"enabled": True, "clientCertificates": True}}
+    _, c = container(render_values(helm, tmp_path, {"webConfig": web, **SCRAPE_AUTH}))
+    web_file = [a for a in c["args"] if a.startswith("--web-config-file=")]
+    port = [a for a in c["args"] if a.startswith("--port=")]
+    assert len(web_file) == 1 and len(port) == 1
+    for probe, extra in (("livenessProbe", []), ("readinessProbe", ["--ready"])):
+        assert "httpGet" not in c[probe], probe
+        timeout = f"--timeout={c[probe]['timeoutSeconds']}s"
+        assert c[probe]["exec"]["command"] == ["celery-exporter", "healthcheck", *port, *web_file, timeout, *extra]
+    # the command line the probes run is one the healthcheck accepts
+    from celery_exporter import cli
+
+    args = c["livenessProbe"]["exec"]["command"][2:] + ["--ready"]
+    assert cli.healthcheck_command.make_context("healthcheck", args).params["ready"] is True
+
+
+def test_client_certificates_need_tls(helm, tmp_path):
+    result = helm(
+        "template",
+        "rel",
+        str(CHART),
+        "--set",
+        "broker.url=redis://r:6379/0",
+        "--set",
+        "webConfig.tls.clientCertificates=true",
+        check=False,
+    )
+    assert result.returncode != 0 and "webConfig.tls.clientCertificates needs webConfig.tls.enabled" in result.stderr

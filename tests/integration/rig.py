@@ -707,17 +707,46 @@ class RedisServer:
         return code
 
 
-def make_certs(tmp: Path, client: bool = False) -> Dict[str, Path]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and, with client=True, a client
-    certificate, made by the openssl command line. Returns their paths by name."""
+def _openssl(tmp: Path, *args: str) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         raise AssertionError("openssl not found (Debian package openssl; .ci/run installs it)")
+    subprocess.run([openssl, *args], cwd=tmp, check=True, capture_output=True, timeout=60)
 
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=tmp, check=True, capture_output=True, timeout=60)
 
-    run(
+def _issue(tmp: Path, name: str, subject: str, extensions: str) -> Dict[str, Path]:
+    """`name`.crt and `name`.key, for `subject` with `extensions` (openssl's extfile lines),
+    issued by the CA of make_certs in `tmp`."""
+    key, csr = f"{name}.key", f"{name}.csr"
+    _openssl(tmp, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", subject)
+    (tmp / f"{name}.ext").write_text(extensions)
+    _openssl(
+        tmp,
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+    )
+    return {f"{name}.crt": tmp / f"{name}.crt", f"{name}.key": tmp / f"{name}.key"}
+
+
+def make_certs(tmp: Path, client: bool = False) -> Dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and, with client=True, a client
+    certificate (SANs DNS:prometheus and email:scraper@example.org), made by the openssl
+    command line. Returns their paths by name."""
+    _openssl(
+        tmp,
         "req",
         "-x509",
         "-newkey",
@@ -732,59 +761,17 @@ def make_certs(tmp: Path, client: bool = False) -> Dict[str, Path]:
         "-subj",
         "/CN=celery-exporter-it-ca",
     )
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (tmp / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    )
-    paths = {name: tmp / name for name in ("ca.crt", "ca.key", "server.crt", "server.key")}
+    paths = {"ca.crt": tmp / "ca.crt", "ca.key": tmp / "ca.key"}
+    paths.update(_issue(tmp, "server", "/CN=127.0.0.1", f"subjectAltName=IP:{HOST}\n"))
     if client:
-        run(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            "/CN=prometheus",
-        )
-        (tmp / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-        run(
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-        )
-        paths.update({"client.crt": tmp / "client.crt", "client.key": tmp / "client.key"})
+        paths.update(make_client_cert(tmp, "client", "DNS:prometheus,email:scraper@example.org"))
     return paths
+
+
+def make_client_cert(tmp: Path, name: str, sans: str) -> Dict[str, Path]:
+    """A client certificate `name`.crt/.key with the subject alternative names `sans`
+    (openssl's form: DNS:a,IP:1.2.3.4), issued by make_certs' CA in `tmp`."""
+    return _issue(tmp, name, f"/CN={name}", f"extendedKeyUsage=clientAuth\nsubjectAltName={sans}\n")
 
 
 class TlsRedisServer(RedisServer):

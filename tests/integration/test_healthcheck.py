@@ -30,9 +30,9 @@ def exporter_env(port: int, web_config: str = "", **extra: str) -> Dict[str, str
     return env
 
 
-def healthcheck(env: Dict[str, str]) -> Tuple[int, str]:
+def healthcheck(env: Dict[str, str], *extra: str) -> Tuple[int, str]:
     result = subprocess.run(
-        [executable("celery-exporter"), "healthcheck", "--timeout", "5s"],
+        [executable("celery-exporter"), "healthcheck", "--timeout", "5s", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -116,5 +116,54 @@ def test_basic_auth_with_the_probes_closed_answers_401_as_expected(tmp_path):
         # a 401 where the probes should be open is not healthy
         code, out = healthcheck({**env, "CELERY_EXPORTER_WEB_HEALTH_OPEN": "true"})
         assert code == 1 and out.endswith("/-/healthy: 401 Unauthorized"), out
+        # a rate limit (the closed probes share it, as in the toolkit): a 429 is healthy too
+        path = Path(env["CELERY_EXPORTER_WEB_CONFIG_FILE"])
+        path.write_text(path.read_text() + "rate_limit:\n  interval: 1h\n  burst: 1\n")
+        out = wait_for(
+            lambda: (lambda r: r[0] == 0 and "429" in r[1] and r[1])(healthcheck(env)),
+            20,
+            what="the reloaded rate limit to answer 429",
+            describe=proc.log_text,
+        )
+        assert out.endswith("429 Too Many Requests, the web config's rate limit with the probes closed"), out
+    finally:
+        proc.stop()
+
+
+def test_inline_pem_allowed_sans_headers_and_a_rate_limit(tmp_path):
+    """The toolkit's newer keys together: an inline certificate, key and client CA,
+    client_allowed_sans naming the server's own certificate (which the check presents), a
+    rate limit of one request per hour and headers. The check passes every time: the probes
+    are not rate limited."""
+    certs = make_certs(tmp_path)
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+
+    def inline(key: str, name: str) -> str:
+        return f"  {key}: |\n" + "".join(f"    {line}\n" for line in certs[name].read_text().splitlines())
+
+    path = tmp_path / "inline.yml"
+    path.write_text(
+        "tls_server_config:\n"
+        + inline("cert", "server.crt")
+        + inline("key", "server.key")
+        + inline("client_ca", "ca.crt")
+        + f"  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans: ['{HOST}']\n"
+        + "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+        + f"basic_auth_users:\n  prometheus: {hashed}\n"
+        + "rate_limit:\n  interval: 1h\n  burst: 1\n"
+    )
+    env = exporter_env(free_port(), str(path))
+    proc = start(tmp_path, env)
+    try:
+        for _ in range(3):
+            code, out = healthcheck(env)
+            assert code == 0 and out.endswith("/-/healthy: 200 OK"), out
+        # the chart's readiness probe with client certificates: --ready, 200 once the broker is connected
+        wait_for(lambda: healthcheck(env, "--ready")[0] == 0, 20, what="readiness", describe=proc.log_text)
+        assert healthcheck(env, "--ready")[1].endswith("/-/ready: 200 OK")
+        # the server's certificate is outside the allowed SANs: the connection is closed after the handshake
+        allowed = f"client_allowed_sans: ['{HOST}']"
+        path.write_text(path.read_text().replace(allowed, "client_allowed_sans: [elsewhere]"))
+        wait_for(lambda: healthcheck(env)[0] == 1, 20, what="the reloaded SANs to turn the check away")
     finally:
         proc.stop()

@@ -128,7 +128,9 @@ def wait_closed(socks: Sequence[socket.socket], timeout: float) -> Dict[socket.s
 
 
 def test_environment_and_head_limit():
-    with serving(App()) as server:
+    refused: List[str] = []
+    extra = (("X-Frame-Options", "deny"),)
+    with serving(App(), on_refused=refused.append, extra_headers=lambda: extra) as server:
         port = server.server_address[1]
         assert server.server_address[0] == HOST and port > 0
         status, headers, body = get(
@@ -155,9 +157,10 @@ def test_environment_and_head_limit():
             while chunk := sock.recv(4096):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.0 431 Request Header Fields Too Large\r\n"), answer[:200]
-        assert b"\r\nConnection: close\r\n" in answer
-        # another protocol (a Redis client given this port): wsgiref's 400 (as HTTP/0.9: no
-        # status line) and closed at once, not after the 10 s deadline
+        assert b"\r\nConnection: close\r\n" in answer and b"\r\nX-Frame-Options: deny\r\n" in answer
+        assert refused == ["head_too_large"]
+        # another protocol (a Redis client given this port): wsgiref's 400, with a status line
+        # and the extra headers, and closed at once, not after the 10 s deadline
         with socket.create_connection((HOST, port), timeout=5) as sock:
             started = time.monotonic()
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
@@ -165,6 +168,7 @@ def test_environment_and_head_limit():
             while chunk := sock.recv(4096):
                 answer += chunk
             assert b"Error code: 400" in answer and time.monotonic() - started < 1.0, answer[:300]
+            assert answer.startswith(b"HTTP/1.0 400 ") and b"\r\nX-Frame-Options: deny\r\n" in answer, answer[:300]
         assert get(port, "/after")[0] == 200
 
 
@@ -172,7 +176,8 @@ def test_requests_over_the_cap_get_503_at_once_and_are_served_again_after(caplog
     caplog.set_level(logging.DEBUG, logger="celery_exporter.httpserver")
     app = App()
     results: Dict[int, tuple] = {}
-    with serving(app, max_requests=2) as server:
+    refused: List[str] = []
+    with serving(app, max_requests=2, on_refused=refused.append) as server:
         port = server.server_address[1]
         blockers = [
             threading.Thread(target=lambda i=i: results.__setitem__(i, get(port, "/block")), daemon=True)
@@ -190,6 +195,7 @@ def test_requests_over_the_cap_get_503_at_once_and_are_served_again_after(caplog
         assert headers["Content-Type"].startswith("text/plain") and "too many requests" in body
         assert elapsed < 1.0, f"the 503 took {elapsed:.3f} s"
         assert get(port, "/fourth")[0] == 503
+        assert refused == ["max_requests", "max_requests"]
         assert results == {} and server.active == 2 and len(request_threads()) == 2  # the two still block
 
         refusals = [r for r in caplog.records if r.name == "celery_exporter.httpserver" and "503" in r.getMessage()]

@@ -5,11 +5,13 @@ runs it against real ones)."""
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import ssl
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import celery
 import click
@@ -189,7 +191,8 @@ def server_config(crt, key, client_certs=False):
     context.load_cert_chain(crt, key)
     if client_certs:
         context.verify_mode = ssl.CERT_REQUIRED
-    return WebConfig(path="w.yml", ssl_context=context, users={}, tls_files=(crt, key))
+    pem = (Path(crt).read_text(), Path(key).read_text())
+    return WebConfig(path="w.yml", ssl_context=context, users={}, server_pem=pem)
 
 
 def test_with_tls_the_healthcheck_expects_the_configured_certificate(tmp_path):
@@ -205,8 +208,7 @@ def test_with_tls_the_healthcheck_expects_the_configured_certificate(tmp_path):
 
 def test_a_cert_file_without_a_certificate_matches_nothing(tmp_path):
     crt, key = make_pair(tmp_path, "server")
-    config = server_config(crt, key)
-    (tmp_path / "server.crt").write_text("no certificate here\n")
+    config = dataclasses.replace(server_config(crt, key), server_pem=("no certificate here\n", ""))
     assert healthcheck.configured_certificate(config) is None
 
 
@@ -223,14 +225,45 @@ def test_with_client_certificates_required_the_healthcheck_presents_the_servers_
     healthcheck.client_context(server_config(crt, key, client_certs=False))
     assert loaded == [(crt, key)]  # the server's own context only
     healthcheck.client_context(server_config(crt, key, client_certs=True))
-    assert loaded == [(crt, key), (crt, key), (crt, key)]  # ...and now the client's too
+    # ...and now the client's too: the cert_file's text and key, through a temporary file gone at once
+    assert len(loaded) == 3 and loaded[2][1] is None and not Path(loaded[2][0]).exists()
 
 
 def test_the_healthcheck_options_are_the_exporters_own():
     names = {p.name for p in cli.healthcheck_command.params}
-    assert names == {"listen_address", "port", "web_config_file", "web_health_open", "timeout"}
+    assert names == {"listen_address", "port", "web_config_file", "web_health_open", "timeout", "ready"}
     by_name = {p.name: p for p in cli.healthcheck_command.params}
     assert (
         isinstance(by_name["port"], click.Option)
         and by_name["port"].envvar == [o for o in cli.command.params if o.name == "port"][0].envvar
     )
+
+
+def test_the_healthcheck_imports_neither_kombu_nor_celery(tmp_path):
+    """It runs every 30 s in the container: the broker's libraries cost it most of a second."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from celery_exporter import cli
+        try:
+            cli.main(["healthcheck", "--port", "1", "--timeout", "1s"])
+        except SystemExit as exc:
+            print(exc.code, sorted(m for m in ("kombu", "celery", "redis", "amqp") if m in sys.modules))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "1 []", out
+
+
+def test_a_bad_web_config_is_a_healthcheck_usage_error_naming_the_flag(tmp_path):
+    bad = tmp_path / "web.yml"
+    bad.write_text("basic_auth_users:\n  a: nothash\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "celery_exporter", "healthcheck", "--web-config-file", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    (line,) = out.stderr.strip().splitlines()
+    assert "--web-config-file" in line and "not a bcrypt hash" in line

@@ -74,7 +74,15 @@ and neither, the exporter takes it from the app's configuration. */}}
 {{- /* A probe from values, its httpGet.scheme set from webConfig.tls.enabled. */}}
 {{- define "celery-exporter.probe" -}}
 {{- $probe := deepCopy .probe -}}
-{{- if hasKey $probe "httpGet" -}}
+{{- if and (hasKey $probe "httpGet") .root.Values.webConfig.tls.clientCertificates -}}
+{{- /* the kubelet cannot present a client certificate: the same request, from inside the container */ -}}
+{{- $command := list "celery-exporter" "healthcheck" (printf "--port=%v" .root.Values.service.port) (printf "--web-config-file=%s" (include "celery-exporter.webConfigFile" .root)) (printf "--timeout=%vs" ($probe.timeoutSeconds | default 1)) -}}
+{{- if eq (toString $probe.httpGet.path) "/-/ready" -}}
+{{- $command = append $command "--ready" -}}
+{{- end -}}
+{{- $probe = omit $probe "httpGet" -}}
+{{- $_ := set $probe "exec" (dict "command" $command) -}}
+{{- else if hasKey $probe "httpGet" -}}
 {{- $_ := set $probe.httpGet "scheme" (ternary "HTTPS" "HTTP" (eq (include "celery-exporter.tls" .root) "true")) -}}
 {{- end -}}
 {{- toYaml $probe -}}
@@ -88,6 +96,9 @@ and neither, the exporter takes it from the app's configuration. */}}
 {{- $web := .Values.webConfig -}}
 {{- if and $web.tls.enabled (not (or $web.tls.existingSecret $web.tls.cert $web.existingSecret)) -}}
 {{- fail "webConfig.tls.enabled: set webConfig.tls.existingSecret (a Secret with tls.crt and tls.key), or webConfig.tls.cert and webConfig.tls.key" -}}
+{{- end -}}
+{{- if and $web.tls.clientCertificates (not $web.tls.enabled) -}}
+{{- fail "webConfig.tls.clientCertificates needs webConfig.tls.enabled (client certificates are a part of TLS)" -}}
 {{- end -}}
 {{- if and $web.tls.existingSecret (or $web.tls.cert $web.tls.key) -}}
 {{- fail "webConfig.tls: set either existingSecret or cert and key, not both" -}}
