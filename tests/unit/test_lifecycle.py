@@ -13,7 +13,8 @@ from celery_exporter.tasks import TaskRecord
 
 PAIRS = [(kind, state) for kind in Kind for state in State]
 NEVER_PAIRS = {(kind, state) for kind, states, _why in NEVER for state in states}
-# the kinds a task event can have (the others come from elsewhere: cancelled, lost, evicted)
+# the kinds a task event can have (the others come from elsewhere: cancelled, lost, evicted,
+# learned)
 TASK_EVENT_KINDS = set(KIND_OF_EVENT.values()) | {
     Kind.RECEIVED_AGAIN,
     Kind.STARTED_LATE,
@@ -52,7 +53,9 @@ def test_a_task_event_is_counted_unless_it_is_a_duplicate():
 def test_runs_start_only_from_unfinished_states_and_end_only_from_running():
     for (kind, state), (next_state, effects) in TABLE.items():
         if effects & Effect.START_RUN:
-            assert kind is Kind.STARTED and state in lifecycle.UNFINISHED and next_state is State.RUNNING
+            # a task-started, or a run `inspect active` reported (learned: kept if current)
+            assert kind in (Kind.STARTED, Kind.LEARNED) and state in lifecycle.UNFINISHED
+            assert next_state is State.RUNNING
         if effects & Effect.END_RUN:
             assert state is State.RUNNING and next_state is not State.RUNNING
         if next_state is not state:
@@ -70,11 +73,12 @@ def _event(etype):
 
 # what can come to a task: each task event type (with what attempts.learn may find in it),
 # a new attempt published (learn raises record.attempt), task-cancelled, its worker's loss,
-# its eviction
+# its eviction, `inspect active` reporting it running
 INPUTS = (
     [("event", etype, None) for etype in KIND_OF_EVENT]
     + [("event", "task-received", Found.REDELIVERY), ("event", "task-started", Found.PREVIOUS_ATTEMPT)]
     + [("new attempt", None, None), ("cancelled", None, None), ("lost", None, None), ("evicted", None, None)]
+    + [("learned", None, None)]
 )
 
 
@@ -99,6 +103,9 @@ def _apply(record, what, etype, found):
         kind = Kind.LOST_AGAIN if record.interrupted else Kind.LOST
         lifecycle.lost(record)
         return kind, state
+    if what == "learned":
+        lifecycle.learned(record)
+        return Kind.LEARNED, state
     if what in ("cancelled", "evicted"):
         kind = Kind.CANCELLED if what == "cancelled" else Kind.EVICTED
         record.state = STEPS[kind][record.state][0]
@@ -217,6 +224,20 @@ def test_interrupted_once_per_task_id_and_also_when_forgotten():
     assert lifecycle.lost(record) == E.NONE
     assert record.state == State.RUNNING  # it may run again elsewhere
     assert lifecycle.lost(None) == E.INTERRUPTED
+
+
+def test_a_learned_run_starts_from_unfinished_states_and_keeps_a_current_runs_attempt():
+    record = TaskRecord("u")
+    record.attempt = 2
+    assert lifecycle.learned(record) == E.START_RUN
+    assert (record.state, record.run_attempt) == (State.RUNNING, 2)
+    record.attempt = 3  # a next attempt published; the reply cannot tell which one runs
+    assert lifecycle.learned(record) == E.START_RUN  # (the store keeps a run it holds)
+    assert record.run_attempt == 2
+    for ended in (State.FINISHED, State.FINISHED_UNSTARTED):
+        record.state = ended
+        assert lifecycle.learned(record) == E.NONE  # its terminal event came after the reply
+        assert record.state == ended
 
 
 def test_effect_names():
