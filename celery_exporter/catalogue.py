@@ -57,7 +57,8 @@ TASK_RUNNING = (
 )
 TASK_RUNNING_OLDEST = (
     "celery_task_running_oldest_start_timestamp_seconds",
-    "When the longest-running task of this label set started (exporter clock at task-started); absent while none runs.",
+    "When the longest-running task of this label set started (exporter clock at task-started; for a task that started "
+    "before the exporter listened, its worker's start from inspect active); absent while none runs.",
 )
 
 TASK_LABELS = ("name", "queue_name")
