@@ -332,7 +332,7 @@ class Inspector(_BrokerPoller):
         """The first time, every --inspect-interval, and `_retry` after the last inspect
         while a worker up by heartbeat is missing from what inspect reported; and once the
         event stream is (re)connected, to learn what runs."""
-        return self._cycle_due() or self._learning() is True
+        return self._cycle_due() or self._learning(cycle=False) is True
 
     def _cycle_due(self) -> bool:
         now = self.clock.now()
@@ -342,24 +342,27 @@ class Inspector(_BrokerPoller):
             return False
         return bool(self.store.workers.up_hosts(now) - set(self.store.queues.worker_queues))
 
-    def _learning(self) -> Optional[bool]:
+    def _learning(self, cycle: bool) -> Optional[bool]:
         """True: learn now, the first time for this connection of the event stream; False:
-        learn again on this cycle (learned runs are unconfirmed, or the last try failed);
-        None: not now (not connected: a task could end unseen before the stream is bound)."""
+        learn again on this `cycle` (learned runs are unconfirmed, or the last try failed;
+        looked at on cycles only: counting learned runs goes through every run); None: not
+        now (not connected: a task could end unseen before the stream is bound)."""
         since = self.store.exporter.connected_since  # (one attribute, written whole by the event thread)
         if since is None:
             return None
         if since != self._learned_for:
             return True
+        if not cycle:
+            return None
         return False if self._learn_again or self.store.running.learned_runs() else None
 
     def poll_once(self) -> None:
         if self._cycle_due():
             self._inspect_workers()
-            learning = self._learning()
+            learning = self._learning(cycle=True)
             if learning is not None:
                 self._learn(learning or self._again_first)
-        elif self._learning() is True:
+        elif self._learning(cycle=False) is True:
             self._learn(True)
 
     def _inspect_workers(self) -> None:
