@@ -215,18 +215,18 @@ class Handler:
                 known += 1
         for task in learned.reserved:
             self._learn_task(task)
-        log.log(
-            logging.INFO if learned.first else logging.DEBUG,
-            "learned %d running tasks from inspect active (%s; %d already known, %d ended unseen), %d reserved;"
-            " %d workers answered%s",
-            sum(new.values()),
-            ", ".join(f"{host}: {n}" for host, n in sorted(new.items())) or "none new",
-            known,
-            ended,
-            len(learned.reserved),
-            len(learned.answered),
-            f", {learned.refused} malformed entries left out" if learned.refused else "",
+        summary = (
+            f"learned {sum(new.values())} running tasks from inspect active"
+            f" ({', '.join(f'{host}: {n}' for host, n in sorted(new.items())) or 'none new'};"
+            f" {known} already known, {ended} ended unseen), {len(learned.reserved)} reserved;"
+            f" {len(learned.answered)} workers answered"
+            + (f", {learned.refused} malformed entries left out" if learned.refused else "")
         )
+        if learned.first:
+            log.info("%s", summary)
+            self.store.exporter.set_learned(now, summary)
+        else:
+            log.debug("%s", summary)
 
     def _learn_task(self, task: LearnedTask) -> TaskRecord:
         """The task's record (made if new), with its name and queue; the events held for

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from celery_exporter import catalogue
 
@@ -20,6 +20,7 @@ class ExporterSnapshot:
     tasks_tracked: int
     tasks_evicted: int
     reader: Optional[str]  # the event reader of the current or last connection
+    learned: Optional[Tuple[float, str]]  # (when, what) the last learning from inspect at a connect said
 
 
 class ExporterState:
@@ -35,6 +36,7 @@ class ExporterState:
         self._tasks_tracked = 0
         self._tasks_evicted = 0
         self._reader: Optional[str] = None
+        self._learned: Optional[Tuple[float, str]] = None
 
     def count_event(self, type_label: str, now: float) -> None:
         with self._lock:
@@ -88,6 +90,11 @@ class ExporterState:
             self._tasks_tracked = tracked
             self._tasks_evicted = evicted
 
+    def set_learned(self, now: float, summary: str) -> None:
+        """What the event thread learned from `inspect` at a connect (its log line's text)."""
+        with self._lock:
+            self._learned = (now, summary)
+
     def snapshot_locked(self) -> ExporterSnapshot:
         return ExporterSnapshot(
             events=dict(self._events),
@@ -98,4 +105,5 @@ class ExporterState:
             tasks_tracked=self._tasks_tracked,
             tasks_evicted=self._tasks_evicted,
             reader=self._reader,
+            learned=self._learned,
         )

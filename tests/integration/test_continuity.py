@@ -30,9 +30,13 @@ def restart(rig: Rig, old: Exporter) -> Exporter:
 
 
 def learned_line(exporter: Exporter) -> str:
+    """The one INFO line the learning at start logs; the status page says the same."""
     lines = [line for line in exporter.proc.log_text().splitlines() if "running tasks from inspect active" in line]
-    assert len(lines) == 1, lines  # one line at start, at INFO
-    assert " INFO " in lines[0] or "INFO" in lines[0], lines[0]
+    assert len(lines) == 1, lines
+    assert " INFO " in lines[0], lines[0]
+    summary = lines[0].split(": ", 1)[1]
+    status, _, page = exporter.get("/")
+    assert status == 200 and summary in page, summary
     return lines[0]
 
 
