@@ -41,7 +41,8 @@ UNKNOWN_QUEUE = "unknown"
 INSPECT_WAIT = 3.0
 RECHECK = 0.5  # a hold kept for an inspect is looked at again this often (the receiver's tick)
 UNKNOWN_TASK_DETAIL = (
-    "task events for a task id whose name never arrived (normal for tasks already running when the exporter started)"
+    "task events for a task id whose name never arrived (tasks already running when the exporter started,"
+    " on workers that did not answer inspect)"
 )
 NOTHING_HELD: Sequence[Held] = ()
 
