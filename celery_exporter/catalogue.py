@@ -57,7 +57,8 @@ TASK_RUNNING = (
 )
 TASK_RUNNING_OLDEST = (
     "celery_task_running_oldest_start_timestamp_seconds",
-    "When the longest-running task of this label set started (exporter clock at task-started); absent while none runs.",
+    "When the longest-running task of this label set started (exporter clock at task-started; for a task that started "
+    "before the exporter listened, its worker's start from inspect active); absent while none runs.",
 )
 
 TASK_LABELS = ("name", "queue_name")
@@ -178,7 +179,8 @@ WORKER_POOL_SIZE = (
 )
 WORKER_RESERVED = (
     "celery_worker_tasks_reserved",
-    "Tasks the worker received and has not started (prefetched, waiting for a pool slot), from task events; "
+    "Tasks the worker received and has not started (prefetched, waiting for a pool slot), from task events "
+    "(and inspect reserved at a connect); "
     "tasks waiting for their ETA or countdown are not counted.",
 )
 WORKER_QUEUE_INFO = (

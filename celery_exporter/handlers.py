@@ -24,6 +24,10 @@ reservations (tasks received, not started) go at its worker-offline and worker-o
 that says nothing runs ends its worker's runs in the store (their end events were lost), and
 a worker-offline starts the warm shutdown, in which the worker's runs drain by their own
 events.
+
+On the tick, too, what the inspector learned from `inspect active` and `inspect reserved`
+(learned.py) is applied through the same records and table: runs of tasks started before
+the exporter listened, and the names and queues of tasks their events do not name.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from celery_exporter import attempts, catalogue, diagnosis, lifecycle
 from celery_exporter.drops import Drops
 from celery_exporter.events import TaskCancelled, TaskEvent, Validator, WorkerEvent
 from celery_exporter.labels import LabelResolver
+from celery_exporter.learned import Learned, LearnedTask
 from celery_exporter.lifecycle import Effect, Found, Kind
 from celery_exporter.liveness import Listening
 from celery_exporter.settings import Settings
@@ -61,6 +66,8 @@ SERIES_LIMIT_DETAIL = "a new label set was refused: --max-series reached"
 SENT_MISSING_GRACE = 10.0
 # Workers logged per kind of problem (diagnosis.WorkerSigns); the rest are on the status page.
 LOGGED_WORKERS = 5
+
+log = logging.getLogger(__name__)
 
 
 class Handler:
@@ -111,6 +118,9 @@ class Handler:
         self.tracker.forget_finished(now)
         listening = self.listening.tick(now, self.store.exporter.connected_since)
         self._interrupted(self.store.take_lost_runs(now, listening, self.store.exporter.heard_at), now)
+        learned = self.store.running.take_learned()
+        if learned is not None:
+            self.learn(learned, now)
         self.store.exporter.set_tracker_stats(len(self.tracker), self.tracker.evicted)
 
     # -- tasks --------------------------------------------------------------------------
@@ -244,6 +254,73 @@ class Handler:
         for uuid, key in taken:
             if lifecycle.lost(self.tracker.peek(uuid)) & INTERRUPTED:
                 self._count(key, catalogue.INTERRUPTED, now)
+
+    # -- what inspect reported ----------------------------------------------------------
+
+    def learn(self, learned: Learned, now: float) -> None:
+        """Apply what `inspect active` and `inspect reserved` reported (asked while the event
+        stream was connected, so every end after the replies comes as an event): the runs
+        of the workers that answered that they no longer list end; each running task gets
+        a run from its worker's start time unless its record is finished or the store holds
+        its run already (lifecycle.learned); every task listed gets its name and queue."""
+        if learned.listening_since != self.store.exporter.connected_since:
+            return  # asked for a connection lost since: the next one is learned anew
+        listed: Dict[str, Set[str]] = {host: set() for host in learned.answered}
+        for task in learned.running:
+            listed[task.host].add(task.uuid)
+        ended = sum(self.store.running.reconcile(host, uuids, learned.asked_at) for host, uuids in listed.items())
+        new: Dict[str, int] = {}
+        known = 0
+        for task in learned.running:
+            if self._learn_run(task, now):
+                new[task.host] = new.get(task.host, 0) + 1
+            else:
+                known += 1
+        for task in learned.reserved:
+            if lifecycle.learned_reserved(self._learn_task(task)) & RESERVE:
+                self.store.running.reserve(task.uuid, task.host)
+        summary = (
+            f"learned {sum(new.values())} running tasks from inspect active"
+            f" ({', '.join(f'{host}: {n}' for host, n in sorted(new.items())) or 'none new'};"
+            f" {known} already known, {ended} ended unseen), {len(learned.reserved)} reserved;"
+            f" {len(learned.answered)} workers answered"
+            + (f", {learned.refused} malformed entries left out" if learned.refused else "")
+        )
+        if learned.first:
+            log.info("%s", summary)
+            self.store.exporter.set_learned(now, summary)
+        else:
+            log.debug("%s", summary)
+
+    def _learn_task(self, task: LearnedTask) -> TaskRecord:
+        """The task's record (made if new), with its name and queue; the events held for
+        them are counted now."""
+        record = self.tracker.get(task.uuid)
+        if record is None:
+            record, evicted = self.tracker.create(task.uuid)
+            if evicted is not None:
+                self._evicted(evicted)
+        held = self.labels.learn(record, task)
+        if held:
+            self._emit_held(record, held)
+        return record
+
+    def _learn_run(self, task: LearnedTask, now: float) -> bool:
+        """A task `inspect active` reported running: True if a run was added for it. Its
+        start moves onto the exporter's clock by its worker's clock offset (when a worker
+        event told it), and is never later than now."""
+        assert task.started is not None  # learned.parse: every running entry has its start
+        record = self._learn_task(task)
+        assert record.labels is not None  # LabelResolver.learn fixed them
+        key: TaskKey = record.labels + ((task.host,) if self.with_hostname else ())
+        if not self.store.tasks.admit(key, now):
+            self.drop("series_limit", SERIES_LIMIT_DETAIL)
+            return False
+        if not lifecycle.learned(record) & START_RUN:
+            return False  # it finished after the reply was made
+        offset = self.store.workers.clock_offset(task.host) or 0.0
+        start = min(task.started + offset, now)
+        return self.store.running.learn(task.uuid, task.host, key, start, task.started, now)
 
     # -- workers ------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from celery_exporter.drops import Drops
 from celery_exporter.events import TaskEvent
+from celery_exporter.learned import LearnedTask
 from celery_exporter.lifecycle import Found
 from celery_exporter.settings import Settings
 from celery_exporter.store.queues import QueueStore
@@ -40,7 +41,8 @@ UNKNOWN_QUEUE = "unknown"
 INSPECT_WAIT = 3.0
 RECHECK = 0.5  # a hold kept for an inspect is looked at again this often (the receiver's tick)
 UNKNOWN_TASK_DETAIL = (
-    "task events for a task id whose name never arrived (normal for tasks already running when the exporter started)"
+    "task events for a task id whose name never arrived (tasks already running when the exporter started,"
+    " on workers that did not answer inspect)"
 )
 NOTHING_HELD: Sequence[Held] = ()
 
@@ -92,6 +94,25 @@ class LabelResolver:
         record.pending.append((event, found, now))
         self._tracker.hold(record, now + self._hold_seconds)
         return None
+
+    def learn(self, record: TaskRecord, task: LearnedTask) -> Sequence[Held]:
+        """A task that `inspect active` or `inspect reserved` reported: its name, worker and
+        queue (the one its delivery info names, else its routing key if that worker consumes
+        a queue of that name) fill what the record lacks, and its labels are fixed if they
+        were not. Returns the events held for them, to be counted first."""
+        if record.name is None:
+            record.name = task.name
+        if record.worker is None:
+            record.worker = task.host
+        if record.queue is None:
+            queue = task.queue
+            if queue is None and task.routing_key is not None:
+                if task.routing_key in self._queues.worker_queues.get(task.host, ()):
+                    queue = task.routing_key
+            record.queue = queue
+        if record.labels is not None:
+            return NOTHING_HELD
+        return self._fix(record)
 
     def release_due(self, now: float) -> List[Tuple[TaskRecord, Sequence[Held]]]:
         """Holds that ran out: the records whose labels are fixed now, each with its held

@@ -30,6 +30,15 @@ Every task id in the uuid map (tasks.py) is in one of five states:
 Any other event leaves the state as it is (a task-started after a terminal event starts no
 run; a lost worker or an evicted record changes no state).
 
+Besides events, `inspect active` (learned.py: at start and after a reconnect of the event
+stream) reports tasks that run: LEARNED starts a run for an unfinished task, keeping the one
+the store holds if its task-started came first, and nothing for a finished one (its terminal
+event came after the reply was made). It counts no event: a learned task's own events later
+move it as if its task-started had been seen, so each is counted once. `inspect reserved`
+reports tasks received and not started: LEARNED_RESERVED reserves an unfinished task that is
+not running (a task-received missed while the exporter was not listening), and does nothing
+once its task-started or its end was seen (the reply was older than them).
+
 The event that moves a task is one of the `Kind`s below: its event type, refined by what
 attempts.learn found (a task-received of an attempt already received is a redelivery; a
 task-started older than the current attempt's publication belongs to the attempt before a
@@ -56,7 +65,8 @@ handler applies:
                  completes (runtime, waits); refused when --max-series is reached
     FINISH       the task ended: remembered for the finished grace (to recognise a duplicate
                  terminal event), then forgotten
-    START_RUN    add a run to the running set (worker, label set, start)
+    START_RUN    add a run to the running set (worker, label set, start); for LEARNED,
+                 only if the set holds none of the task on that worker
     END_RUN      remove the task's run from the running set
     REDELIVERED  count celery_task_redelivered_total
     DUPLICATE    drop the event as a duplicate (celery_exporter_events_dropped_total)
@@ -64,7 +74,8 @@ handler applies:
     FORGET       the record was evicted from the full uuid map: its run, displaced run and
                  reservation go, uncounted (never interrupted)
     RESERVE      the task is reserved by the worker that sent the event (received, not
-                 started: celery_worker_tasks_reserved), unless it waits for an ETA
+                 started: celery_worker_tasks_reserved), unless it waits for an ETA; for
+                 LEARNED_RESERVED, by the worker that listed it
     UNRESERVE    the task is no longer reserved by any worker (it started, ended, or was
                  rejected); a task-retried keeps the reservation of the next attempt, whose
                  task-received can come before it
@@ -130,6 +141,8 @@ class Kind(enum.IntEnum):
     LOST = 11  # its run was cut off by its worker's loss or restart
     LOST_AGAIN = 12  # the same, for a task id already counted as interrupted
     EVICTED = 13  # its record was evicted from the full uuid map
+    LEARNED = 14  # `inspect active` reported it running (at start, after a reconnect: learned.py)
+    LEARNED_RESERVED = 15  # `inspect reserved` reported it received, not started (learned.py)
 
 
 # the kind of each task event type before `classify` looks closer
@@ -203,6 +216,11 @@ RULES: Sequence[Row] = (
     (K.LOST,           ANY,                       SAME,                   E.INTERRUPTED),
     (K.LOST_AGAIN,     ANY,                       SAME,                   E.NONE),
     (K.EVICTED,        ANY,                       SAME,                   E.FORGET),
+    (K.LEARNED,        (S.PENDING, S.STOPPED),    S.RUNNING,              E.START_RUN | E.UNRESERVE),
+    (K.LEARNED,        (S.RUNNING,),              SAME,                   E.START_RUN | E.UNRESERVE),
+    (K.LEARNED,        ENDED,                     SAME,                   E.NONE),
+    (K.LEARNED_RESERVED, (S.PENDING, S.STOPPED),  SAME,                   E.RESERVE),
+    (K.LEARNED_RESERVED, (S.RUNNING,) + ENDED,    SAME,                   E.NONE),
 )
 # fmt: on
 
@@ -275,6 +293,24 @@ def classify(record: TaskRecord, event: TaskEvent, found: Optional[Found]) -> in
         if record.retried_seen <= record.run_attempt:
             return _RETRIED_LATE
     return kind
+
+
+def learned(record: TaskRecord) -> int:
+    """The effects of `inspect active` reporting the task running, for its record: a run
+    (kept as it is if the store holds one of it on that worker already: the task-started
+    before the reply) unless a terminal event came first (the reply was older than it).
+    Moves the record's state; nothing is counted."""
+    next_state, effects = STEPS[K.LEARNED][record.state]
+    if next_state != record.state:
+        record.state = next_state
+        record.run_attempt = record.attempt  # (a run current already keeps its attempt)
+    return effects
+
+
+def learned_reserved(record: TaskRecord) -> int:
+    """The effects of `inspect reserved` listing the task, for its record: a reservation
+    unless its run started or it ended (the reply was older than those events)."""
+    return STEPS[K.LEARNED_RESERVED][record.state][1]
 
 
 def lost(record: Optional[TaskRecord]) -> int:

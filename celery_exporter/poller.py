@@ -24,7 +24,7 @@ from celery.app.control import Control
 from kombu.connection import Connection
 from kombu.pidbox import Mailbox
 
-from celery_exporter import internals
+from celery_exporter import internals, learned
 from celery_exporter.clock import Clock
 from celery_exporter.periodic import Periodic
 from celery_exporter.settings import Settings
@@ -57,6 +57,7 @@ class Backend(Protocol):
     def inspect(self, expected_replies: int) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, int]]: ...
 
     def enable_events(self, hostnames: Sequence[str]) -> None: ...
+    def tasks(self, expected_replies: int) -> Tuple[Dict[str, Any], Dict[str, Any]]: ...
 
     def close(self) -> None: ...
 
@@ -190,6 +191,13 @@ class KombuBackend:
             self._app = app
         return self._app.control
 
+    def _inspect(self, expected_replies: int) -> Any:
+        """Celery's inspect API over the poller's connection, waiting up to --inspect-timeout,
+        or until `expected_replies` replies came (0: the whole timeout)."""
+        return self._control().inspect(
+            timeout=self.settings.inspect_timeout, limit=expected_replies or None, connection=self._connect()
+        )
+
     def enable_events(self, hostnames: Sequence[str]) -> None:
         """Broadcast `enable_events` to these workers (no reply awaited)."""
         try:
@@ -200,11 +208,8 @@ class KombuBackend:
 
     def inspect(self, expected_replies: int) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, int]]:
         """worker -> queues it consumes, worker -> pool processes (broadcast + replies)."""
-        control = self._control()
         try:
-            inspect = control.inspect(
-                timeout=self.settings.inspect_timeout, limit=expected_replies or None, connection=self._connect()
-            )
+            inspect = self._inspect(expected_replies)
             queues_reply = inspect.active_queues() or {}
             stats_reply = inspect.stats() or {}
         except Exception as exc:
@@ -223,6 +228,19 @@ class KombuBackend:
                 count = len(pool.get("processes") or [])
             processes[worker] = count
         return worker_queues, processes
+
+    def tasks(self, expected_replies: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """The replies (worker -> list of task infos, unchecked: learned.parse checks them)
+        to `inspect active` (arguments as reprs: nothing to deserialize) and `inspect
+        reserved`."""
+        try:
+            inspect = self._inspect(expected_replies)
+            active = inspect.active(safe=True) or {}
+            reserved = inspect.reserved() or {}
+        except Exception as exc:
+            self.close()
+            raise PollError("inspect", f"{type(exc).__name__}: {exc}") from exc
+        return active, reserved
 
 
 class _BrokerPoller(Periodic):
@@ -297,7 +315,12 @@ INSPECT_CHECK = 1.0  # how often the thread checks whether an inspect is due
 class Inspector(_BrokerPoller):
     """Remote-control inspect every --inspect-interval, in its own thread (a broadcast waits
     for replies, so it never delays the queue lengths): which queues each worker consumes
-    and its pool size. Sooner for a worker up by heartbeat that no inspect reported yet."""
+    and its pool size. Sooner for a worker up by heartbeat that no inspect reported yet.
+
+    And what runs (learned.py): `inspect active` and `inspect reserved` once the event
+    stream is connected, at start and after every reconnect (within INSPECT_CHECK of it),
+    then on each cycle while runs learned so are not confirmed by their task-started; the
+    replies go to the event thread (store.running.offer_learned), which applies them."""
 
     what = "inspect"
 
@@ -312,13 +335,20 @@ class Inspector(_BrokerPoller):
         super().__init__("inspector", settings.inspect_interval, settings, store, clock, stop_event, backend)
         self._last: Optional[float] = None  # exporter clock at the last inspect
         self._retry = INSPECT_RETRY  # wait before inspecting again for an unreported worker
+        self._learned_for: Optional[float] = None  # the event stream's connected_since last learned for
+        self._learn_again = False  # the last learning failed: again on the next cycle
+        self._again_first = False  # ... and it was the first for its connection (logged)
 
     def next_wait(self) -> float:
         return min(self.interval, INSPECT_CHECK)
 
     def due(self) -> bool:
         """The first time, every --inspect-interval, and `_retry` after the last inspect
-        while a worker up by heartbeat is missing from what inspect reported."""
+        while a worker up by heartbeat is missing from what inspect reported; and once the
+        event stream is (re)connected, to learn what runs."""
+        return self._cycle_due() or self._learning(cycle=False) is True
+
+    def _cycle_due(self) -> bool:
         now = self.clock.now()
         if self._last is None or now - self._last >= self.interval:
             return True
@@ -326,7 +356,30 @@ class Inspector(_BrokerPoller):
             return False
         return bool(self.store.workers.up_hosts(now) - set(self.store.queues.worker_queues))
 
+    def _learning(self, cycle: bool) -> Optional[bool]:
+        """True: learn now, the first time for this connection of the event stream; False:
+        learn again on this `cycle` (learned runs are unconfirmed, or the last try failed;
+        looked at on cycles only: counting learned runs goes through every run); None: not
+        now (not connected: a task could end unseen before the stream is bound)."""
+        since = self.store.exporter.connected_since  # (one attribute, written whole by the event thread)
+        if since is None:
+            return None
+        if since != self._learned_for:
+            return True
+        if not cycle:
+            return None
+        return False if self._learn_again or self.store.running.learned_runs() else None
+
     def poll_once(self) -> None:
+        if self._cycle_due():
+            self._inspect_workers()
+            learning = self._learning(cycle=True)
+            if learning is not None:
+                self._learn(learning or self._again_first)
+        elif self._learning(cycle=False) is True:
+            self._learn(True)
+
+    def _inspect_workers(self) -> None:
         now = self.clock.now()
         if self._last is not None and now - self._last < self.interval:
             self._retry = min(self._retry * 2, self.interval)  # an early one: the next waits longer
@@ -344,6 +397,25 @@ class Inspector(_BrokerPoller):
         self.store.queues.set_worker_queues(worker_queues, processes, now)
         if not self.store.workers.up_hosts(self.clock.now()) - set(worker_queues):
             self._retry = INSPECT_RETRY  # everyone up is reported: a new worker gets the short wait
+
+    def _learn(self, first: bool) -> None:
+        """Ask what runs and is reserved, and hand it to the event thread. The first time for
+        a connection every worker gets the whole --inspect-timeout to answer."""
+        since = self.store.exporter.connected_since
+        if since is None:
+            return
+        self._learned_for = since
+        asked_at = self.clock.now()
+        try:
+            active, reserved = self.backend.tasks(0 if first else self.store.workers.up_count(asked_at))
+        except PollError as exc:
+            self._learn_again, self._again_first = True, first
+            self.failed(exc.reason, str(exc))
+            return
+        self._learn_again = self._again_first = False
+        self.succeeded()
+        answered, running, waiting, refused = learned.parse(active, reserved)
+        self.store.running.offer_learned(learned.Learned(asked_at, since, first, answered, running, waiting, refused))
 
 
 # --enable-events: how often the diagnosis is read, and how long before a worker still

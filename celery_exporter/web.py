@@ -211,6 +211,15 @@ class Web:
         start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
         return [body]
 
+    def _learned(self, own: ExporterSnapshot, now: float) -> str:
+        """What the last learning from `inspect` at a connect said, and when."""
+        if not self.settings.inspect:
+            return "off (--no-inspect)"
+        if own.learned is None:
+            return "not yet (once connected, from inspect active and reserved)"
+        when, summary = own.learned
+        return f"{summary} ({now - when:.0f} s ago)"
+
     def status_page(self) -> str:
         snap = self.store.snapshot(self.clock.now())
         own = snap.exporter
@@ -222,6 +231,7 @@ class Web:
             ("Uptime", f"{snap.now - self.started:.0f} s"),
             ("Last event", f"{snap.now - own.last_event:.1f} s ago" if own.last_event else "none yet"),
             ("Task label sets", str(snap.series.held["task"])),
+            ("Learned at connect", self._learned(own, snap.now)),
         ]
         workers = []
         task_events = {True: "on", False: "OFF", None: "not known yet"}

@@ -488,9 +488,11 @@ class Settings:
         default=True,
         group=Group.QUEUES,
         chart_default=True,
-        help="Ask workers over remote control which queues they consume and their pool size. Turn off where "
-        "remote control is disabled (workers started with --without-remote-control).",
-        doc="Ask workers over remote control which queues they consume and their pool size. Turn off where "
+        help="Ask workers over remote control which queues they consume and their pool size, and, at start and "
+        "after a reconnect, which tasks they run. Turn off where remote control is disabled (workers started "
+        "with --without-remote-control).",
+        doc="Ask workers over remote control which queues they consume and their pool size, and, at start and "
+        "after a reconnect, which tasks they run (see [How it counts](how-it-counts.md)). Turn off where "
         "remote control is disabled (`--without-remote-control`).",
     ).field()
     inspect_interval: float = Option(

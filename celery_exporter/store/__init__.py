@@ -11,6 +11,9 @@
 | `diagnosis` | task names without task-sent, undecodable events, enable_events sent | event thread, enabler |
 | `series` | the --max-series budget shared by tasks, exceptions and workers | (the parts above) |
 
+`running` also holds what the inspector learned from `inspect active` and `inspect reserved`
+(`offer_learned`) until the event thread's tick takes it (`take_learned`).
+
 Writers call one method of one part per change; each takes the shared lock. A scrape takes
 one snapshot of every part under the lock (copies, typed per part) and renders it outside.
 Label sets past their TTL are hidden from snapshots at once and removed from memory by

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from celery_exporter import catalogue
 
@@ -23,6 +23,7 @@ class ExporterSnapshot:
     reader: Optional[str]  # the event reader of the current or last connection
     http_refused: Dict[str, int]  # by catalogue.HTTP_REFUSED_REASONS
     web_config_reload_errors: int
+    learned: Optional[Tuple[float, str]]  # (when, what) the last learning from inspect at a connect said
 
 
 class ExporterState:
@@ -40,6 +41,7 @@ class ExporterState:
         self._reader: Optional[str] = None
         self._http_refused: Dict[str, int] = dict.fromkeys(catalogue.HTTP_REFUSED_REASONS, 0)
         self._web_config_reload_errors = 0
+        self._learned: Optional[Tuple[float, str]] = None
 
     def count_event(self, type_label: str, now: float) -> None:
         with self._lock:
@@ -101,6 +103,11 @@ class ExporterState:
             self._tasks_tracked = tracked
             self._tasks_evicted = evicted
 
+    def set_learned(self, now: float, summary: str) -> None:
+        """What the event thread learned from `inspect` at a connect (its log line's text)."""
+        with self._lock:
+            self._learned = (now, summary)
+
     def snapshot_locked(self) -> ExporterSnapshot:
         return ExporterSnapshot(
             events=dict(self._events),
@@ -113,4 +120,5 @@ class ExporterState:
             reader=self._reader,
             http_refused=dict(self._http_refused),
             web_config_reload_errors=self._web_config_reload_errors,
+            learned=self._learned,
         )

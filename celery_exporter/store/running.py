@@ -12,6 +12,13 @@ first worker, once per task id, until that worker is known alive (heartbeats lon
 lost. So a task that a dead worker took with it counts as
 interrupted even when its redelivered copy already runs, or finished, elsewhere.
 
+Runs are also *learned* from `inspect active` (at start and after a reconnect, learned.py):
+such a run starts at the worker's own start time, is kept as it is if the task's
+task-started came first, and is replaced by the run its task-started starts if that comes
+after. A later inspect reply of the worker that no longer lists a run started before it was
+asked ends the run, uncounted (`reconcile`): its end event was lost, or sent before the
+exporter listened.
+
 Every run and displaced run belongs to a task id in the handler's uuid map (bounded by
 --max-tasks): the handler forgets both when it evicts the task's record; displaced runs are
 also bounded in time.
@@ -27,19 +34,23 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, List, NamedTuple, Optional, Set, Tuple
+
+if TYPE_CHECKING:
+    from celery_exporter.learned import Learned
 
 TaskKey = Tuple[str, ...]  # as in store.tasks: (name, queue_name[, hostname])
 Taken = Tuple[str, TaskKey]  # (task id, label set) of a run cut off by a lost worker
 
 
 class _Run:
-    __slots__ = ("key", "start", "worker_ts")
+    __slots__ = ("key", "start", "worker_ts", "learned")
 
-    def __init__(self, key: TaskKey, start: float, worker_ts: float):
+    def __init__(self, key: TaskKey, start: float, worker_ts: float, learned: bool = False):
         self.key = key
-        self.start = start  # exporter clock at task-started
+        self.start = start  # exporter clock at task-started (learned: the worker's start, moved onto it)
         self.worker_ts = worker_ts  # the worker's own timestamp of task-started
+        self.learned = learned  # from `inspect active`, no task-started seen
 
 
 class Displaced(NamedTuple):
@@ -69,6 +80,7 @@ class RunningStore:
         self._draining: Dict[str, Tuple[float, Optional[int]]] = {}
         self._reserved: Dict[str, Set[str]] = {}  # worker -> task ids received, not started
         self._reserved_on: Dict[str, str] = {}  # task id -> the worker that reserved it
+        self._learned: Optional[Learned] = None  # handed from the inspector to the event thread
 
     def size(self) -> Tuple[int, int]:
         """(runs, displaced runs) held."""
@@ -80,15 +92,46 @@ class RunningStore:
     def start(self, uuid: str, host: str, key: TaskKey, now: float, worker_ts: float) -> None:
         """A run starts (and the task's reservation ends)."""
         with self._lock:
-            if uuid in self._reserved_on:
-                self._unreserve_locked(uuid)
-            old = self._where.get(uuid)
-            if old is not None:
-                run = self._pop_locked(uuid, old)
-                if old != host and uuid not in self._displaced:
-                    self._displaced[uuid] = Displaced(old, run.key, now)
-            self._hosts.setdefault(host, {})[uuid] = _Run(key, now, worker_ts)
-            self._where[uuid] = host
+            self._start_locked(uuid, host, _Run(key, now, worker_ts), now)
+
+    def learn(self, uuid: str, host: str, key: TaskKey, start: float, worker_ts: float, now: float) -> bool:
+        """`inspect active` says the task runs on `host` since `start` (exporter clock): a
+        run, unless the store holds one of it there already. True if it added one."""
+        with self._lock:
+            if self._where.get(uuid) == host:
+                return False
+            self._start_locked(uuid, host, _Run(key, start, worker_ts, learned=True), now)
+            return True
+
+    def reconcile(self, host: str, running: Collection[str], before: float) -> int:
+        """`host` answered `inspect active` with the task ids `running`, asked at `before`
+        (exporter clock): its runs started before then that it no longer lists have ended
+        unseen. They end, uncounted. Returns how many."""
+        with self._lock:
+            runs = self._hosts.get(host)
+            if not runs:
+                return 0
+            gone = [u for u, run in runs.items() if run.start < before and u not in running]
+            for uuid in gone:
+                self._pop_locked(uuid, host)
+            return len(gone)
+
+    def learned_runs(self) -> int:
+        """Runs learned from `inspect active` that no task-started has replaced yet."""
+        with self._lock:
+            return sum(1 for runs in self._hosts.values() for run in runs.values() if run.learned)
+
+    def offer_learned(self, learned: Learned) -> None:
+        """The inspector hands over what it learned (replacing what the event thread did not
+        take yet: the newer reply says more)."""
+        with self._lock:
+            self._learned = learned
+
+    def take_learned(self) -> Optional[Learned]:
+        """What the inspector learned since the last call, for the event thread's tick."""
+        with self._lock:
+            learned, self._learned = self._learned, None
+            return learned
 
     def end(self, uuid: str, unreserve: bool = False) -> None:
         """The task's run ends; with `unreserve`, its reservation too."""
@@ -177,6 +220,17 @@ class RunningStore:
     def reserved_locked(self) -> Dict[str, int]:
         """Reservations per worker."""
         return {host: len(uuids) for host, uuids in self._reserved.items()}
+
+    def _start_locked(self, uuid: str, host: str, run: _Run, now: float) -> None:
+        if uuid in self._reserved_on:  # (a run that starts ends the task's reservation)
+            self._unreserve_locked(uuid)
+        old = self._where.get(uuid)
+        if old is not None:
+            was = self._pop_locked(uuid, old)
+            if old != host and uuid not in self._displaced:
+                self._displaced[uuid] = Displaced(old, was.key, now)
+        self._hosts.setdefault(host, {})[uuid] = run
+        self._where[uuid] = host
 
     def _pop_host_locked(self, host: str) -> Dict[str, _Run]:
         """Remove the worker's runs (and its drain); returns them."""

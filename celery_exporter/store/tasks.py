@@ -243,6 +243,18 @@ class TaskSeriesStore:
         finally:
             lock.release()
 
+    def admit(self, key: TaskKey, now: float) -> bool:
+        """Hold a series for `key` (every counter at 0) if there is none, as a task's first
+        event would: for a run learned from `inspect active`, which counts no event. False
+        if the label set was refused (--max-series)."""
+        with self._lock:
+            if key in self._series:
+                return True
+            if not self._budget.admit("task"):
+                return False
+            self._series[key] = TaskSeries(now, next_version() << VERSION_BITS)
+            return True
+
     def _start_histogram(self, series: TaskSeries, index: int) -> List[int]:
         """A histogram's first observation: its classic buckets, exemplar slots and (when
         on) native buckets."""

@@ -138,6 +138,13 @@ class WorkerStore:
             self._budget.release("worker")
             return record.processed
 
+    def clock_offset(self, hostname: str) -> Optional[float]:
+        """How far the exporter's clock is ahead of the worker's, by its last event (arrival
+        minus the worker's timestamp; the transport's latency included); None if unknown."""
+        with self._lock:
+            record = self._workers.get(hostname)
+            return None if record is None else record.last_seen - record.sender_timestamp
+
     def up_count(self, now: float) -> int:
         with self._lock:
             return len(self.up_hosts_locked(now))

@@ -13,7 +13,8 @@ from celery_exporter.tasks import TaskRecord
 
 PAIRS = [(kind, state) for kind in Kind for state in State]
 NEVER_PAIRS = {(kind, state) for kind, states, _why in NEVER for state in states}
-# the kinds a task event can have (the others come from elsewhere: cancelled, lost, evicted)
+# the kinds a task event can have (the others come from elsewhere: cancelled, lost, evicted,
+# learned)
 TASK_EVENT_KINDS = set(KIND_OF_EVENT.values()) | {
     Kind.RECEIVED_AGAIN,
     Kind.STARTED_LATE,
@@ -52,7 +53,9 @@ def test_a_task_event_is_counted_unless_it_is_a_duplicate():
 def test_runs_start_only_from_unfinished_states_and_end_only_from_running():
     for (kind, state), (next_state, effects) in TABLE.items():
         if effects & Effect.START_RUN:
-            assert kind is Kind.STARTED and state in lifecycle.UNFINISHED and next_state is State.RUNNING
+            # a task-started, or a run `inspect active` reported (learned: kept if current)
+            assert kind in (Kind.STARTED, Kind.LEARNED) and state in lifecycle.UNFINISHED
+            assert next_state is State.RUNNING
         if effects & Effect.END_RUN:
             assert state is State.RUNNING and next_state is not State.RUNNING
         if next_state is not state:
@@ -67,7 +70,8 @@ def test_reservations_are_made_by_receipts_and_end_with_the_task():
     outlives its record (an evicted one is forgotten with it)."""
     for (kind, state), (_next, effects) in TABLE.items():
         if effects & Effect.RESERVE:
-            assert kind in (Kind.RECEIVED, Kind.RECEIVED_AGAIN) and state in lifecycle.UNFINISHED
+            assert kind in (Kind.RECEIVED, Kind.RECEIVED_AGAIN, Kind.LEARNED_RESERVED)
+            assert state in lifecycle.UNFINISHED
         if effects & (Effect.FINISH | Effect.START_RUN):
             assert effects & Effect.UNRESERVE, (kind, state)
         if kind is Kind.EVICTED:
@@ -83,11 +87,12 @@ def _event(etype):
 
 # what can come to a task: each task event type (with what attempts.learn may find in it),
 # a new attempt published (learn raises record.attempt), task-cancelled, its worker's loss,
-# its eviction
+# its eviction, `inspect active` reporting it running, `inspect reserved` listing it
 INPUTS = (
     [("event", etype, None) for etype in KIND_OF_EVENT]
     + [("event", "task-received", Found.REDELIVERY), ("event", "task-started", Found.PREVIOUS_ATTEMPT)]
     + [("new attempt", None, None), ("cancelled", None, None), ("lost", None, None), ("evicted", None, None)]
+    + [("learned", None, None), ("learned reserved", None, None)]
 )
 
 
@@ -112,6 +117,12 @@ def _apply(record, what, etype, found):
         kind = Kind.LOST_AGAIN if record.interrupted else Kind.LOST
         lifecycle.lost(record)
         return kind, state
+    if what == "learned":
+        lifecycle.learned(record)
+        return Kind.LEARNED, state
+    if what == "learned reserved":
+        lifecycle.learned_reserved(record)
+        return Kind.LEARNED_RESERVED, state
     if what in ("cancelled", "evicted"):
         kind = Kind.CANCELLED if what == "cancelled" else Kind.EVICTED
         record.state = STEPS[kind][record.state][0]
@@ -234,6 +245,33 @@ def test_interrupted_once_per_task_id_and_also_when_forgotten():
     assert lifecycle.lost(record) == E.NONE
     assert record.state == State.RUNNING  # it may run again elsewhere
     assert lifecycle.lost(None) == E.INTERRUPTED
+
+
+def test_a_learned_run_starts_from_unfinished_states_and_keeps_a_current_runs_attempt():
+    record = TaskRecord("u")
+    record.attempt = 2
+    assert lifecycle.learned(record) == E.START_RUN | E.UNRESERVE
+    assert (record.state, record.run_attempt) == (State.RUNNING, 2)
+    record.attempt = 3  # a next attempt published; the reply cannot tell which one runs
+    assert lifecycle.learned(record) == E.START_RUN | E.UNRESERVE  # (the store keeps a run it holds)
+    assert record.run_attempt == 2
+    for ended in (State.FINISHED, State.FINISHED_UNSTARTED):
+        record.state = ended
+        assert lifecycle.learned(record) == E.NONE  # its terminal event came after the reply
+        assert record.state == ended
+
+
+def test_a_learned_reservation_only_for_a_task_neither_started_nor_ended():
+    record = TaskRecord("u")
+    assert lifecycle.learned_reserved(record) == E.RESERVE  # its task-received was missed
+    assert record.state == State.PENDING
+    for state in (State.STOPPED,):  # a retry's next attempt, received again
+        record.state = state
+        assert lifecycle.learned_reserved(record) == E.RESERVE
+    for later in (State.RUNNING, State.FINISHED, State.FINISHED_UNSTARTED):  # the reply is older
+        record.state = later
+        assert lifecycle.learned_reserved(record) == E.NONE
+        assert record.state == later
 
 
 def test_effect_names():

@@ -7,7 +7,7 @@ import pytest
 from celery_exporter.poller import Inspector, PollError, QueuePoller
 from celery_exporter.runtime import Exporter
 
-from .conftest import Rig, heartbeat, received, sent
+from .conftest import Rig, heartbeat, received, sent, started
 
 
 class FakeBackend:
@@ -16,8 +16,10 @@ class FakeBackend:
         self.depths = {}
         self.fail = None
         self.inspect_reply = ({}, {})
+        self.tasks_reply = ({}, {})
         self.polled = []
         self.inspected = []
+        self.asked_tasks = []
 
     def queue_depths(self, queues):
         self.polled.append(list(queues))
@@ -30,6 +32,12 @@ class FakeBackend:
         if isinstance(self.inspect_reply, Exception):
             raise self.inspect_reply
         return self.inspect_reply
+
+    def tasks(self, expected_replies):
+        self.asked_tasks.append(expected_replies)
+        if isinstance(self.tasks_reply, Exception):
+            raise self.tasks_reply
+        return self.tasks_reply
 
     def close(self):
         pass
@@ -306,6 +314,48 @@ def test_redis_lengths_fall_back_to_a_passive_declare_without_kombus_internals(m
     assert warned == (missing is not None)
     backend.queue_depths(["a"])
     assert caplog.text.count("passive declare") == (0 if missing is None else 1)  # logged once
+
+
+def test_what_runs_is_learned_once_connected_then_while_learned_runs_are_unconfirmed():
+    rig, backend, poller, inspector = make()  # --inspect-interval 30 s
+    backend.inspect_reply = ({"w1@h": ("celery",)}, {"w1@h": 2})
+    running = {"id": "a", "name": "app.add", "time_start": rig.clock.now() - 60, "delivery_info": {}}
+    backend.tasks_reply = ({"w1@h": [running]}, {"w1@h": []})
+    inspector.poll_once()  # the event stream is not connected yet: a task could end unseen
+    assert backend.asked_tasks == []
+    assert not inspector.due()
+    rig.clock.advance(1)
+    rig.store.exporter.set_connected(True, rig.clock.now())
+    assert inspector.due()  # at once, not at the next cycle
+    inspector.poll_once()
+    assert backend.asked_tasks == [0]  # the first time every worker gets the whole timeout
+    assert len(backend.inspected) == 1  # the cycle's own inspect was not due
+    rig.tick()
+    assert rig.value("celery_task_running", name="app.add", queue_name="celery") == 1
+    assert not inspector.due()
+    rig.clock.advance(30)
+    assert inspector.due()
+    inspector.poll_once()  # the next cycle: a's run is still only learned, so ask again
+    assert len(backend.asked_tasks) == 2 and len(backend.inspected) == 2
+    rig.feed(received("a", host="w1@h"), started("a", host="w1@h"))  # its task-started replaced it
+    rig.clock.advance(30)
+    inspector.poll_once()
+    assert len(backend.asked_tasks) == 2  # nothing learned is left unconfirmed
+
+    # a reconnect of the event stream: learned anew, within INSPECT_CHECK
+    rig.store.exporter.set_connected(False)
+    rig.clock.advance(5)
+    rig.store.exporter.set_connected(True, rig.clock.now())
+    assert inspector.due()
+    backend.tasks_reply = PollError("inspect", "ConnectionResetError")
+    inspector.poll_once()
+    assert len(backend.asked_tasks) == 3
+    assert rig.value("celery_exporter_queue_poll_errors_total", reason="inspect") == 1
+    assert not inspector.due()  # a failure is tried again on the next cycle, not every second
+    rig.clock.advance(30)
+    backend.tasks_reply = ({}, {})
+    inspector.poll_once()
+    assert backend.asked_tasks[3:] == [0]  # still the first for its connection: the whole timeout
 
 
 def test_the_poll_method_is_a_self_metric():

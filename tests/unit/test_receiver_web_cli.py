@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from celery_exporter import cli, redis_events
+from celery_exporter import cli, learned, redis_events
 from celery_exporter.kombu_events import decode_message
 from celery_exporter.receiver import COALESCE_SECONDS, Receiver, mask_url
 from celery_exporter.settings import Settings
@@ -214,6 +214,20 @@ def test_status_page_masks_the_password_and_hints_at_missing_task_events(rig):
     page = call(web_for(rig), "/")[2].decode()
     assert "start workers with -E" not in page
     assert "task_send_sent_event=True" in page
+
+
+def test_status_page_says_what_was_learned_from_inspect_at_the_connect(rig):
+    assert "<th>Learned at connect</th><td>not yet" in call(web_for(rig), "/")[2].decode()
+    rig.store.exporter.set_connected(True, rig.clock.now())
+    answered, running, waiting, refused = learned.parse(
+        {"w1@h": [{"id": "a", "name": "app.add", "time_start": rig.clock.now() - 5}]}, {}
+    )
+    since = rig.clock.now()
+    rig.store.running.offer_learned(learned.Learned(since, since, True, answered, running, waiting, refused))
+    rig.advance(2)
+    page = call(web_for(rig), "/")[2].decode()
+    assert "learned 1 running tasks from inspect active (w1@h: 1; 0 already known, 0 ended unseen)" in page
+    assert "1 workers answered (2 s ago)" in page
 
 
 # -- command line -------------------------------------------------------------------------
