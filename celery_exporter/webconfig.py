@@ -351,7 +351,14 @@ def _ciphers(path: str, section: Mapping[str, object], context: ssl.SSLContext) 
                 f"{path}: tls_server_config.curve_preferences: Python's ssl module sets one curve only; name one"
             )
         if curves:
-            context.set_ecdh_curve(CURVES[curves[0]])
+            try:
+                context.set_ecdh_curve(CURVES[curves[0]])
+            except ssl.SSLError as exc:  # X25519 before Python 3.11, whose ssl sets EC curves only
+                raise WebConfigError(
+                    f"{path}: tls_server_config.curve_preferences: this Python's ssl module cannot set "
+                    f"{curves[0]} ({exc.reason or exc}); name CurveP256, CurveP384 or CurveP521, or run on "
+                    "Python 3.11 or newer"
+                ) from None
 
     prefer = section.get("prefer_server_cipher_suites", True)
     if not isinstance(prefer, bool):
