@@ -52,7 +52,7 @@ def client_context(config: Optional[WebConfig]) -> Optional[ssl.SSLContext]:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the presented certificate is compared with cert_file instead
     if config.ssl_context.verify_mode != ssl.CERT_NONE and config.server_pem is not None:
-        load_chain(context, *config.server_pem)
+        load_chain(context, *config.server_pem, config.server_files)
     return context
 
 

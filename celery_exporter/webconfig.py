@@ -139,6 +139,9 @@ class WebConfig:
     # health check compares the certificate the server presents with it and, when client
     # certificates are asked for, presents it (celery_exporter/healthcheck.py)
     server_pem: Optional[Tuple[str, str]] = dataclasses.field(default=None, repr=False)
+    # cert_file and key_file, resolved, when the file names them: loaded from there, so that no
+    # temporary file is needed (a read-only root filesystem has no writable /tmp)
+    server_files: Optional[Tuple[str, str]] = dataclasses.field(default=None, repr=False)
     headers: Tuple[Tuple[str, str], ...] = ()
     rate_limit: Optional[RateLimit] = None
     http2: bool = True
@@ -171,13 +174,14 @@ def load(path: str) -> WebConfig:
     _check_keys(path, "", data, TOP_KEYS)
     base = Path(path).resolve().parent
     files: List[str] = [str(Path(path).resolve())]
-    context, pem = _tls(path, base, data.get("tls_server_config"), files)
+    context, pem, pem_files = _tls(path, base, data.get("tls_server_config"), files)
     headers, http2 = _http(path, data.get("http_server_config"))
     return WebConfig(
         path=path,
         ssl_context=context,
         users=_users(path, data.get("basic_auth_users")),
         server_pem=pem,
+        server_files=pem_files,
         headers=headers,
         rate_limit=_rate_limit(path, data.get("rate_limit")),
         http2=http2,
@@ -222,10 +226,20 @@ def _no_password() -> bytes:
     raise WebConfigError("the key is encrypted (a pass phrase is not supported)")
 
 
-def load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
-    """context.load_cert_chain from PEM text: ssl reads only files, so through a temporary
-    file of mode 0600, removed at once."""
-    fd, name = tempfile.mkstemp(prefix="celery-exporter-", suffix=".pem")
+def load_chain(context: ssl.SSLContext, cert: str, key: str, files: Optional[Tuple[str, str]] = None) -> None:
+    """context.load_cert_chain from `files` (cert_file, key_file) when given, else from PEM
+    text (inline cert and key): ssl reads only files, so through a temporary file of mode
+    0600, removed at once."""
+    if files is not None:
+        context.load_cert_chain(files[0], files[1], password=_no_password)
+        return
+    try:
+        fd, name = tempfile.mkstemp(prefix="celery-exporter-", suffix=".pem")
+    except OSError as exc:
+        raise WebConfigError(
+            f"inline cert and key are loaded through a temporary file, and no temporary directory is writable "
+            f"({exc.strerror or exc}): mount one at /tmp (a read-only root filesystem), or use cert_file and key_file"
+        ) from None
     try:
         with os.fdopen(fd, "w") as file:
             file.write(key.rstrip("\n") + "\n" + cert)
@@ -242,9 +256,11 @@ def _strings(path: str, key: str, value: object) -> List[str]:
 
 def _tls(
     path: str, base: Path, section: object, files: List[str]
-) -> Tuple[Optional[ssl.SSLContext], Optional[Tuple[str, str]]]:
+) -> Tuple[Optional[ssl.SSLContext], Optional[Tuple[str, str]], Optional[Tuple[str, str]]]:
+    """The server's TLS context, its certificate and key as PEM text, and their files (when
+    cert_file and key_file name them)."""
     if section is None:
-        return None, None
+        return None, None, None
     if not isinstance(section, dict):
         raise WebConfigError(f"{path}: tls_server_config must be a mapping")
     _check_keys(path, "tls_server_config", section, TLS_KEYS)
@@ -253,22 +269,23 @@ def _tls(
             raise WebConfigError(
                 f"{path}: tls_server_config.{sorted(section)[0]} given without a certificate (cert_file or cert)"
             )
-        return None, None
+        return None, None, None
     cert = _pem(path, base, section, "cert", files)
     key = _pem(path, base, section, "key", files)
     if cert is None:
         raise WebConfigError(f"{path}: tls_server_config: missing one of cert or cert_file")
     if key is None:
         raise WebConfigError(f"{path}: tls_server_config: missing one of key or key_file")
+    pem_files = (files[-2], files[-1]) if section.get("cert_file") and section.get("key_file") else None
     context = ServerContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        load_chain(context, cert, key)
+        load_chain(context, cert, key, pem_files)
     except (ssl.SSLError, OSError, WebConfigError) as exc:
         raise WebConfigError(f"{path}: tls_server_config: cannot load the certificate and key: {exc}") from None
     _client_auth(path, base, section, context, files)
     _versions(path, section, context)
     _ciphers(path, section, context)
-    return context, (cert, key)
+    return context, (cert, key), pem_files
 
 
 def _client_auth(

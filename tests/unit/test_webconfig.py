@@ -519,3 +519,25 @@ def test_what_the_toolkit_refuses_is_refused(tmp_path, certs, case):
     text, message = TOOLKIT_BAD[case]
     with pytest.raises(WebConfigError, match=message):
         load(toolkit_file(tmp_path, certs, text))
+
+
+def test_certificate_files_need_no_temporary_directory(tmp_path, certs, monkeypatch):
+    """A read-only root filesystem has no writable /tmp: cert_file and key_file are loaded
+    from where they are; inline PEM, which ssl can only read from a file, is refused with
+    what to do."""
+    config_path = write(tmp_path, tls(certs))
+    inline = "".join(
+        f"  {key}: |\n" + "".join(f"    {line}\n" for line in certs[name].read_text().splitlines())
+        for key, name in (("cert", "server.crt"), ("key", "server.key"))
+    )
+    inline_path = write(tmp_path, f"tls_server_config:\n{inline}", name="inline.yml")
+
+    def no_tmp(*args, **kwargs):
+        raise FileNotFoundError(2, "No usable temporary directory found")
+
+    monkeypatch.setattr(webconfig.tempfile, "mkstemp", no_tmp)
+    config = load(config_path)
+    assert config.ssl_context is not None
+    assert config.server_files == (str(certs["server.crt"]), str(certs["server.key"]))
+    with pytest.raises(WebConfigError, match="no temporary directory is writable .* use cert_file and key_file"):
+        load(inline_path)
