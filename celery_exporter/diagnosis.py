@@ -111,6 +111,11 @@ class WorkerSigns:
                 found += (TASK_EVENTS_OFF,)
         return found
 
+    def task_event_noted(self) -> bool:
+        """True when a task event would change nothing: task events known on, and nothing
+        counted since the last one (the common case, once per task-received)."""
+        return self.task_events is True and self._base is None and self._rise_at is None
+
     def task_event(self) -> Optional[bool]:
         """A task event from the worker: its task events are on. Returns what they were."""
         self._base = None  # the next heartbeat's count is the new base

@@ -110,6 +110,11 @@ class WorkerStore:
     def task_event(self, hostname: str) -> bool:
         """A task event from the worker: its task events are on. True when they had been
         diagnosed off (for the one log line)."""
+        # (read without the lock: only the event thread writes the signs, so a task event
+        # that changes nothing, the common case, takes no lock)
+        record = self._workers.get(hostname)
+        if record is None or record.signs.task_event_noted():
+            return False
         with self._lock:
             record = self._workers.get(hostname)
             return record is not None and record.signs.task_event() is False
