@@ -56,8 +56,13 @@ STEPS, DIRECT = lifecycle.STEPS, lifecycle.DIRECT
 FINISH, START_RUN, END_RUN = Effect.FINISH, Effect.START_RUN, Effect.END_RUN
 REDELIVERED, DUPLICATE, INTERRUPTED, FORGET = Effect.REDELIVERED, Effect.DUPLICATE, Effect.INTERRUPTED, Effect.FORGET
 RESERVE, UNRESERVE = Effect.RESERVE, Effect.UNRESERVE
-# (one test for the events that have none of them; a start's UNRESERVE is done by its START_RUN)
+# (one test for the events that have none of them; a start's UNRESERVE is done by its
+# START_RUN, so a row with both needs no step before the count for it)
 BEFORE_COUNT = DUPLICATE | FINISH | END_RUN | UNRESERVE
+_EVERY_EFFECT = sum(bit for name, bit in vars(Effect).items() if name.isupper())
+BEFORE_COUNT_OF = tuple(  # by effects: whether _duplicate_or_ends has anything to do
+    bool(e & (BEFORE_COUNT & ~UNRESERVE) or (e & UNRESERVE and not e & START_RUN)) for e in range(_EVERY_EFFECT + 1)
+)
 AFTER_COUNT = START_RUN | REDELIVERED | RESERVE
 RUN_END_HISTOGRAM = catalogue.RUN_END_HISTOGRAM
 SERIES_LIMIT_DETAIL = "a new label set was refused: --max-series reached"
@@ -126,7 +131,8 @@ class Handler:
     # -- tasks --------------------------------------------------------------------------
 
     def _task_event(self, event: TaskEvent, now: float) -> None:
-        self.labels.saw(event, now)
+        if event.type == "task-sent" or self.labels.first_task_event is None:
+            self.labels.saw(event, now)  # (all it notes of the other events is the first one)
         if event.type == "task-received":  # one per task: the worker sends task events
             if event.hostname is not None and self.store.workers.task_event(event.hostname):
                 log.info("worker %s sends task events again", event.hostname)
@@ -173,7 +179,7 @@ class Handler:
         if rows is None or found is not None:
             rows = STEPS[lifecycle.classify(record, event, found)]
         next_state, effects = rows[record.state]
-        if effects & BEFORE_COUNT and self._duplicate_or_ends(record, event, effects, now):
+        if BEFORE_COUNT_OF[effects] and self._duplicate_or_ends(record, event, effects, now):
             return
         if record.sent_ts is None and event.type == "task-received":
             self._sent_missing(record, now)

@@ -82,6 +82,7 @@ class Store:
             gone = self.workers.sweep_locked(now)
             for host in gone:
                 self.running.drop_host_locked(host)
+            self.running.sweep_reserved_locked()
             removed = self.tasks.sweep_locked(now) + len(gone)
             self.queues.sweep_locked(now)
             self.diagnosis.sweep_locked(now)

@@ -180,3 +180,22 @@ def test_a_fresh_snapshot_copies_the_live_data_and_leaves_the_kept_rows_alone():
     assert tasks._rows == {}
     kept = tasks.snapshot_locked(T0).rows[0]
     assert kept.counts is series.counts and series.shared
+
+
+def test_a_workers_emptied_reservations_are_kept_until_the_sweep():
+    """A worker's set of reserved task ids is kept while it empties and fills, task after
+    task (not made anew for each); an empty one shows no reservations and the sweep forgets it."""
+    rig = Rig()
+    running = rig.store.running
+    running.reserve("a", "w1@h")
+    running.start("a", "w1@h", ("app.add", "celery"), T0, T0)
+    assert running._reserved == {"w1@h": set()} and running._reserved_on == {}
+    with rig.store.lock:
+        assert running.reserved_locked() == {}
+    running.reserve("b", "w1@h")
+    running.reserve("b", "w2@h")  # redelivered to another worker: the reservation moves
+    with rig.store.lock:
+        assert running.reserved_locked() == {"w2@h": 1}
+    running.end("b", unreserve=True)
+    rig.store.sweep(T0)
+    assert running._reserved == {} and running._reserved_on == {}
