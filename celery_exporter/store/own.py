@@ -29,7 +29,8 @@ class ExporterSnapshot:
 class ExporterState:
     def __init__(self, lock: threading.Lock):
         self._lock = lock
-        self._events: Dict[str, int] = {}
+        # every label count_event writes, from the start (see there); those at 0 are not shown
+        self._events: Dict[str, int] = dict.fromkeys(sorted(catalogue.KNOWN_EVENT_TYPES) + ["other"], 0)
         self._dropped: Dict[str, int] = dict.fromkeys(catalogue.DROP_REASONS, 0)
         self._connected = False
         self._connected_since: Optional[float] = None
@@ -44,9 +45,13 @@ class ExporterState:
         self._learned: Optional[Tuple[float, str]] = None
 
     def count_event(self, type_label: str, now: float) -> None:
-        with self._lock:
-            self._events[type_label] = self._events.get(type_label, 0) + 1
-            self._last_event = now
+        """One event of `type_label` (a known event type, or "other"). Without the lock, the
+        one writer that takes none: this is the only write made for every event, the event
+        thread is its only caller, and every key it writes is in the dict from the start, so
+        the scrape's copy (under the lock) never sees the dict change size and reads each
+        count whole, as it would between two calls."""
+        self._events[type_label] += 1
+        self._last_event = now
 
     def count_dropped(self, reason: str, n: int = 1) -> None:
         with self._lock:
@@ -110,7 +115,7 @@ class ExporterState:
 
     def snapshot_locked(self) -> ExporterSnapshot:
         return ExporterSnapshot(
-            events=dict(self._events),
+            events={label: n for label, n in dict(self._events).items() if n},  # (one instant: a C copy)
             dropped=dict(self._dropped),
             connected=self._connected,
             reconnects=self._reconnects,
