@@ -39,6 +39,9 @@ LAST_SEEN_OF = tuple(LAST_SEEN_INDEX.get(state) for state in range(N_STATES))
 HISTOGRAM_PART = N_STATES
 # last-seen position -> the part whose version it has: its state's counter
 LAST_SEEN_PART = tuple(catalogue.STATE_INDEX[state] for state, _, _ in catalogue.LAST_SEEN)
+# a bit per histogram index (TaskSeries.shared_hists), and all of them
+HISTOGRAM_BIT = tuple(1 << index for index in range(N_HISTOGRAMS))
+EVERY_HISTOGRAM = (1 << N_HISTOGRAMS) - 1
 # A label set's block of versions: 2**64 of them (more changes than it can live to see).
 VERSION_BITS = 64
 
@@ -73,6 +76,7 @@ class TaskSeries:
         "last_seen",
         "version",
         "shared",
+        "shared_hists",
     )
 
     def __init__(self, now: float, block: int):
@@ -91,18 +95,35 @@ class TaskSeries:
         # True while a snapshot's row holds these very lists: the next change copies them
         # first (copy on write), so an unchanged series is held once, not twice
         self.shared = False
+        # Bit per histogram (HISTOGRAM_BIT) whose buckets, native buckets and exemplars a row
+        # holds: copied at the histogram's next observation only. An event observes one or
+        # two of the five histograms; copying all of them at every change after a scrape
+        # was most of the copying.
+        self.shared_hists = 0
 
     def unshare(self) -> None:
-        """Own copies of everything a row may hold, before a change."""
-        (
-            self.counts,
-            self.hist_counts,
-            self.hist_sums,
-            self.last_seen,
-            self.native,
-            self.exemplars,
-        ) = self._copies()
+        """Own copies of the counters and of the lists of histograms, before a change; each
+        histogram's own lists are copied by `own_histogram` when it is observed."""
+        self.counts = self.counts[:]
+        self.hist_counts = self.hist_counts[:]
+        self.hist_sums = self.hist_sums[:]
+        self.last_seen = self.last_seen[:]
+        self.native = self.native[:]
+        self.exemplars = self.exemplars[:]
         self.shared = False
+
+    def own_histogram(self, index: int, counts: List[int]) -> List[int]:
+        """Own copies of an observed histogram's buckets (`counts`), native buckets and
+        exemplars, which a row holds (the series is unshared): the copy of its buckets."""
+        self.shared_hists &= ~HISTOGRAM_BIT[index]
+        counts = self.hist_counts[index] = counts[:]
+        native = self.native[index]
+        if native is not None:
+            self.native[index] = native.copy()
+        exemplars = self.exemplars[index]
+        if exemplars is not None:
+            self.exemplars[index] = exemplars[:]
+        return counts
 
     def _copies(self) -> "_Lists":
         """Copies of the lists a row holds, in TaskRow's order."""
@@ -124,6 +145,7 @@ class TaskSeries:
             counts, hist_counts, hist_sums, last_seen = self.counts, self.hist_counts, self.hist_sums, self.last_seen
             native, exemplars = self.native, self.exemplars
             self.shared = True
+            self.shared_hists = EVERY_HISTOGRAM
         return TaskRow(key, counts, hist_counts, hist_sums, last_seen, native, exemplars, self.version)
 
 
@@ -229,6 +251,8 @@ class TaskSeriesStore:
                 counts = series.hist_counts[index]
                 if counts is None:
                     counts = self._start_histogram(series, index)
+                elif series.shared_hists & HISTOGRAM_BIT[index]:
+                    counts = series.own_histogram(index, counts)
                 bucket = bisect_left(bounds[index], value)
                 counts[bucket] += 1
                 series.hist_sums[index] += value
@@ -259,6 +283,7 @@ class TaskSeriesStore:
         """A histogram's first observation: its classic buckets, exemplar slots and (when
         on) native buckets."""
         size = len(self.bounds[index]) + 1
+        series.shared_hists &= ~HISTOGRAM_BIT[index]  # (new lists: no row holds them)
         counts = series.hist_counts[index] = [0] * size
         series.exemplars[index] = [None] * size
         if self.native_schema is not None:

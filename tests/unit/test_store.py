@@ -3,6 +3,8 @@
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from celery_exporter import catalogue
+
 from .conftest import T0, Rig, heartbeat, received, started, succeeded
 
 
@@ -180,6 +182,35 @@ def test_a_fresh_snapshot_copies_the_live_data_and_leaves_the_kept_rows_alone():
     assert tasks._rows == {}
     kept = tasks.snapshot_locked(T0).rows[0]
     assert kept.counts is series.counts and series.shared
+
+
+def test_a_change_after_a_scrape_copies_only_the_histograms_it_observes():
+    """Copy on write per histogram: the row a scrape holds keeps its data; the series copies
+    the counters and the histogram an event observes, and keeps sharing the others."""
+    rig = Rig()
+    tasks = rig.store.tasks
+    key = ("app.add", "celery")
+    succeeded, started = catalogue.STATE_INDEX["succeeded"], catalogue.STATE_INDEX["started"]
+    runtime, wait = 0, 1  # by catalogue.HISTOGRAMS
+    tasks.observe(key, started, T0, [(wait, 0.1)], ("id-1", "w1"))
+    tasks.observe(key, succeeded, T0, [(runtime, 0.2)], ("id-1", "w1"))
+    (row,) = tasks.snapshot_locked(T0).rows
+    before = tasks.snapshot_locked(T0, fresh=True).rows[0]
+    tasks.observe(key, succeeded, T0 + 1, [(runtime, 3.0)], ("id-2", "w1"))
+    series = tasks._series[key]
+    assert series.counts is not row.counts and series.counts[succeeded] == 2 and row.counts[succeeded] == 1
+    assert series.hist_counts[runtime] is not row.hist_counts[runtime]
+    assert series.native[runtime] is not row.native[runtime] and series.exemplars[runtime] is not row.exemplars[runtime]
+    assert series.hist_counts[wait] is row.hist_counts[wait]  # not observed: still shared
+    assert series.native[wait] is row.native[wait] and series.exemplars[wait] is row.exemplars[wait]
+    tasks.observe(key, started, T0 + 1, [(wait, 0.5)], ("id-2", "w1"))
+    assert series.hist_counts[wait] is not row.hist_counts[wait] and sum(series.hist_counts[wait]) == 2
+    # the scraped row still holds exactly what it held
+    assert row.counts == before.counts and row.hist_counts == before.hist_counts and row.hist_sums == before.hist_sums
+    assert [n.buckets if n else None for n in row.native] == [n.buckets if n else None for n in before.native]
+    assert row.exemplars == before.exemplars
+    now = tasks.snapshot_locked(T0 + 1, fresh=True).rows[0]
+    assert now.hist_counts[runtime] != before.hist_counts[runtime] and now.hist_sums[runtime] == 3.2
 
 
 def test_a_workers_emptied_reservations_are_kept_until_the_sweep():
