@@ -14,7 +14,10 @@
 `running` also holds what the inspector learned from `inspect active` and `inspect reserved`
 (`offer_learned`) until the event thread's tick takes it (`take_learned`).
 
-Writers call one method of one part per change; each takes the shared lock. A scrape takes
+Writers call one method of one part per change; each takes the shared lock (but the event
+count by type, ExporterState.count_event, written for every event by its one writer, the
+event thread, into a dict of fixed keys; and WorkerStore.task_event's read that changes
+nothing). A scrape takes
 one snapshot of every part under the lock (copies, typed per part) and renders it outside.
 Label sets past their TTL are hidden from snapshots at once and removed from memory by
 sweep(), which the event thread calls on its tick. The task parts' rows carry version
