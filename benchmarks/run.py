@@ -1,7 +1,7 @@
 """Benchmark runner: the exporter against a no-op EventReceiver, side by side, same run.
 
-For each scenario and repeat, and for each consumer in turn (each exporter build, then the
-reference consumer, one at a time), it
+For each scenario and repeat, and for each consumer in turn (each exporter build and the
+reference consumer, one at a time; each repeat starts one further along their order), it
   1. starts a private redis-server on a free port (pinned to the generator's core), or for
      the rmq-* scenarios creates a fresh vhost on the local RabbitMQ (deleted at the end);
   2. starts the consumer pinned to its own core (`taskset -c 0`) and waits until it is
@@ -39,7 +39,7 @@ import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from harness.brokers import pin_rabbitmq, unpin
-from harness.builds import REFERENCE, Build, parse_builds
+from harness.builds import REFERENCE, Build, parse_builds, run_order
 from harness.machine import machine_info
 from harness.procs import HERE
 from harness.report import fmt, markdown, print_table
@@ -284,7 +284,7 @@ def run_repeats(
     """Every repeat, each consumer in turn: the runs, and the errors (recorded, then on to the next run)."""
     runs, errors = [], []
     for rep in range(1, args.repeats + 1):
-        for name in args.consumers:
+        for name in run_order(args.consumers, rep):
             t0 = time.monotonic()
             try:
                 res = run_one(args, scen, name, rep, workdir, builds)

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
-from harness.builds import parse_builds  # noqa: E402
+from harness.builds import parse_builds, run_order  # noqa: E402
 from harness.report import headline_lines, markdown_one  # noqa: E402
 from harness.scenarios import SCENARIOS  # noqa: E402
 from harness.summary import evaluate_targets, summarize  # noqa: E402
@@ -122,3 +122,17 @@ def test_markdown_of_a_results_file_from_before_several_builds():
     assert "| CPU s per 100k events | 2.50 [2 – 3] | 3.25 [2.50 – 4] |" in lines
     assert "| **CPU per event, exporter / reference** | 0.775 [0.750 – 0.800] | |" in lines
     assert lines[-2:] == ["\nTarget `lost == 0`: worst 0 → **PASS**", ""]
+
+
+def test_each_repeat_starts_one_consumer_further_along():
+    consumers = ["before", "after", "reference"]
+    orders = [run_order(consumers, rep) for rep in range(1, 5)]
+    assert orders == [
+        ["before", "after", "reference"],
+        ["after", "reference", "before"],
+        ["reference", "before", "after"],
+        ["before", "after", "reference"],
+    ]
+    # over as many repeats as consumers, each runs in every position once
+    for position in range(3):
+        assert sorted(order[position] for order in orders[:3]) == sorted(consumers)
